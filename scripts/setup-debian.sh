@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything ckpt needs on Debian 12, as root (or through sudo). Idempotent.
+# Build: cmake, a C compiler, pkg-config and the libraries libckpt links.
+# Tests and benchmarks only: Debian's PyTorch 1.13, torchvision, Pillow and numpy, strace.
+set -euo pipefail
+packages=(
+  build-essential cmake pkg-config
+  zlib1g-dev nettle-dev libjansson-dev
+  python3-torch python3-torchvision python3-pil python3-numpy
+  strace time
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

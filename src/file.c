@@ -1,0 +1,580 @@
+/* file.c - opening a checkpoint: mapping, telling formats apart, running the pickles, and
+ * binding persistent ids to storages.
+ *
+ * Zip format (torch >= 1.6), PTH_FORMAT.md §1:
+ *     <root>/data.pkl      the pickle; storages appear as persistent ids
+ *                          ('storage', <Xxx>Storage | UntypedStorage, key, location, numel)
+ *     <root>/data/<key>    raw little-endian bytes of each storage (numel * element size)
+ *     <root>/version       "3\n" (torch 1.13 accepts 1..10); <root>/byteorder "little"|"big"
+ * Legacy format, §2: five pickles back to back -- magic, protocol 1001, sys_info, the object
+ * (ids are 6-tuples with an optional (view_key, offset, numel) view), the sorted key list --
+ * then for each key of that list: int64 element count and the storage's bytes.
+ * A bare pickle (no torch framing) is opened too, so that ckpt can show what it would do. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define LEGACY_PROTOCOL_VERSION 1001
+#define ZIP_VERSION_MIN 1  /* what torch 1.13's reader accepts in <root>/version */
+#define ZIP_VERSION_MAX 10
+#define MAX_KEY_LEN 4096   /* a storage key longer than this is not something torch wrote */
+
+/* ---- storage index: key -> storage (open addressing, arena-backed) ---------------------- */
+
+typedef struct storage_index {
+    size_t cap; /* power of two */
+    ckpt_storage **slots;
+} storage_index;
+
+static uint64_t key_hash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ull;
+    }
+    return h ^ (h >> 29);
+}
+
+static ckpt_storage *storage_find(const ckpt_file *f, const char *key)
+{
+    const storage_index *ix = f->storage_index;
+    if (!ix)
+        return NULL;
+    for (size_t j = key_hash(key) & (ix->cap - 1); ix->slots[j]; j = (j + 1) & (ix->cap - 1))
+        if (strcmp(ix->slots[j]->key, key) == 0)
+            return ix->slots[j];
+    return NULL;
+}
+
+static void index_put(storage_index *ix, ckpt_storage *s)
+{
+    size_t j = key_hash(s->key) & (ix->cap - 1);
+    while (ix->slots[j])
+        j = (j + 1) & (ix->cap - 1);
+    ix->slots[j] = s;
+}
+
+/* Add a new storage (the key must not be present). */
+int ckpt__storage_register(ckpt_file *f, ckpt_storage *s, ckpt_error *err)
+{
+    storage_index *ix = f->storage_index;
+    if (f->n_storages == f->cap_storages) {
+        size_t ncap = f->cap_storages ? f->cap_storages * 2 : 16;
+        ckpt_storage **v = ckpt__arena_grow(f->arena, f->storages,
+                                            f->cap_storages * sizeof *v, ncap * sizeof *v);
+        storage_index *nix = v ? ckpt__arena_alloc(f->arena, sizeof *nix) : NULL;
+        ckpt_storage **slots = nix ? ckpt__arena_alloc(f->arena, ncap * 2 * sizeof *slots) : NULL;
+        if (!slots)
+            return ckpt__arena_error(f->arena, err);
+        f->storages = v;
+        f->cap_storages = ncap;
+        nix->cap = ncap * 2;
+        nix->slots = slots;
+        for (size_t k = 0; k < f->n_storages; k++)
+            index_put(nix, f->storages[k]);
+        f->storage_index = ix = nix;
+    }
+    f->storages[f->n_storages++] = s;
+    index_put(ix, s);
+    return CKPT_OK;
+}
+
+/* ---- persistent ids ---------------------------------------------------------------------- */
+
+static const char *pid_key(ckpt_file *f, const ckpt_value *v, ckpt_error *err)
+{
+    if (v->type == CKPT_T_STR) {
+        if (v->u.str.len > MAX_KEY_LEN || memchr(v->u.str.data, '\0', v->u.str.len))
+            return CKPT_CORRUPT(err, "storage key is not a plain name"), NULL;
+        return v->u.str.data;
+    }
+    if (v->type == CKPT_T_INT) {
+        char *k = ckpt__arena_printf(f->arena, "%lld", (long long)v->u.i);
+        if (!k)
+            ckpt__arena_error(f->arena, err);
+        return k;
+    }
+    CKPT_CORRUPT(err, "storage key is a %s, not a string", ckpt_type_name(v->type));
+    return NULL;
+}
+
+/* Reads the common part of a storage id: ('storage', cls, key, location, numel, ...). */
+static int parse_pid(ckpt_file *f, const ckpt_value *pid, size_t min_len, ckpt_dtype *dt,
+                     const char **key, uint64_t *numel, ckpt_error *err)
+{
+    if (pid->type != CKPT_T_TUPLE || pid->u.seq.len < min_len)
+        return CKPT_CORRUPT(err, "persistent id is not a storage tuple");
+    ckpt_value **it = pid->u.seq.items;
+    if (!ckpt__value_is_str(it[0], "storage"))
+        return CKPT_CORRUPT(err, "persistent id of an unknown kind (not 'storage')");
+    const ckpt_value *cls = it[1];
+    int d = -1;
+    if (cls->type == CKPT_T_GLOBAL)
+        d = ckpt_dtype_from_storage(cls->u.global.name);
+    if (d < 0)
+        return CKPT_CORRUPT(err, "persistent id names '%s', which is not a storage class",
+                            cls->type == CKPT_T_GLOBAL ? cls->u.global.name
+                                                       : ckpt_type_name(cls->type));
+    *dt = (ckpt_dtype)d;
+    if (!(*key = pid_key(f, it[2], err)))
+        return err ? err->status : CKPT_ECORRUPT;
+    if (it[4]->type != CKPT_T_INT || it[4]->u.i < 0)
+        return CKPT_CORRUPT(err, "storage '%s' has an invalid size", *key);
+    *numel = (uint64_t)it[4]->u.i;
+    return CKPT_OK;
+}
+
+static ckpt_value *storage_value(ckpt_file *f, ckpt_storage *s)
+{
+    ckpt_value *v = ckpt__value_new(f->arena, CKPT_T_STORAGE);
+    if (v)
+        v->u.storage = s;
+    return v;
+}
+
+static ckpt_storage *storage_new(ckpt_file *f, const char *key, ckpt_dtype dt, uint64_t numel,
+                                 ckpt_error *err)
+{
+    uint64_t nbytes;
+    if (ckpt__mul_overflow(numel, (uint64_t)ckpt_dtype_size(dt), &nbytes)) {
+        CKPT_CORRUPT(err, "storage '%s' size overflows", key);
+        return NULL;
+    }
+    ckpt_storage *s = ckpt__arena_alloc(f->arena, sizeof *s);
+    char *k = s ? ckpt__arena_strdup(f->arena, key) : NULL;
+    if (!k) {
+        ckpt__arena_error(f->arena, err);
+        return NULL;
+    }
+    s->file = f;
+    s->key = k;
+    s->dtype = dt;
+    s->nbytes = nbytes;
+    return s;
+}
+
+static int zip_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **out, ckpt_error *err)
+{
+    ckpt_file *f = ud;
+    ckpt_dtype dt;
+    const char *key;
+    uint64_t numel;
+    int rc = parse_pid(f, pid, 5, &dt, &key, &numel, err);
+    if (rc)
+        return rc;
+    ckpt_storage *s = storage_find(f, key);
+    if (!s) {
+        /* An UntypedStorage's numel counts bytes; the dtype arrives with _rebuild_tensor_v3. */
+        if (!(s = storage_new(f, key, dt, numel, err)))
+            return err ? err->status : CKPT_ECORRUPT;
+        char *name = ckpt__arena_printf(f->arena, "%s/data/%s", f->zip_root, key);
+        if (!name)
+            return ckpt__arena_error(f->arena, err);
+        s->entry = ckpt__zip_find(&f->zip, name);
+        if (!s->entry)
+            return CKPT_CORRUPT(err, "zip: storage '%s' has no record '%s'", key, name);
+        /* torch does not check this and reads out of bounds (PTH_FORMAT.md §1.4); we do. */
+        if (s->entry->usize < s->nbytes)
+            return CKPT_CORRUPT(err,
+                                "zip: record '%s' holds %llu bytes, but storage '%s' needs %llu",
+                                name, (unsigned long long)s->entry->usize, key,
+                                (unsigned long long)s->nbytes);
+        if ((rc = ckpt__storage_register(f, s, err)))
+            return rc;
+    }
+    /* A key seen before is the same storage whatever this id says, as in torch.load; tensor
+     * bounds are checked against the storage as first declared. */
+    return (*out = storage_value(f, s)) ? CKPT_OK : ckpt__arena_error(f->arena, err);
+}
+
+static int legacy_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **out,
+                                  ckpt_error *err)
+{
+    ckpt_file *f = ud;
+    if (pid->type == CKPT_T_TUPLE && pid->u.seq.len == 4 &&
+        ckpt__value_is_str(pid->u.seq.items[0], "module")) {
+        /* ('module', cls, source_file, source): a whole nn.Module was saved; keep the class. */
+        *out = pid->u.seq.items[1];
+        return CKPT_OK;
+    }
+    ckpt_dtype dt;
+    const char *key;
+    uint64_t numel;
+    int rc = parse_pid(f, pid, 6, &dt, &key, &numel, err);
+    if (rc)
+        return rc;
+    ckpt_storage *root = storage_find(f, key);
+    if (!root) {
+        if (!(root = storage_new(f, key, dt, numel, err)))
+            return err ? err->status : CKPT_ECORRUPT;
+        if ((rc = ckpt__storage_register(f, root, err)))
+            return rc;
+    }
+    const ckpt_value *view = pid->u.seq.items[5];
+    if (view->type == CKPT_T_NONE)
+        return (*out = storage_value(f, root)) ? CKPT_OK : ckpt__arena_error(f->arena, err);
+    /* Old writers: (view_key, offset, view_numel) names a slice of the root storage. */
+    if (view->type != CKPT_T_TUPLE || view->u.seq.len != 3 ||
+        view->u.seq.items[1]->type != CKPT_T_INT || view->u.seq.items[2]->type != CKPT_T_INT ||
+        view->u.seq.items[1]->u.i < 0 || view->u.seq.items[2]->u.i < 0)
+        return CKPT_CORRUPT(err, "storage '%s' has invalid view metadata", key);
+    const char *vkey = pid_key(f, view->u.seq.items[0], err);
+    if (!vkey)
+        return err ? err->status : CKPT_ECORRUPT;
+    ckpt_storage *vs = storage_find(f, vkey);
+    if (!vs) {
+        uint64_t off = (uint64_t)view->u.seq.items[1]->u.i, vn = (uint64_t)view->u.seq.items[2]->u.i;
+        uint64_t end;
+        if (ckpt__add_overflow(off, vn, &end) ||
+            end > root->nbytes / ckpt_dtype_size(root->dtype))
+            return CKPT_CORRUPT(err, "view '%s' runs past the end of storage '%s'", vkey, key);
+        if (!(vs = storage_new(f, vkey, root->dtype, vn, err)))
+            return err ? err->status : CKPT_ECORRUPT;
+        vs->base = root;
+        vs->base_offset = off * ckpt_dtype_size(root->dtype);
+        if ((rc = ckpt__storage_register(f, vs, err)))
+            return rc;
+    }
+    return (*out = storage_value(f, vs)) ? CKPT_OK : ckpt__arena_error(f->arena, err);
+}
+
+/* ---- running pickles --------------------------------------------------------------------- */
+
+static void pickle_ctx(ckpt_file *f, ckpt__pickle_ctx *ctx, const char *where,
+                       int (*pl)(void *, const ckpt_value *, ckpt_value **, ckpt_error *))
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->arena = f->arena;
+    ctx->globals = &f->globals;
+    ctx->where = where;
+    ctx->max_depth = f->opt.max_depth;
+    ctx->max_memo = f->opt.max_memo;
+    ctx->persistent_load = pl;
+    ctx->persistent_ud = f;
+}
+
+static int open_zip(ckpt_file *f, ckpt_error *err)
+{
+    int rc = ckpt__zip_open(f->arena, f->map, f->size, &f->zip, err);
+    if (rc)
+        return rc;
+    const char *why = ckpt__zip_kind_message(&f->zip);
+    if (why)
+        return CKPT_FAIL(err, CKPT_EFORMAT, "%s", why);
+    const char *first = f->zip.entries[0].name;
+    f->zip_root = ckpt__arena_strndup(f->arena, first, (size_t)(strchr(first, '/') - first));
+    if (!f->zip_root)
+        return ckpt__arena_error(f->arena, err);
+
+    const char *vname = ckpt__arena_printf(f->arena, "%s/version", f->zip_root);
+    const char *vname2 = ckpt__arena_printf(f->arena, "%s/.data/version", f->zip_root);
+    const char *bname = ckpt__arena_printf(f->arena, "%s/byteorder", f->zip_root);
+    const char *pname = ckpt__arena_printf(f->arena, "%s/data.pkl", f->zip_root);
+    if (!vname || !vname2 || !bname || !pname)
+        return ckpt__arena_error(f->arena, err);
+    const ckpt__zip_entry *ve = ckpt__zip_find(&f->zip, vname);
+    if (!ve)
+        ve = ckpt__zip_find(&f->zip, vname2);
+    if (!ve)
+        return CKPT_CORRUPT(err, "zip: no '%s' record (torch.load would refuse the file)", vname);
+    const uint8_t *data;
+    void *owned;
+    if ((rc = ckpt__zip_read(f->map, f->size, ve, &f->alloc, 64, &data, &owned, err)))
+        return rc;
+    char vbuf[32] = {0};
+    size_t vlen = ve->usize < sizeof vbuf - 1 ? (size_t)ve->usize : sizeof vbuf - 1;
+    memcpy(vbuf, data, vlen);
+    ckpt__free(&f->alloc, owned, ve->usize);
+    char *end;
+    errno = 0;
+    unsigned long long version = strtoull(vbuf, &end, 10);
+    if (end == vbuf || errno || version < ZIP_VERSION_MIN || version > ZIP_VERSION_MAX)
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED,
+                         "zip: format version '%.*s' is not one torch 1.13 reads (%d to %d)",
+                         (int)strcspn(vbuf, "\r\n"), vbuf, ZIP_VERSION_MIN, ZIP_VERSION_MAX);
+
+    const ckpt__zip_entry *be = ckpt__zip_find(&f->zip, bname);
+    if (be) {
+        if ((rc = ckpt__zip_read(f->map, f->size, be, &f->alloc, 64, &data, &owned, err)))
+            return rc;
+        bool big = be->usize == 3 && memcmp(data, "big", 3) == 0;
+        bool little = be->usize == 6 && memcmp(data, "little", 6) == 0;
+        ckpt__free(&f->alloc, owned, be->usize);
+        if (big)
+            return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "big-endian checkpoints are not supported");
+        if (!little)
+            return CKPT_CORRUPT(err, "zip: '%s' is neither 'little' nor 'big'", bname);
+    }
+
+    const ckpt__zip_entry *pe = ckpt__zip_find(&f->zip, pname);
+    if (!pe)
+        return CKPT_CORRUPT(err, "zip: no '%s' record", pname);
+    if ((rc = ckpt__zip_read(f->map, f->size, pe, &f->alloc, f->opt.max_inflate, &data,
+                             &f->pickle_owned, err)))
+        return rc;
+    f->pickle_owned_size = pe->usize;
+    ckpt__pickle_ctx ctx;
+    pickle_ctx(f, &ctx, pe->name, zip_persistent_load);
+    size_t used;
+    if ((rc = ckpt__pickle_load(&ctx, data, (size_t)pe->usize, &f->root, &used, err)))
+        return rc;
+    f->format = CKPT_FORMAT_ZIP;
+    return CKPT_OK;
+}
+
+static int legacy_small(ckpt_file *f, uint64_t *pos, const char *what, ckpt_value **out,
+                        ckpt_error *err)
+{
+    ckpt__pickle_ctx ctx;
+    pickle_ctx(f, &ctx, what, NULL);
+    size_t used;
+    int rc = ckpt__pickle_load(&ctx, f->map + *pos, (size_t)(f->size - *pos), out, &used, err);
+    *pos += used;
+    return rc;
+}
+
+static int open_legacy(ckpt_file *f, ckpt_error *err)
+{
+    uint64_t pos = 0;
+    ckpt_value *v;
+    int rc;
+    if ((rc = legacy_small(f, &pos, "magic number", &v, err)))
+        return rc;
+    if ((rc = legacy_small(f, &pos, "protocol version", &v, err)))
+        return rc;
+    if (v->type != CKPT_T_INT || v->u.i != LEGACY_PROTOCOL_VERSION)
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "legacy: protocol version is not %d",
+                         LEGACY_PROTOCOL_VERSION);
+    if ((rc = legacy_small(f, &pos, "sys_info", &v, err)))
+        return rc;
+    const ckpt_value *le = ckpt_dict_get(v, "little_endian");
+    if (le && le->type == CKPT_T_BOOL && !le->u.b)
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "big-endian checkpoints are not supported");
+
+    ckpt__pickle_ctx ctx;
+    pickle_ctx(f, &ctx, "main pickle", legacy_persistent_load);
+    size_t used;
+    if ((rc = ckpt__pickle_load(&ctx, f->map + pos, (size_t)(f->size - pos), &f->root, &used,
+                                err)))
+        return rc;
+    pos += used;
+    ckpt_value *keys;
+    if ((rc = legacy_small(f, &pos, "storage key list", &keys, err)))
+        return rc;
+    if (keys->type != CKPT_T_LIST && keys->type != CKPT_T_TUPLE)
+        return CKPT_CORRUPT(err, "legacy: the storage key list is a %s", ckpt_type_name(keys->type));
+
+    /* The blobs follow in key-list order: int64 element count, then the bytes. */
+    for (size_t k = 0; k < keys->u.seq.len; k++) {
+        const char *key = pid_key(f, keys->u.seq.items[k], err);
+        if (!key)
+            return err ? err->status : CKPT_ECORRUPT;
+        ckpt_storage *s = storage_find(f, key);
+        if (!s || s->base)
+            return CKPT_CORRUPT(err, "legacy: storage '%s' is listed but never used", key);
+        if (s->located)
+            return CKPT_CORRUPT(err, "legacy: storage '%s' is listed twice", key);
+        if (f->size - pos < 8)
+            return CKPT_CORRUPT(err, "legacy: storage '%s' runs past the end of the file", key);
+        int64_t count;
+        memcpy(&count, f->map + pos, 8); /* little-endian hosts only (see README) */
+        pos += 8;
+        uint64_t nbytes;
+        if (count < 0 || ckpt__mul_overflow((uint64_t)count, ckpt_dtype_size(s->dtype), &nbytes) ||
+            nbytes != s->nbytes)
+            return CKPT_CORRUPT(err, "legacy: storage '%s' has wrong byte size", key);
+        if (f->size - pos < nbytes)
+            return CKPT_CORRUPT(err, "legacy: storage '%s' runs past the end of the file", key);
+        s->file_offset = pos;
+        s->located = true;
+        pos += nbytes;
+    }
+    for (size_t k = 0; k < f->n_storages; k++) {
+        ckpt_storage *s = f->storages[k];
+        if (!s->base && !s->located)
+            return CKPT_CORRUPT(err, "legacy: storage '%s' has no data", s->key);
+    }
+    f->format = CKPT_FORMAT_LEGACY;
+    return CKPT_OK;
+}
+
+static int open_pickle(ckpt_file *f, ckpt_error *err)
+{
+    ckpt__pickle_ctx ctx;
+    pickle_ctx(f, &ctx, "pickle", NULL);
+    size_t used;
+    int rc = ckpt__pickle_load(&ctx, f->map, (size_t)f->size, &f->root, &used, err);
+    if (rc)
+        return rc;
+    f->format = CKPT_FORMAT_PICKLE;
+    return CKPT_OK;
+}
+
+/* ---- open and close ---------------------------------------------------------------------- */
+
+int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return CKPT_FAIL(err, CKPT_EIO, "cannot stat: %s", strerror(e));
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return CKPT_FAIL(err, CKPT_EIO, "is a directory");
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return CKPT_FAIL(err, CKPT_EIO, "not a regular file");
+    }
+    f->size = (uint64_t)st.st_size;
+    if (f->size > 0) {
+        void *m = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            return CKPT_FAIL(err, CKPT_EIO, "cannot map: %s", strerror(e));
+        }
+        f->map = m;
+    }
+    close(fd);
+    return CKPT_OK;
+}
+
+ckpt_file *ckpt__file_new(const ckpt_options *opt, ckpt_error *err)
+{
+    ckpt__alloc a;
+    ckpt__alloc_init(&a, opt);
+    ckpt_file *f = ckpt__malloc(&a, sizeof *f);
+    if (!f) {
+        CKPT_NOMEM(err);
+        return NULL;
+    }
+    memset(f, 0, sizeof *f);
+    f->alloc = a;
+    if (opt)
+        f->opt = *opt;
+    if (!f->opt.max_depth)
+        f->opt.max_depth = CKPT_DEFAULT_MAX_DEPTH;
+    if (!f->opt.max_memo)
+        f->opt.max_memo = CKPT_DEFAULT_MAX_MEMO;
+    if (!f->opt.max_alloc)
+        f->opt.max_alloc = CKPT_DEFAULT_MAX_ALLOC;
+    if (!f->opt.max_inflate)
+        f->opt.max_inflate = CKPT_DEFAULT_MAX_INFLATE;
+    f->arena = ckpt__arena_new(&f->alloc, f->opt.max_alloc);
+    if (!f->arena) {
+        ckpt__free(&a, f, sizeof *f);
+        CKPT_NOMEM(err);
+        return NULL;
+    }
+    return f;
+}
+
+int ckpt__open(const char *path, const ckpt_options *opt, ckpt_file **out, ckpt_file **partial,
+               ckpt_error *err)
+{
+    *out = NULL;
+    if (partial)
+        *partial = NULL;
+    if (!path)
+        return CKPT_FAIL(err, CKPT_EINVAL, "no path given");
+    ckpt_file *f = ckpt__file_new(opt, err);
+    if (!f)
+        return err ? err->status : CKPT_ENOMEM;
+    int rc = ckpt__file_map(f, path, err);
+    if (rc == CKPT_OK) {
+        switch (ckpt__detect(f->map, f->size, err)) {
+        case CKPT__KIND_ZIP: rc = open_zip(f, err); break;
+        case CKPT__KIND_LEGACY: rc = open_legacy(f, err); break;
+        case CKPT__KIND_PICKLE: rc = open_pickle(f, err); break;
+        case CKPT__KIND_SAFETENSORS: rc = ckpt__safetensors_open(f, err); break;
+        case CKPT__KIND_OTHER: rc = err ? err->status : CKPT_EFORMAT; break;
+        }
+    }
+    if (rc != CKPT_OK) {
+        if (partial)
+            *partial = f;
+        else
+            ckpt_close(f);
+        return rc;
+    }
+    *out = f;
+    return CKPT_OK;
+}
+
+int ckpt_open(const char *path, const ckpt_options *opt, ckpt_file **out, ckpt_error *err)
+{
+    if (!out)
+        return CKPT_FAIL(err, CKPT_EINVAL, "no place for the result");
+    return ckpt__open(path, opt, out, NULL, err);
+}
+
+void ckpt_close(ckpt_file *f)
+{
+    if (!f)
+        return;
+    for (size_t k = 0; k < f->n_storages; k++)
+        ckpt__free(&f->alloc, f->storages[k]->owned, f->storages[k]->entry
+                                                         ? f->storages[k]->entry->usize : 0);
+    ckpt__free(&f->alloc, f->pickle_owned, f->pickle_owned_size);
+    if (f->map)
+        munmap((void *)f->map, (size_t)f->size);
+    ckpt__alloc a = f->alloc;
+    ckpt__arena_free(f->arena);
+    ckpt__free(&a, f, sizeof *f);
+}
+
+ckpt_format ckpt_file_format(const ckpt_file *f) { return f->format; }
+uint64_t ckpt_file_size(const ckpt_file *f) { return f->size; }
+const ckpt_value *ckpt_root(const ckpt_file *f) { return f->root; }
+const char *ckpt_file_zip_root(const ckpt_file *f) { return f->zip_root; }
+
+size_t ckpt_globals(const ckpt_file *f, const ckpt_global_ref **out)
+{
+    *out = f->globals.items;
+    return f->globals.len;
+}
+
+/* ---- storage bytes ----------------------------------------------------------------------- */
+
+int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err)
+{
+    if (s->data || s->nbytes == 0) {
+        *data = s->data;
+        return CKPT_OK;
+    }
+    ckpt_file *f = s->file;
+    int rc;
+    if (s->base) {
+        const uint8_t *b;
+        if ((rc = ckpt__storage_bytes(s->base, &b, err)))
+            return rc;
+        s->data = b + s->base_offset;
+    } else if (s->entry) {
+        if ((rc = ckpt__zip_read(f->map, f->size, s->entry, &f->alloc, f->opt.max_inflate,
+                                 &s->data, &s->owned, err)))
+            return rc;
+    } else if (s->located) {
+        s->data = f->map + s->file_offset;
+    } else {
+        return CKPT_CORRUPT(err, "storage '%s' has no data", s->key);
+    }
+    *data = s->data;
+    return CKPT_OK;
+}
+
+const char *ckpt_storage_key(const ckpt_storage *s) { return s->key; }
+uint64_t ckpt_storage_nbytes(const ckpt_storage *s) { return s->nbytes; }
+ckpt_dtype ckpt_storage_dtype(const ckpt_storage *s) { return s->dtype; }

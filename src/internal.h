@@ -1,0 +1,224 @@
+/*
+ * internal.h - what the modules of libckpt share and nobody else sees.
+ *
+ * Non-static names that are not public API carry the ckpt__ prefix (libuv's uv__). Every
+ * module has one prefix: ckpt__arena_*, ckpt__value_*, ckpt__pickle_*, ckpt__zip_*,
+ * ckpt__detect_*, ckpt__storage_*, ckpt__sd_*, ckpt__arch_*.
+ */
+#ifndef CKPT_INTERNAL_H
+#define CKPT_INTERNAL_H
+
+#include "ckpt.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+/* Sets err (if not NULL) and returns status; records the source line (SQLite's _BKPT). */
+int ckpt__error_set(ckpt_error *err, int status, const char *src_file, int src_line,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Every rejection of file content goes through this: return CKPT_CORRUPT(err, "...", ...); */
+#define CKPT_CORRUPT(err, ...) ckpt__error_set((err), CKPT_ECORRUPT, __FILE__, __LINE__, __VA_ARGS__)
+#define CKPT_FAIL(err, status, ...) ckpt__error_set((err), (status), __FILE__, __LINE__, __VA_ARGS__)
+#define CKPT_NOMEM(err) ckpt__error_set((err), CKPT_ENOMEM, __FILE__, __LINE__, "out of memory")
+
+/* ---- checked arithmetic ------------------------------------------------------------------- */
+
+/* Return true on overflow, like the builtins they wrap. */
+#define ckpt__mul_overflow(a, b, out) __builtin_mul_overflow((a), (b), (out))
+#define ckpt__add_overflow(a, b, out) __builtin_add_overflow((a), (b), (out))
+
+/* ---- allocation --------------------------------------------------------------------------- */
+
+typedef struct ckpt__alloc {
+    ckpt_alloc_fn fn;
+    void *ud;
+} ckpt__alloc;
+
+/* Fills a from opt (NULL or a NULL alloc: the C library). */
+void ckpt__alloc_init(ckpt__alloc *a, const ckpt_options *opt);
+void *ckpt__malloc(const ckpt__alloc *a, size_t n);
+void *ckpt__realloc(const ckpt__alloc *a, void *p, size_t osize, size_t nsize);
+void ckpt__free(const ckpt__alloc *a, void *p, size_t size);
+
+/* One arena per opened file: everything parsed from it, freed at once. Allocations are 16-byte
+ * aligned and zeroed. `limit` bounds the total (CKPT_ELIMIT is the caller's to report when an
+ * allocation returns NULL and ckpt__arena_over_limit says so). */
+typedef struct ckpt__arena ckpt__arena;
+ckpt__arena *ckpt__arena_new(const ckpt__alloc *a, uint64_t limit);
+void ckpt__arena_free(ckpt__arena *ar);
+void *ckpt__arena_alloc(ckpt__arena *ar, size_t n);
+/* Grow a block allocated from this arena (copies; the old block stays until the arena dies). */
+void *ckpt__arena_grow(ckpt__arena *ar, void *p, size_t osize, size_t nsize);
+char *ckpt__arena_strndup(ckpt__arena *ar, const char *s, size_t n);
+char *ckpt__arena_strdup(ckpt__arena *ar, const char *s);
+char *ckpt__arena_printf(ckpt__arena *ar, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+uint64_t ckpt__arena_used(const ckpt__arena *ar);
+bool ckpt__arena_over_limit(const ckpt__arena *ar); /* the last NULL was the limit, not malloc */
+/* The right error for an arena allocation that returned NULL. */
+int ckpt__arena_error(const ckpt__arena *ar, ckpt_error *err);
+
+/* ---- values ------------------------------------------------------------------------------- */
+
+ckpt_value *ckpt__value_new(ckpt__arena *ar, ckpt_type t);
+ckpt_value *ckpt__value_str(ckpt__arena *ar, ckpt_type t, const char *s, size_t n); /* STR/BYTES */
+ckpt_value *ckpt__value_int(ckpt__arena *ar, int64_t i);
+/* Append to a TUPLE/LIST/SET. CKPT_OK, or the arena's error. */
+int ckpt__seq_push(ckpt__arena *ar, ckpt_value *seq, ckpt_value *item, ckpt_error *err);
+/* d[key] = val with Python's semantics: an equal hashable key (None, bool, int, float, str,
+ * bytes, tuples of those) is replaced in place, keeping its position; keys of other kinds
+ * are compared by identity. Amortised O(1) (hash index), so a hostile SETITEMS stays linear. */
+int ckpt__dict_set(ckpt__arena *ar, ckpt_value *d, ckpt_value *key, ckpt_value *val,
+                   ckpt_error *err);
+/* Lookup by value key with the same equality; NULL if absent. */
+ckpt_value *ckpt__dict_lookup(const ckpt_value *d, const ckpt_value *key);
+bool ckpt__value_is_str(const ckpt_value *v, const char *s);
+bool ckpt__global_is(const ckpt_value *v, const char *module, const char *name);
+
+/* ---- the set of distinct globals a file names --------------------------------------------- */
+
+typedef struct ckpt__globals {
+    ckpt_global_ref *items;
+    size_t len, cap;
+    uint32_t *slots; /* hash index over items: 0 empty, else index + 1 */
+    size_t n_slots;  /* power of two, at least twice len */
+} ckpt__globals;
+
+/* Record one occurrence; module is normalised to Python 3 spelling by the caller. */
+int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, const char *name,
+                      const char *where, uint64_t offset, ckpt_error *err);
+
+/* ---- the unpickler (pickle.c) ------------------------------------------------------------- */
+
+typedef struct ckpt__pickle_ctx {
+    ckpt__arena *arena;
+    ckpt__globals *globals; /* every GLOBAL / STACK_GLOBAL / INST is recorded here, or NULL */
+    const char *where;      /* name of this pickle for ckpt_global_ref.where */
+    uint32_t max_depth;
+    uint32_t max_memo;
+    /* Turns a persistent id (BINPERSID/PERSID: usually the tuple ('storage', cls, key, loc,
+     * numel[, view])) into a value, normally a CKPT_T_STORAGE. NULL: persistent ids are an
+     * error ("pickle uses persistent ids outside a torch file"). */
+    int (*persistent_load)(void *ud, const ckpt_value *pid, ckpt_value **out, ckpt_error *err);
+    void *persistent_ud;
+} ckpt__pickle_ctx;
+
+/* Evaluate one pickle starting at buf[0] and ending with its STOP. Never executes anything:
+ * calls become values (see PTH_FORMAT.md §3.3 for which ones are understood). On success
+ * *out is the result and *consumed the bytes up to and including STOP. On failure the globals
+ * met so far are already recorded in ctx->globals. */
+int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckpt_value **out,
+                      size_t *consumed, ckpt_error *err);
+
+/* ---- zip archives (zip.c) ----------------------------------------------------------------- */
+
+typedef struct ckpt__zip_entry {
+    const char *name;     /* as stored, NUL-terminated */
+    uint64_t data_offset; /* of the entry's (compressed) data in the file */
+    uint64_t csize;       /* compressed size */
+    uint64_t usize;       /* uncompressed size */
+    uint32_t crc32;       /* from the central directory */
+    uint16_t method;      /* 0 STORED, 8 DEFLATE */
+    uint16_t flags;
+} ckpt__zip_entry;
+
+typedef struct ckpt__zip {
+    ckpt__zip_entry *entries; /* in central-directory order */
+    size_t n_entries;
+    void *index; /* internal: case-insensitive name lookup */
+} ckpt__zip;
+
+/* Parse the central directory of the zip held in map[0..size) (end records, ZIP64 records,
+ * local headers: every offset and size checked against size). Entries that are encrypted,
+ * or compressed with anything but STORED/DEFLATE, are accepted here and refused on read. */
+int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
+                   ckpt_error *err);
+/* Case-insensitive exact name lookup (torch uses miniz's, which ignores case). NULL: absent. */
+const ckpt__zip_entry *ckpt__zip_find(const ckpt__zip *z, const char *name);
+/* The entry's bytes: STORED ones in place (*owned = NULL), DEFLATE ones inflated with zlib into
+ * a buffer from `a` (*owned = it; free with ckpt__free(a, owned, e->usize)), refusing more
+ * than max_inflate bytes or a size other than usize. */
+int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
+                   const ckpt__alloc *a, uint64_t max_inflate, const uint8_t **data,
+                   void **owned, ckpt_error *err);
+
+/* ---- format detection (detect.c) ---------------------------------------------------------- */
+
+typedef enum ckpt__kind {
+    CKPT__KIND_ZIP,          /* PK\3\4 at 0: a torch zip, TorchScript, npz, or other zip */
+    CKPT__KIND_LEGACY,       /* the legacy magic pickle */
+    CKPT__KIND_PICKLE,       /* some other pickle stream */
+    CKPT__KIND_SAFETENSORS,
+    CKPT__KIND_OTHER,        /* refused; the message says what it is */
+} ckpt__kind;
+
+/* Sniff the first bytes. For CKPT__KIND_OTHER, fills err with CKPT_EFORMAT and a message that
+ * names the kind ("a Git LFS pointer, not the weights: run 'git lfs pull'", "an HTML page, not
+ * a checkpoint (the download went wrong?)", "an empty file", "a numpy .npy file, not a torch
+ * checkpoint", "a torch 0.1.x tar checkpoint, which ckpt does not read", "a PNG image", ...). */
+ckpt__kind ckpt__detect(const uint8_t *map, uint64_t size, ckpt_error *err);
+
+/* NULL when z looks like a torch zip (first entry in a folder, <root>/data.pkl present); else
+ * why it is not one (TorchScript, numpy .npz, no root folder, no data.pkl). */
+const char *ckpt__zip_kind_message(const ckpt__zip *z);
+
+/* ---- storages and files (file.c, tensor.c) ------------------------------------------------ */
+
+struct ckpt_storage {
+    ckpt_file *file;
+    const char *key;
+    ckpt_dtype dtype;    /* of the storage class; CKPT_DT_UNTYPED for UntypedStorage */
+    uint64_t nbytes;
+    /* Where the bytes are; resolved lazily by ckpt__storage_bytes. */
+    const ckpt__zip_entry *entry; /* zip */
+    uint64_t file_offset;         /* legacy/safetensors: offset of the bytes in the file */
+    bool located;                 /* file_offset is valid (legacy: after the blob walk) */
+    ckpt_storage *base;           /* legacy view storages: the root storage they slice */
+    uint64_t base_offset;         /* byte offset of this view in base */
+    const uint8_t *data;          /* resolved bytes, or NULL */
+    void *owned;                  /* inflated copy to free, or NULL */
+};
+
+struct ckpt_file {
+    ckpt__alloc alloc;
+    ckpt__arena *arena;
+    ckpt_options opt;      /* with defaults filled in */
+    const uint8_t *map;
+    uint64_t size;
+    ckpt_format format;
+    const char *zip_root;
+    ckpt__zip zip;
+    ckpt_value *root;
+    ckpt__globals globals;
+    ckpt_storage **storages; /* distinct storages, in order of first reference */
+    size_t n_storages, cap_storages;
+    void *storage_index;     /* internal: key -> storage */
+    void *pickle_owned;      /* inflated data.pkl to free, or NULL */
+    uint64_t pickle_owned_size;
+    /* Malformed pickles: the globals named before the error stay listed (for ckpt_scan). */
+};
+
+/* A file record with defaults filled in and its arena, but nothing mapped (file.c). */
+ckpt_file *ckpt__file_new(const ckpt_options *opt, ckpt_error *err);
+/* Map path read-only into f (a regular file; a directory or device is refused). */
+int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err);
+
+/* Open a mapped file of any kind ckpt reads (file.c). On failure with a file that got as far
+ * as its pickles, *partial (if not NULL) receives the half-built file so that its globals can
+ * still be listed; the caller closes it. */
+int ckpt__open(const char *path, const ckpt_options *opt, ckpt_file **out, ckpt_file **partial,
+               ckpt_error *err);
+
+/* Parse a safetensors file's header into f->root: a dict of tensors in header order, with
+ * __metadata__ (a str -> str map) as the dict's attrs (safetensors.c). */
+int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err);
+
+/* Add a new storage to f's list and key index (the key must not be present yet). */
+int ckpt__storage_register(ckpt_file *f, ckpt_storage *s, ckpt_error *err);
+
+/* Resolve s's bytes (checked: s->nbytes bytes inside the file or the inflated entry). */
+int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err);
+
+#endif /* CKPT_INTERNAL_H */

@@ -1,0 +1,473 @@
+/* value.c - parsed pickle values: constructors, dict semantics, the set of globals, dtypes.
+ *
+ * Dicts keep insertion order in two parallel arrays and a hash index over the hashable keys,
+ * so that SETITEMS from a hostile file stays linear and a replaced key keeps its position, as
+ * in Python. Equality follows Python for the key types pickles use as keys: None, bool, int,
+ * float (True == 1 == 1.0), str, bytes and tuples of those; any other key is compared by
+ * identity. */
+#include "internal.h"
+
+#include <math.h>
+
+/* ---- dtypes ---------------------------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    size_t size;
+    const char *storage;
+    const char *st;
+} dtype_table[CKPT_DT_COUNT] = {
+#define CKPT__DTYPE_ROW(e, name, size, storage, st) {name, size, storage, st},
+    CKPT_DTYPE_MAP(CKPT__DTYPE_ROW)
+#undef CKPT__DTYPE_ROW
+};
+
+const char *ckpt_dtype_name(ckpt_dtype dt)
+{
+    return (unsigned)dt < CKPT_DT_COUNT ? dtype_table[dt].name : NULL;
+}
+
+size_t ckpt_dtype_size(ckpt_dtype dt)
+{
+    return (unsigned)dt < CKPT_DT_COUNT ? dtype_table[dt].size : 0;
+}
+
+const char *ckpt_dtype_safetensors(ckpt_dtype dt)
+{
+    return (unsigned)dt < CKPT_DT_COUNT ? dtype_table[dt].st : NULL;
+}
+
+int ckpt_dtype_from_name(const char *name)
+{
+    static const struct {
+        const char *alias;
+        ckpt_dtype dt;
+    } aliases[] = {
+        {"float", CKPT_DT_FLOAT32},   {"double", CKPT_DT_FLOAT64}, {"half", CKPT_DT_FLOAT16},
+        {"long", CKPT_DT_INT64},      {"int", CKPT_DT_INT32},      {"short", CKPT_DT_INT16},
+        {"cfloat", CKPT_DT_COMPLEX64}, {"cdouble", CKPT_DT_COMPLEX128},
+        {"chalf", CKPT_DT_COMPLEX32},
+    };
+    if (!name)
+        return -1;
+    if (strncmp(name, "torch.", 6) == 0)
+        name += 6;
+    /* UNTYPED shares the name "uint8" with UINT8; the first match wins, which is UINT8. */
+    for (int i = 0; i < CKPT_DT_COUNT; i++)
+        if (strcmp(dtype_table[i].name, name) == 0)
+            return i;
+    for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
+        if (strcmp(aliases[i].alias, name) == 0)
+            return (int)aliases[i].dt;
+    return -1;
+}
+
+int ckpt_dtype_from_storage(const char *class_name)
+{
+    if (!class_name)
+        return -1;
+    const char *dot = strrchr(class_name, '.');
+    if (dot)
+        class_name = dot + 1;
+    for (int i = 0; i < CKPT_DT_COUNT; i++)
+        if (dtype_table[i].storage && strcmp(dtype_table[i].storage, class_name) == 0)
+            return i;
+    if (strcmp(class_name, "TypedStorage") == 0)
+        return -1;
+    return -1;
+}
+
+int ckpt_dtype_from_safetensors(const char *st_name)
+{
+    if (!st_name)
+        return -1;
+    for (int i = 0; i < CKPT_DT_COUNT; i++)
+        if (dtype_table[i].st && strcmp(dtype_table[i].st, st_name) == 0)
+            return i;
+    return -1;
+}
+
+/* ---- type names ------------------------------------------------------------------------ */
+
+const char *ckpt_type_name(ckpt_type t)
+{
+    static const char *const names[] = {
+        "none", "bool",  "int",  "int",  "float",  "complex", "str",    "bytes",
+        "tuple", "list", "set",  "dict", "global", "object",  "tensor", "storage",
+    };
+    return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "unknown";
+}
+
+const char *ckpt_format_name(ckpt_format fmt)
+{
+    switch (fmt) {
+    case CKPT_FORMAT_ZIP: return "zip";
+    case CKPT_FORMAT_LEGACY: return "legacy";
+    case CKPT_FORMAT_PICKLE: return "pickle";
+    case CKPT_FORMAT_SAFETENSORS: return "safetensors";
+    }
+    return "unknown";
+}
+
+/* ---- constructors ---------------------------------------------------------------------- */
+
+ckpt_value *ckpt__value_new(ckpt__arena *ar, ckpt_type t)
+{
+    ckpt_value *v = ckpt__arena_alloc(ar, sizeof *v);
+    if (v)
+        v->type = t;
+    return v;
+}
+
+ckpt_value *ckpt__value_str(ckpt__arena *ar, ckpt_type t, const char *s, size_t n)
+{
+    ckpt_value *v = ckpt__value_new(ar, t);
+    if (!v)
+        return NULL;
+    char *p = ckpt__arena_strndup(ar, s, n);
+    if (!p)
+        return NULL;
+    v->u.str.data = p;
+    v->u.str.len = n;
+    return v;
+}
+
+ckpt_value *ckpt__value_int(ckpt__arena *ar, int64_t i)
+{
+    ckpt_value *v = ckpt__value_new(ar, CKPT_T_INT);
+    if (v)
+        v->u.i = i;
+    return v;
+}
+
+int ckpt__seq_push(ckpt__arena *ar, ckpt_value *seq, ckpt_value *item, ckpt_error *err)
+{
+    if (seq->u.seq.len == seq->u.seq.cap) {
+        size_t ncap = seq->u.seq.cap ? seq->u.seq.cap * 2 : 4;
+        ckpt_value **items = ckpt__arena_grow(ar, seq->u.seq.items,
+                                              seq->u.seq.cap * sizeof *items, ncap * sizeof *items);
+        if (!items)
+            return ckpt__arena_error(ar, err);
+        seq->u.seq.items = items;
+        seq->u.seq.cap = ncap;
+    }
+    seq->u.seq.items[seq->u.seq.len++] = item;
+    return CKPT_OK;
+}
+
+/* ---- hashing and equality -------------------------------------------------------------- */
+
+#define HASH_MAX_DEPTH 32 /* tuples nested deeper are hashed and compared by identity */
+
+static uint64_t mix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return h;
+}
+
+static uint64_t hash_bytes(const char *s, size_t n, uint64_t seed)
+{
+    uint64_t h = 0xcbf29ce484222325ull ^ seed;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ull;
+    }
+    return mix64(h);
+}
+
+/* Is v a number equal to an int64 (so that 1, True and 1.0 hash alike)? */
+static bool as_int(const ckpt_value *v, int64_t *out)
+{
+    switch (v->type) {
+    case CKPT_T_BOOL: *out = v->u.b; return true;
+    case CKPT_T_INT: *out = v->u.i; return true;
+    case CKPT_T_FLOAT:
+        if (v->u.f >= -9.2e18 && v->u.f <= 9.2e18 && v->u.f == (double)(int64_t)v->u.f) {
+            *out = (int64_t)v->u.f;
+            return true;
+        }
+        return false;
+    default: return false;
+    }
+}
+
+static uint64_t value_hash(const ckpt_value *v, int depth)
+{
+    int64_t i;
+    if (as_int(v, &i))
+        return mix64((uint64_t)i ^ 0x1234567ull);
+    switch (v->type) {
+    case CKPT_T_NONE: return 0x9e3779b97f4a7c15ull;
+    case CKPT_T_FLOAT: {
+        uint64_t bits;
+        double f = v->u.f;
+        memcpy(&bits, &f, sizeof bits);
+        return mix64(bits);
+    }
+    case CKPT_T_STR: return hash_bytes(v->u.str.data, v->u.str.len, 1);
+    case CKPT_T_BYTES: return hash_bytes(v->u.str.data, v->u.str.len, 2);
+    case CKPT_T_BIGINT: return hash_bytes(v->u.str.data, v->u.str.len, 3);
+    case CKPT_T_TUPLE:
+        if (depth < HASH_MAX_DEPTH) {
+            uint64_t h = 0x345678ull + v->u.seq.len;
+            for (size_t k = 0; k < v->u.seq.len; k++)
+                h = mix64(h ^ value_hash(v->u.seq.items[k], depth + 1));
+            return h;
+        }
+        /* fall through */
+    default: return mix64((uint64_t)(uintptr_t)v);
+    }
+}
+
+static bool value_eq(const ckpt_value *a, const ckpt_value *b, int depth)
+{
+    if (a == b)
+        return true;
+    int64_t ia, ib;
+    bool na = as_int(a, &ia), nb = as_int(b, &ib);
+    if (na || nb)
+        return na && nb && ia == ib;
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+    case CKPT_T_NONE: return true;
+    case CKPT_T_FLOAT: return a->u.f == b->u.f;
+    case CKPT_T_STR:
+    case CKPT_T_BYTES:
+    case CKPT_T_BIGINT:
+        return a->u.str.len == b->u.str.len &&
+               memcmp(a->u.str.data, b->u.str.data, a->u.str.len) == 0;
+    case CKPT_T_TUPLE:
+        if (depth >= HASH_MAX_DEPTH || a->u.seq.len != b->u.seq.len)
+            return false;
+        for (size_t k = 0; k < a->u.seq.len; k++)
+            if (!value_eq(a->u.seq.items[k], b->u.seq.items[k], depth + 1))
+                return false;
+        return true;
+    default: return false;
+    }
+}
+
+/* ---- dicts ----------------------------------------------------------------------------- */
+
+typedef struct dict_index {
+    size_t cap;      /* power of two */
+    uint32_t *slots; /* 0 empty, else item index + 1 */
+} dict_index;
+
+#define DICT_MAX_ITEMS (UINT32_MAX / 2)
+
+static int index_insert(dict_index *ix, const ckpt_value *d, size_t item)
+{
+    uint64_t h = value_hash(d->u.dict.keys[item], 0);
+    for (size_t j = h & (ix->cap - 1);; j = (j + 1) & (ix->cap - 1)) {
+        if (ix->slots[j] == 0) {
+            ix->slots[j] = (uint32_t)item + 1;
+            return 0;
+        }
+    }
+}
+
+static int index_rebuild(ckpt__arena *ar, ckpt_value *d, size_t cap)
+{
+    dict_index *ix = d->u.dict.index;
+    if (!ix) {
+        ix = ckpt__arena_alloc(ar, sizeof *ix);
+        if (!ix)
+            return -1;
+        d->u.dict.index = ix;
+    }
+    uint32_t *slots = ckpt__arena_alloc(ar, cap * sizeof *slots);
+    if (!slots)
+        return -1;
+    ix->cap = cap;
+    ix->slots = slots;
+    for (size_t k = 0; k < d->u.dict.len; k++)
+        index_insert(ix, d, k);
+    return 0;
+}
+
+ckpt_value *ckpt__dict_lookup(const ckpt_value *d, const ckpt_value *key)
+{
+    if (!d || d->type != CKPT_T_DICT)
+        return NULL;
+    const dict_index *ix = d->u.dict.index;
+    if (!ix) {
+        for (size_t k = 0; k < d->u.dict.len; k++)
+            if (value_eq(d->u.dict.keys[k], key, 0))
+                return d->u.dict.vals[k];
+        return NULL;
+    }
+    uint64_t h = value_hash(key, 0);
+    for (size_t j = h & (ix->cap - 1); ix->slots[j]; j = (j + 1) & (ix->cap - 1)) {
+        size_t k = ix->slots[j] - 1;
+        if (value_eq(d->u.dict.keys[k], key, 0))
+            return d->u.dict.vals[k];
+    }
+    return NULL;
+}
+
+static size_t dict_find(const ckpt_value *d, const ckpt_value *key)
+{
+    const dict_index *ix = d->u.dict.index;
+    if (!ix) {
+        for (size_t k = 0; k < d->u.dict.len; k++)
+            if (value_eq(d->u.dict.keys[k], key, 0))
+                return k;
+        return SIZE_MAX;
+    }
+    uint64_t h = value_hash(key, 0);
+    for (size_t j = h & (ix->cap - 1); ix->slots[j]; j = (j + 1) & (ix->cap - 1)) {
+        size_t k = ix->slots[j] - 1;
+        if (value_eq(d->u.dict.keys[k], key, 0))
+            return k;
+    }
+    return SIZE_MAX;
+}
+
+int ckpt__dict_set(ckpt__arena *ar, ckpt_value *d, ckpt_value *key, ckpt_value *val,
+                   ckpt_error *err)
+{
+    size_t k = dict_find(d, key);
+    if (k != SIZE_MAX) {
+        d->u.dict.vals[k] = val;
+        return CKPT_OK;
+    }
+    if (d->u.dict.len >= DICT_MAX_ITEMS)
+        return CKPT_FAIL(err, CKPT_ELIMIT, "a dict has more than %u items", DICT_MAX_ITEMS);
+    if (d->u.dict.len == d->u.dict.cap) {
+        size_t ncap = d->u.dict.cap ? d->u.dict.cap * 2 : 8;
+        ckpt_value **keys = ckpt__arena_grow(ar, d->u.dict.keys, d->u.dict.cap * sizeof *keys,
+                                             ncap * sizeof *keys);
+        ckpt_value **vals = keys ? ckpt__arena_grow(ar, d->u.dict.vals,
+                                                    d->u.dict.cap * sizeof *vals,
+                                                    ncap * sizeof *vals)
+                                 : NULL;
+        if (!vals)
+            return ckpt__arena_error(ar, err);
+        d->u.dict.keys = keys;
+        d->u.dict.vals = vals;
+        d->u.dict.cap = ncap;
+    }
+    d->u.dict.keys[d->u.dict.len] = key;
+    d->u.dict.vals[d->u.dict.len] = val;
+    d->u.dict.len++;
+    /* Small dicts are scanned; from 16 items on, an index at most half full. */
+    dict_index *ix = d->u.dict.index;
+    if (d->u.dict.len >= 16) {
+        if (!ix || d->u.dict.len * 2 > ix->cap) {
+            size_t cap = 64;
+            while (cap < d->u.dict.len * 4)
+                cap *= 2;
+            if (index_rebuild(ar, d, cap) != 0)
+                return ckpt__arena_error(ar, err);
+        } else {
+            index_insert(ix, d, d->u.dict.len - 1);
+        }
+    }
+    return CKPT_OK;
+}
+
+const ckpt_value *ckpt_dict_get(const ckpt_value *d, const char *key)
+{
+    if (!d || d->type != CKPT_T_DICT || !key)
+        return NULL;
+    ckpt_value k = {.type = CKPT_T_STR};
+    k.u.str.data = key;
+    k.u.str.len = strlen(key);
+    return ckpt__dict_lookup(d, &k);
+}
+
+size_t ckpt_value_len(const ckpt_value *v)
+{
+    if (!v)
+        return 0;
+    switch (v->type) {
+    case CKPT_T_TUPLE:
+    case CKPT_T_LIST:
+    case CKPT_T_SET: return v->u.seq.len;
+    case CKPT_T_DICT: return v->u.dict.len;
+    default: return 0;
+    }
+}
+
+bool ckpt__value_is_str(const ckpt_value *v, const char *s)
+{
+    return v && v->type == CKPT_T_STR && v->u.str.len == strlen(s) &&
+           memcmp(v->u.str.data, s, v->u.str.len) == 0;
+}
+
+bool ckpt__global_is(const ckpt_value *v, const char *module, const char *name)
+{
+    return v && v->type == CKPT_T_GLOBAL && strcmp(v->u.global.module, module) == 0 &&
+           strcmp(v->u.global.name, name) == 0;
+}
+
+/* ---- globals --------------------------------------------------------------------------- */
+
+#define GLOBALS_MAX 65536 /* distinct globals in one file */
+
+static uint64_t global_hash(const char *module, const char *name)
+{
+    return hash_bytes(name, strlen(name), hash_bytes(module, strlen(module), 7));
+}
+
+static void globals_index(ckpt__globals *g, size_t k)
+{
+    ckpt_global_ref *r = &g->items[k];
+    for (size_t j = global_hash(r->module, r->name) & (g->n_slots - 1);;
+         j = (j + 1) & (g->n_slots - 1))
+        if (!g->slots[j]) {
+            g->slots[j] = (uint32_t)k + 1;
+            return;
+        }
+}
+
+int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, const char *name,
+                      const char *where, uint64_t offset, ckpt_error *err)
+{
+    if (g->n_slots) {
+        for (size_t j = global_hash(module, name) & (g->n_slots - 1); g->slots[j];
+             j = (j + 1) & (g->n_slots - 1)) {
+            ckpt_global_ref *r = &g->items[g->slots[j] - 1];
+            if (strcmp(r->name, name) == 0 && strcmp(r->module, module) == 0) {
+                if (r->count < UINT32_MAX)
+                    r->count++;
+                return CKPT_OK;
+            }
+        }
+    }
+    if (g->len >= GLOBALS_MAX)
+        return CKPT_FAIL(err, CKPT_ELIMIT, "pickle names more than %d distinct globals",
+                         GLOBALS_MAX);
+    if (g->len == g->cap) {
+        size_t ncap = g->cap ? g->cap * 2 : 16;
+        ckpt_global_ref *items = ckpt__arena_grow(ar, g->items, g->cap * sizeof *items,
+                                                  ncap * sizeof *items);
+        uint32_t *slots = items ? ckpt__arena_alloc(ar, ncap * 2 * sizeof *slots) : NULL;
+        if (!slots)
+            return ckpt__arena_error(ar, err);
+        g->items = items;
+        g->cap = ncap;
+        g->slots = slots;
+        g->n_slots = ncap * 2;
+        for (size_t k = 0; k < g->len; k++)
+            globals_index(g, k);
+    }
+    ckpt_global_ref *r = &g->items[g->len];
+    r->module = ckpt__arena_strdup(ar, module);
+    r->name = ckpt__arena_strdup(ar, name);
+    if (!r->module || !r->name)
+        return ckpt__arena_error(ar, err);
+    r->kind = ckpt_classify_global(r->module, r->name);
+    r->where = where;
+    r->offset = offset;
+    r->count = 1;
+    globals_index(g, g->len);
+    g->len++;
+    return CKPT_OK;
+}
