@@ -284,7 +284,8 @@ struct ckpt_tensor {
 };
 
 CKPT_API int64_t ckpt_tensor_numel(const ckpt_tensor *t);
-CKPT_API uint64_t ckpt_tensor_nbytes(const ckpt_tensor *t); /* numel * element size */
+CKPT_API uint64_t ckpt_tensor_nbytes(const ckpt_tensor *t); /* numel * element size, or
+                                                            * UINT64_MAX if that overflows */
 /* True when the elements are in row-major order with no gaps (strides of size-1 dims ignored). */
 CKPT_API bool ckpt_tensor_is_contiguous(const ckpt_tensor *t);
 
@@ -305,7 +306,11 @@ CKPT_API int ckpt_tensor_read(const ckpt_tensor *t, ckpt_dtype to, void *buf, si
                               ckpt_error *err);
 
 /* SHA-256 of the tensor's elements in row-major order as contiguous little-endian bytes (bool
- * as one byte 0/1), written as 64 lowercase hex digits and a NUL into hex. */
+ * as one byte 0/1), written as 64 lowercase hex digits and a NUL into hex. A broadcast view
+ * (stride 0) whose logical size exceeds both CKPT_HASH_MIN_BYTES and CKPT_HASH_MAX_EXPANSION
+ * times its storage's bytes is refused with CKPT_ELIMIT rather than hashed for hours. */
+#define CKPT_HASH_MIN_BYTES (4ull << 30)
+#define CKPT_HASH_MAX_EXPANSION 64
 CKPT_API int ckpt_tensor_sha256(const ckpt_tensor *t, char hex[65], ckpt_error *err);
 
 /* ---- globals and safety ------------------------------------------------------------------- */
@@ -350,8 +355,439 @@ CKPT_API int ckpt_scan(const char *path, const ckpt_options *opt, ckpt_scan_resu
                        ckpt_error *err);
 CKPT_API void ckpt_scan_free(ckpt_scan_result *r);
 
+/* ---- inference (ckpt_model_*) ------------------------------------------------------------- */
+/*
+ * A torchvision ResNet in eval mode, built once from an architecture and its weights, then run
+ * on preprocessed images (float32 NCHW, already normalised):
+ *
+ *     const ckpt_value *sd = ...;   // a dict of tensors with torchvision's keys ("conv1.weight")
+ *     ckpt_model *m;
+ *     if (ckpt_model_load(ckpt_arch_by_name("resnet50"), 1000, sd, NULL, NULL, &m, &err))
+ *         return fail(&err);
+ *     float logits[1000];
+ *     ckpt_model_run(m, image, 1, 224, 224, logits, NULL, &err);
+ *     ckpt_model_free(m);
+ *
+ * BatchNorm is folded into the convolutions at load; the weights are copied, so the file may
+ * be closed once the model is loaded. The same model, input and backend give the same output
+ * bits for every thread count and for every position of an image in a batch (docs/INFERENCE.md
+ * says what is and is not guaranteed across machines).
+ */
+typedef struct ckpt_model ckpt_model;
+struct ckpt_arch; /* the architecture tables, in the state-dict section below */
+struct ckpt_sd;
+
+typedef enum ckpt_backend {
+    CKPT_BACKEND_AUTO, /* dnnl when the library was built with it, else ref */
+    CKPT_BACKEND_REF,  /* plain C, every layer written out; slow but needs nothing */
+    CKPT_BACKEND_DNNL, /* oneDNN (libdnnl): blocked layouts, fused post-ops, Winograd */
+} ckpt_backend;
+
+/* "auto", "ref", "dnnl"; NULL when out of range. */
+CKPT_API const char *ckpt_backend_name(ckpt_backend b);
+/* By name; -1 when unknown. */
+CKPT_API int ckpt_backend_from_name(const char *name);
+/* Whether this build of the library has it (AUTO and REF: always). */
+CKPT_API bool ckpt_backend_available(ckpt_backend b);
+
+#define CKPT_MODEL_NO_WINOGRAD 1u  /* dnnl: direct convolution everywhere */
+#define CKPT_MODEL_WINOGRAD_ALL 2u /* dnnl: Winograd on every stride-1 3x3 conv without groups
+                                    * (the default uses it where it wins; see INFERENCE.md) */
+
+typedef struct ckpt_model_options {
+    ckpt_backend backend; /* CKPT_BACKEND_AUTO */
+    int threads;          /* 0: the number of online CPUs */
+    uint32_t flags;       /* CKPT_MODEL_* */
+    int height, width;    /* the image size to prepare for at load (dnnl compiles its kernels
+                           * per size; another size costs one rebuild at its first run);
+                           * 0: 224 */
+} ckpt_model_options;
+
+/* Supplies one weight: the tensor called key (torchvision's state_dict name, "layer1.0.bn1.
+ * running_var"), which must have exactly the shape expect_shape[0..ndim), converted to float32
+ * into out (the product of the shape elements). Returns CKPT_OK, or fills err (CKPT_EMISMATCH
+ * for a missing or misshapen tensor) and returns its status. */
+typedef int (*ckpt_weight_fn)(void *ud, const char *key, const int64_t *expect_shape, int ndim,
+                              float *out, ckpt_error *err);
+
+/* Build the model for arch with num_classes outputs, asking fn for every weight it needs (the
+ * BatchNorm num_batches_tracked counters are not asked for). opt may be NULL. On success *out
+ * belongs to the caller; free it with ckpt_model_free. CKPT_EUNSUPPORTED when opt asks for a
+ * backend this build lacks. */
+CKPT_API int ckpt_model_new(const struct ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn,
+                            void *ud, const ckpt_model_options *opt, ckpt_model **out,
+                            ckpt_error *err);
+/* ckpt_model_new reading from a dict of tensors: the weight "conv1.weight" is the tensor at key
+ * prefix + "conv1.weight" (prefix NULL or "" for none), read with ckpt_tensor_read, so any real
+ * float or integer dtype is accepted. Extra keys are ignored; checking that the dict loads
+ * strictly is ckpt_sd_*'s job. The model does not keep pointers into state_dict. */
+CKPT_API int ckpt_model_load(const struct ckpt_arch *arch, int64_t num_classes,
+                             const ckpt_value *state_dict, const char *prefix,
+                             const ckpt_model_options *opt, ckpt_model **out, ckpt_error *err);
+/* The same from a state dict view made by ckpt_sd_from_value (keys already unwrapped). */
+CKPT_API int ckpt_model_load_sd(const struct ckpt_arch *arch, int64_t num_classes,
+                                const struct ckpt_sd *sd, const ckpt_model_options *opt,
+                                ckpt_model **out, ckpt_error *err);
+/* Run batch images input[batch][3][height][width] (any height and width from 1 to 16384; the
+ * average pool adapts) and write logits[batch][classes] and, if features is not NULL, the
+ * pooled features before fc, features[batch][ckpt_model_features(m)]. Images are computed one
+ * at a time with the same code, so a batch's outputs equal those of its images run alone. Not
+ * safe to call on one model from two threads at once; set the OpenMP thread count of the
+ * calling thread for the call and restores it. */
+CKPT_API int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int width,
+                            float *logits, float *features, ckpt_error *err);
+/* NULL is a no-op. */
+CKPT_API void ckpt_model_free(ckpt_model *m);
+
+CKPT_API ckpt_backend ckpt_model_backend(const ckpt_model *m); /* REF or DNNL, never AUTO */
+CKPT_API int ckpt_model_threads(const ckpt_model *m);
+CKPT_API int64_t ckpt_model_classes(const ckpt_model *m);
+CKPT_API int64_t ckpt_model_features(const ckpt_model *m); /* 512 * expansion */
+
+/* ---- images and preprocessing (ckpt_image_*, ckpt_npy_*) ---------------------------------- */
+
+/* What torchvision sees: `PIL.Image.open(path).convert("RGB")` for a JPEG or PNG, then
+ * Resize(S) -> CenterCrop(C) -> ToTensor -> Normalize(ImageNet), reproduced bit for bit
+ * (docs/PREPROCESSING.md says exactly what is replicated and what is guaranteed).
+ *
+ *     ckpt_image img;
+ *     float *x = malloc(3 * 224 * 224 * sizeof(float));
+ *     if (ckpt_image_load("cat.jpg", NULL, &img, &err) == CKPT_OK) {
+ *         ckpt_image_preprocess(&img, 256, 224, x, 3 * 224 * 224 * sizeof(float), &err);
+ *         ckpt_image_free(&img);
+ *     }
+ *     int64_t shape[4] = {1, 3, 224, 224};
+ *     ckpt_npy_write("x.npy", x, 4, shape, &err);
+ */
+
+/* Pillow's decompression-bomb limit (2 * Image.MAX_IMAGE_PIXELS): Image.open refuses more. */
+#define CKPT_IMAGE_MAX_PIXELS 178956970ull
+#define CKPT_IMAGE_MAX_FILE (1ull << 30)   /* bytes of one image file */
+#define CKPT_IMAGE_MAX_JPEG_SCANS 1000     /* progressive scans (Pillow has no limit) */
+#define CKPT_IMAGE_MAX_SIDE 65535          /* resize and crop arguments */
+
+/* An 8-bit RGB image. Channel c (0 R, 1 G, 2 B) of pixel (x, y) is
+ *     pixels[((size_t)y * width + x) * 3 + c]
+ * rows are contiguous, with no padding. */
+typedef struct ckpt_image {
+    int width, height;    /* >= 1 */
+    uint8_t *pixels;      /* belongs to the image: ckpt_image_free */
+    const char *format;   /* "jpeg" or "png" (static strings); NULL when not decoded */
+    /* The mode Pillow opens the file in, before convert("RGB"): "RGB", "L", "CMYK", "P",
+     * "1", "I", "LA", "RGBA" (static strings); NULL when not decoded. */
+    const char *mode;
+} ckpt_image;
+
+typedef struct ckpt_image_options {
+    uint64_t max_pixels; /* 0: CKPT_IMAGE_MAX_PIXELS; more is CKPT_ELIMIT */
+} ckpt_image_options;
+
+/* Decode a JPEG or PNG file to RGB exactly as Pillow 9.4 with the system libjpeg-turbo does
+ * for Image.open(path).convert("RGB"): grey is replicated, palettes are looked up, CMYK is
+ * converted with Pillow's formula, 16-bit samples keep their high byte (16-bit grey saturates
+ * at 255, as Pillow's "I" -> "RGB" does), alpha is dropped (not composited). What Pillow
+ * refuses is refused (a truncated file is CKPT_ECORRUPT "image file is truncated"); other
+ * image formats are CKPT_EUNSUPPORTED with a message naming them. opt may be NULL. On success
+ * *out belongs to the caller (ckpt_image_free); on failure *out is zeroed. */
+CKPT_API int ckpt_image_load(const char *path, const ckpt_image_options *opt, ckpt_image *out,
+                             ckpt_error *err);
+/* The same from size bytes at data (not kept after the call). */
+CKPT_API int ckpt_image_decode(const void *data, size_t size, const ckpt_image_options *opt,
+                               ckpt_image *out, ckpt_error *err);
+/* Free img->pixels and zero *img. NULL, or an image already freed, is a no-op. */
+CKPT_API void ckpt_image_free(ckpt_image *img);
+
+/* The size torchvision 0.14's Resize(size) gives a width x height image: the short side
+ * becomes size, the long side int(size * long / short). CKPT_ELIMIT when it would not fit. */
+CKPT_API int ckpt_image_resized_size(int width, int height, int size, int *out_width,
+                                     int *out_height, ckpt_error *err);
+/* PIL's in.resize((width, height), Image.BILINEAR), byte for byte (Pillow's fixed-point
+ * two-pass resample; an unchanged size is a copy). On success *out belongs to the caller
+ * (ckpt_image_free); at most CKPT_IMAGE_MAX_PIXELS pixels. Thread-safe. */
+CKPT_API int ckpt_image_resize(const ckpt_image *in, int width, int height, ckpt_image *out,
+                               ckpt_error *err);
+
+/* torchvision's Resize(resize) -> CenterCrop(crop) -> ToTensor() -> Normalize(mean=(0.485,
+ * 0.456, 0.406), std=(0.229, 0.224, 0.225)) on img, bit for bit, as a float32 CHW tensor of
+ * 3 x crop x crop written to out (out_size bytes, at least 3 * crop * crop * 4). resize 0
+ * skips the Resize. A crop larger than the image is padded with black, as torchvision does.
+ * Only the pixels the crop keeps are resampled. Thread-safe. */
+CKPT_API int ckpt_image_preprocess(const ckpt_image *img, int resize, int crop, float *out,
+                                   size_t out_size, ckpt_error *err);
+
+/* A float32 array read from a numpy .npy file. */
+typedef struct ckpt_npy {
+    int ndim;                      /* 0 ... CKPT_MAX_DIMS */
+    int64_t shape[CKPT_MAX_DIMS];
+    int64_t numel;                 /* product of shape (1 for ndim 0) */
+    float *data;                   /* numel values, C order; belongs to the array */
+} ckpt_npy;
+
+/* Write data (C order, numel = product of shape) as a .npy file numpy 1.24's np.save would
+ * write byte for byte: version 1.0, '<f4', fortran_order False, header padded to 64 bytes. */
+CKPT_API int ckpt_npy_write(const char *path, const float *data, int ndim, const int64_t *shape,
+                            ckpt_error *err);
+/* Read a .npy file of format version 1.0, 2.0 or 3.0 holding '<f4' in C order; any other
+ * dtype or layout is refused naming it, and the data must fill the file exactly. On success
+ * *out belongs to the caller (ckpt_npy_free). */
+CKPT_API int ckpt_npy_read(const char *path, ckpt_npy *out, ckpt_error *err);
+/* The same from size bytes at data (copied). */
+CKPT_API int ckpt_npy_decode(const void *data, size_t size, ckpt_npy *out, ckpt_error *err);
+/* Free a->data and zero *a. NULL is a no-op. */
+CKPT_API void ckpt_npy_free(ckpt_npy *a);
+
 /* ---- state dicts (ckpt_sd_*) -------------------------------------------------------------- */
 /* (issue 3: finding, unwrapping and judging state dicts; declarations follow in this section) */
+
+/* The ten ResNets of torchvision 0.14 (RESNET.md): the block structure, from which both the
+ * exact state_dict() of `torchvision.models.NAME(num_classes=N)` and an inference graph follow.
+ *
+ *     const ckpt_arch *a = ckpt_arch_by_name("resnext50_32x4d");
+ *     ckpt_sd_model *m;
+ *     if (ckpt_arch_model(a, 1000, &m, &err) == CKPT_OK) {
+ *         for (size_t i = 0; i < m->sd.n_entries; i++)
+ *             printf("%s\n", m->sd.entries[i].key);   // 320 keys, in state_dict() order
+ *         ckpt_sd_model_free(m);
+ *     }
+ */
+typedef enum ckpt_arch_block {
+    CKPT_ARCH_BASIC,      /* conv1 3x3 (stride) -> bn1 -> relu -> conv2 3x3 -> bn2; expansion 1 */
+    CKPT_ARCH_BOTTLENECK, /* conv1 1x1 -> bn1 -> conv2 3x3 (stride, groups) -> bn2 -> conv3 1x1
+                           * -> bn3; expansion 4 */
+} ckpt_arch_block;
+
+typedef struct ckpt_arch {
+    const char *name;    /* torchvision's builder: "resnet50", "wide_resnet101_2" */
+    ckpt_arch_block block;
+    int expansion;       /* 1 (basic) or 4 (bottleneck) */
+    int layers[4];       /* blocks in layer1..layer4 */
+    int groups;          /* of every bottleneck conv2: 1, or 32/64 for ResNeXt */
+    int width_per_group; /* torchvision's base_width: 64, 4 or 8 (ResNeXt), 128 (wide) */
+} ckpt_arch;
+
+CKPT_API size_t ckpt_arch_count(void);                            /* 10 */
+CKPT_API const ckpt_arch *ckpt_arch_at(size_t i);                 /* NULL when out of range */
+CKPT_API const char *ckpt_arch_name(size_t i);                    /* NULL when out of range */
+CKPT_API const ckpt_arch *ckpt_arch_by_name(const char *name);    /* NULL when unknown */
+/* Planes of stage 0..3: 64, 128, 256, 512. */
+CKPT_API int64_t ckpt_arch_planes(int stage);
+/* Channels inside a block of the stage: planes for basic blocks, int(planes * width_per_group
+ * / 64) * groups for bottlenecks (conv1's output, conv2's input and output). */
+CKPT_API int64_t ckpt_arch_width(const ckpt_arch *a, int stage);
+/* Channels entering fc: 512 * expansion. */
+CKPT_API int64_t ckpt_arch_features(const ckpt_arch *a);
+/* Elements of model.parameters() (buffers excluded), as RESNET.md's table counts them. */
+CKPT_API int64_t ckpt_arch_parameters(const ckpt_arch *a, int64_t num_classes);
+
+/* One item of a state dict: of a checkpoint (value set) or of a model (value NULL). */
+typedef struct ckpt_sd_entry {
+    const char *key;
+    const ckpt_value *value; /* the checkpoint's value, tensor or not; NULL in a model */
+    bool is_tensor;          /* false: value is something else and dtype/ndim/shape are unset */
+    ckpt_dtype dtype;
+    int ndim;
+    const int64_t *shape;    /* ndim sizes */
+} ckpt_sd_entry;
+
+/* One entry of a state dict's _metadata: the module path (no trailing dot, "" the root) and
+ * its "version" (-1 when the entry has no integer version). */
+typedef struct ckpt_sd_meta {
+    const char *module;
+    int64_t version;
+} ckpt_sd_meta;
+
+/* A state dict as load_state_dict sees it, keys already unwrapped. Plain arrays: a test can
+ * build one by hand. Those made by ckpt_sd_from_value point into the ckpt_file they came from
+ * and stay valid until it is closed and they are freed. */
+typedef struct ckpt_sd {
+    ckpt_sd_entry *entries; /* in the dict's order */
+    size_t n_entries;
+    bool has_metadata;      /* the dict carries _metadata (an OrderedDict made by state_dict()) */
+    ckpt_sd_meta *meta;
+    size_t n_meta;
+    const char *prefix;     /* what was stripped from the keys (and from _metadata), "" for none */
+    void *internal;
+} ckpt_sd;
+
+/* A view of a dict value (string keys; other keys make CKPT_EUNSUPPORTED) with prefix, if not
+ * NULL or "", removed from the keys that start with it and from the _metadata paths, as
+ * `OrderedDict((k[len(p):] if k.startswith(p) else k, v) for k, v in sd.items())` would (a
+ * key met twice keeps its first place and its last value). On success *out belongs to the
+ * caller; free it with ckpt_sd_free before closing the file. */
+CKPT_API int ckpt_sd_from_value(const ckpt_value *dict, const char *prefix, ckpt_sd **out,
+                                ckpt_error *err);
+CKPT_API void ckpt_sd_free(ckpt_sd *sd); /* NULL is a no-op */
+
+/* A module of a model: what its _load_from_state_dict looks at. */
+typedef struct ckpt_sd_module {
+    const char *path;       /* "layer1.0.bn1"; "" is the root */
+    size_t parent;          /* index in modules; the root's is its own (0) */
+    size_t first, count;    /* its parameters, then persistent buffers, then _extra_state:
+                             * entries[first .. first+count) of the model's sd */
+    int64_t version;        /* module._version: 2 for BatchNorm, 1 otherwise */
+    bool batchnorm;         /* fills a missing num_batches_tracked when the state dict's version
+                             * of it is absent or < 2 (BatchNorm with running statistics) */
+    bool extra_state;       /* overrides set_extra_state: its last entry is "_extra_state" */
+} ckpt_sd_module;
+
+/* What load_state_dict compares a state dict with: the modules in the order load() visits
+ * them (a module, then each child's subtree in registration order, modules without state
+ * included) and the model's own state_dict(). */
+typedef struct ckpt_sd_model {
+    const char *class_name;  /* the name PyTorch's error text uses: "ResNet" */
+    const ckpt_arch *arch;   /* NULL when made from a template */
+    int64_t num_classes;     /* 0 when made from a template */
+    ckpt_sd_module *modules;
+    size_t n_modules;
+    ckpt_sd sd;              /* keys, dtypes and shapes in state_dict() order; meta: the versions */
+    void *internal;
+} ckpt_sd_model;
+
+/* The model `torchvision.models.NAME(num_classes=num_classes)`. *out belongs to the caller;
+ * free it with ckpt_sd_model_free. CKPT_EINVAL for num_classes < 1 or > 2^31-1. */
+CKPT_API int ckpt_arch_model(const ckpt_arch *a, int64_t num_classes, ckpt_sd_model **out,
+                             ckpt_error *err);
+/* A model whose state_dict() is tmpl (an example checkpoint of any architecture). Modules are
+ * inferred from the dotted keys; a module with a num_batches_tracked entry counts as BatchNorm
+ * unless tmpl's _metadata gives it a version other than 2; an "_extra_state" entry marks a
+ * module with extra state. class_name NULL: "Model". *out belongs to the caller (free it with
+ * ckpt_sd_model_free) and points into tmpl's file, which must stay open. */
+CKPT_API int ckpt_sd_model_from_template(const ckpt_sd *tmpl, const char *class_name,
+                                         ckpt_sd_model **out, ckpt_error *err);
+CKPT_API void ckpt_sd_model_free(ckpt_sd_model *m); /* NULL is a no-op */
+
+/* A key whose shape differs, as load_state_dict reports it. */
+typedef struct ckpt_sd_mismatch {
+    const char *key;
+    const ckpt_sd_entry *checkpoint;
+    const ckpt_sd_entry *model;
+} ckpt_sd_mismatch;
+
+/* The outcome of model.load_state_dict(sd, strict=True), PyTorch 1.13 and 2.x. */
+typedef struct ckpt_sd_verdict {
+    bool ok;                  /* the strict load succeeds */
+    const char **missing;     /* in the order PyTorch lists them (module order) */
+    size_t n_missing;
+    const char **unexpected;  /* in PyTorch's order (by module, then the dict's order) */
+    size_t n_unexpected;
+    ckpt_sd_mismatch *mismatch;
+    size_t n_mismatch;
+    const char **errors;      /* PyTorch's error_msgs after the missing/unexpected lines, in its
+                               * order: size mismatches, non-tensor values, and an IndexError
+                               * (a 1-D empty tensor for a 0-dim parameter) */
+    size_t n_errors;
+    const char *message;      /* RuntimeError text ("Error(s) in loading state_dict for
+                               * ResNet:\n\t..."), or NULL when ok */
+    size_t n_loaded;          /* model keys copied from the state dict */
+    size_t n_filled;          /* num_batches_tracked filled in by BatchNorm's upgrade rule */
+    void *internal;
+} ckpt_sd_verdict;
+
+/* Judge sd against m exactly as load_state_dict(strict=True) would. *out belongs to the
+ * caller; free it with ckpt_sd_verdict_free. Strings point into m and sd. */
+CKPT_API int ckpt_sd_judge(const ckpt_sd_model *m, const ckpt_sd *sd, ckpt_sd_verdict **out,
+                           ckpt_error *err);
+CKPT_API void ckpt_sd_verdict_free(ckpt_sd_verdict *v); /* NULL is a no-op */
+
+/* ckpt check: find the weights in a file, unwrap them, recognise the model, judge. */
+typedef struct ckpt_sd_check_options {
+    const char *arch;          /* NULL or "auto": recognise one of the ten; else a ckpt_arch name */
+    int64_t num_classes;       /* 0: from fc.weight (auto) or torchvision's 1000 (named arch) */
+    const ckpt_file *against;  /* a template checkpoint instead of an architecture, or NULL */
+    const char *against_key;   /* where the template's state dict is ("a/b"), or NULL: find */
+    const char *key;           /* where the state dict is ("a/b"), or NULL: find */
+    const char *strip_prefix;  /* NULL: find the wrapper prefix; "" strips nothing */
+    bool scan_values;          /* read tensor data: NaN/Inf, BatchNorm statistics at init */
+    const char *file_name;     /* shown in the Python lines; NULL: "checkpoint.pth" */
+} ckpt_sd_check_options;
+
+/* A dict of tensors that could be the state dict. */
+typedef struct ckpt_sd_candidate {
+    const char **path;         /* dict keys and list/tuple indexes (as strings) from the root */
+    size_t path_len;           /* 0: the root itself */
+    const char *path_str;      /* "model/ema", "" for the root: what --key takes */
+    const ckpt_value *dict;
+    size_t n_tensors;          /* tensor values */
+    size_t n_entries;          /* all values */
+    const char *prefix;        /* the wrapper prefix that fits it best */
+    const ckpt_arch *arch;     /* the architecture it fits best (auto), or NULL */
+    size_t matched;            /* model keys present with the model's shape, after unwrapping */
+    size_t expected;           /* keys of that model */
+} ckpt_sd_candidate;
+
+typedef struct ckpt_sd_warning {
+    const char *code;          /* stable: "training_checkpoint", "prefix_stripped", "nan", ... */
+    const char *message;       /* one line for people */
+} ckpt_sd_warning;
+
+typedef struct ckpt_sd_report {
+    ckpt_sd_candidate *candidates; /* best first */
+    size_t n_candidates;
+    const ckpt_sd_candidate *chosen;
+    const ckpt_sd *sd;             /* the chosen dict, unwrapped */
+    const char *prefix;            /* = sd->prefix */
+    const ckpt_arch *arch;         /* NULL with a template or when nothing was recognised */
+    int64_t num_classes;           /* 0 with a template or when nothing was recognised */
+    const ckpt_sd_model *model;    /* NULL when nothing was recognised and there is no template */
+    const ckpt_sd_verdict *verdict;/* NULL when model is */
+    /* What model.load_state_dict(torch.load(file), strict=False) would have done (NULL when the
+     * state dict is the root and needs no unwrapping). */
+    const ckpt_sd_verdict *whole_file;
+    size_t n_tensors;
+    int64_t n_parameters;          /* elements of tensors other than BatchNorm buffers */
+    ckpt_sd_warning *warnings;
+    size_t n_warnings;
+    const char *python;            /* lines of Python that load the file correctly, or NULL */
+    void *internal;
+} ckpt_sd_report;
+
+/* CKPT_ENOTFOUND when there is no dict of tensors or no --key path; CKPT_EINVAL for bad
+ * options. Not recognising the architecture is no error: model and verdict are then NULL.
+ * *out belongs to the caller; free it with ckpt_sd_report_free before closing the files. */
+CKPT_API int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt,
+                           ckpt_sd_report **out, ckpt_error *err);
+CKPT_API void ckpt_sd_report_free(ckpt_sd_report *c); /* NULL is a no-op */
+
+/* ckpt diff: two state dicts tensor by tensor. */
+typedef enum ckpt_sd_diff_kind {
+    CKPT_SD_SAME,       /* same dtype and shape; bit-identical (or within atol) */
+    CKPT_SD_DIFFERENT,  /* same dtype and shape; values differ */
+    CKPT_SD_ONLY_A,
+    CKPT_SD_ONLY_B,
+    CKPT_SD_SHAPE,      /* shapes differ: values not compared */
+    CKPT_SD_DTYPE,      /* dtypes differ: values compared in float64 when both are real */
+    CKPT_SD_NOT_TENSOR, /* one side or both hold something other than a tensor */
+    CKPT_SD_DIFF_KINDS
+} ckpt_sd_diff_kind;
+
+/* "same", "different", "only_a", "only_b", "shape", "dtype", "not_tensor". */
+CKPT_API const char *ckpt_sd_diff_kind_name(ckpt_sd_diff_kind k);
+
+typedef struct ckpt_sd_diff_item {
+    const char *key;
+    ckpt_sd_diff_kind kind;
+    bool match;                /* counts as equal (SAME, or DTYPE within atol) */
+    const ckpt_sd_entry *a, *b;/* NULL on the side that lacks the key */
+    bool compared;             /* values were compared: the fields below are set */
+    int64_t n_differ;          /* elements that differ (bitwise, or by more than atol) */
+    double max_abs;            /* max |a - b| in float64; INFINITY when NaN meets a number */
+    double max_rel;            /* max |a - b| / max(|a|, |b|) */
+} ckpt_sd_diff_item;
+
+typedef struct ckpt_sd_diff_result {
+    ckpt_sd_diff_item *items;  /* A's keys in A's order, then B's own keys in B's order */
+    size_t n_items;
+    size_t count[CKPT_SD_DIFF_KINDS]; /* items of each kind */
+    bool match;                /* every item matches */
+    void *internal;
+} ckpt_sd_diff_result;
+
+/* atol < 0: bitwise equality with equal dtypes. atol >= 0: |a - b| <= atol elementwise in
+ * float64 (NaN equals NaN), dtypes may differ. *out belongs to the caller; free it with
+ * ckpt_sd_diff_free before closing the files. Reads every tensor present on both sides. */
+CKPT_API int ckpt_sd_diff(const ckpt_sd *a, const ckpt_sd *b, double atol,
+                          ckpt_sd_diff_result **out, ckpt_error *err);
+CKPT_API void ckpt_sd_diff_free(ckpt_sd_diff_result *d); /* NULL is a no-op */
 
 #ifdef __cplusplus
 }

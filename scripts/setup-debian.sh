@@ -5,7 +5,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config
-  zlib1g-dev nettle-dev libjansson-dev
+  zlib1g-dev nettle-dev libjansson-dev libjpeg62-turbo-dev libpng-dev libdnnl-dev
   python3-torch python3-torchvision python3-pil python3-numpy
   strace time
 )

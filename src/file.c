@@ -245,6 +245,26 @@ static int legacy_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **
     return (*out = storage_value(f, vs)) ? CKPT_OK : ckpt__arena_error(f->arena, err);
 }
 
+/* ---- the legacy magic number ------------------------------------------------------------ */
+
+/* 0x1950a86a20f9469cfc6c as LONG1 bytes: what the first pickle of a legacy file holds. With
+ * pickle_protocol >= 3 its opcodes differ from the 15 bytes detect.c matches, so the value
+ * itself is what identifies the format. */
+static const uint8_t legacy_magic[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
+
+bool ckpt__is_legacy_stream(ckpt_file *f)
+{
+    ckpt__pickle_ctx ctx = {.arena = f->arena, .where = "magic number",
+                            .max_depth = f->opt.max_depth, .max_memo = f->opt.max_memo};
+    ckpt_value *v;
+    size_t used;
+    ckpt_error e;
+    if (ckpt__pickle_load(&ctx, f->map, (size_t)f->size, &v, &used, &e) != CKPT_OK)
+        return false;
+    return v->type == CKPT_T_BIGINT && v->u.str.len == sizeof legacy_magic &&
+           memcmp(v->u.str.data, legacy_magic, sizeof legacy_magic) == 0;
+}
+
 /* ---- running pickles --------------------------------------------------------------------- */
 
 static void pickle_ctx(ckpt_file *f, ckpt__pickle_ctx *ctx, const char *where,
@@ -326,6 +346,16 @@ static int open_zip(ckpt_file *f, ckpt_error *err)
     if ((rc = ckpt__pickle_load(&ctx, data, (size_t)pe->usize, &f->root, &used, err)))
         return rc;
     f->format = CKPT_FORMAT_ZIP;
+    /* torch.load never runs another pickle of the archive, but one hidden beside data.pkl is
+     * still worth a warning: list its globals too. Storage records are not looked at. */
+    size_t root_len = strlen(f->zip_root);
+    for (size_t k = 0; k < f->zip.n_entries; k++) {
+        const ckpt__zip_entry *e = &f->zip.entries[k];
+        if (e == pe || (strncmp(e->name, f->zip_root, root_len) == 0 &&
+                        strncmp(e->name + root_len, "/data/", 6) == 0))
+            continue;
+        ckpt__scan_entry(f, e, NULL);
+    }
     return CKPT_OK;
 }
 
@@ -347,6 +377,9 @@ static int open_legacy(ckpt_file *f, ckpt_error *err)
     int rc;
     if ((rc = legacy_small(f, &pos, "magic number", &v, err)))
         return rc;
+    if (v->type != CKPT_T_BIGINT || v->u.str.len != sizeof legacy_magic ||
+        memcmp(v->u.str.data, legacy_magic, sizeof legacy_magic) != 0)
+        return CKPT_FAIL(err, CKPT_EFORMAT, "legacy: wrong magic number");
     if ((rc = legacy_small(f, &pos, "protocol version", &v, err)))
         return rc;
     if (v->type != CKPT_T_INT || v->u.i != LEGACY_PROTOCOL_VERSION)
@@ -498,7 +531,9 @@ int ckpt__open(const char *path, const ckpt_options *opt, ckpt_file **out, ckpt_
         switch (ckpt__detect(f->map, f->size, err)) {
         case CKPT__KIND_ZIP: rc = open_zip(f, err); break;
         case CKPT__KIND_LEGACY: rc = open_legacy(f, err); break;
-        case CKPT__KIND_PICKLE: rc = open_pickle(f, err); break;
+        case CKPT__KIND_PICKLE:
+            rc = ckpt__is_legacy_stream(f) ? open_legacy(f, err) : open_pickle(f, err);
+            break;
         case CKPT__KIND_SAFETENSORS: rc = ckpt__safetensors_open(f, err); break;
         case CKPT__KIND_OTHER: rc = err ? err->status : CKPT_EFORMAT; break;
         }
@@ -558,7 +593,7 @@ int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err)
     ckpt_file *f = s->file;
     int rc;
     if (s->base) {
-        const uint8_t *b;
+        const uint8_t *b = NULL;
         if ((rc = ckpt__storage_bytes(s->base, &b, err)))
             return rc;
         s->data = b + s->base_offset;

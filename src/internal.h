@@ -205,6 +205,15 @@ ckpt_file *ckpt__file_new(const ckpt_options *opt, ckpt_error *err);
 /* Map path read-only into f (a regular file; a directory or device is refused). */
 int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err);
 
+/* Does the mapped file start with a pickle of the legacy magic number (any protocol)? */
+bool ckpt__is_legacy_stream(ckpt_file *f);
+
+/* If zip entry e holds a pickle (by name or by its first bytes), list its globals in
+ * f->globals without building anything that could be used; STORED entries are read whatever
+ * their flags say. Returns whether it held one; *parse_error (if not NULL and still NULL)
+ * receives why a pickle stopped early (scan.c). */
+bool ckpt__scan_entry(ckpt_file *f, const ckpt__zip_entry *e, const char **parse_error);
+
 /* Open a mapped file of any kind ckpt reads (file.c). On failure with a file that got as far
  * as its pickles, *partial (if not NULL) receives the half-built file so that its globals can
  * still be listed; the caller closes it. */

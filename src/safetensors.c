@@ -165,7 +165,7 @@ int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err)
             root->u.dict.attrs = meta;
             continue;
         }
-        ckpt_value *tv;
+        ckpt_value *tv = NULL;
         if ((rc = parse_tensor(f, name, info, data_start, data_len, &ranges[n_ranges], &tv, err)))
             goto out;
         n_ranges++;

@@ -37,16 +37,10 @@ static int stub_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **ou
     return CKPT_OK;
 }
 
-typedef struct scan_state {
-    ckpt_file *f;
-    const char *parse_error;
-} scan_state;
-
 /* Run up to max pickles from buf; the first failure is remembered and ends the stream. */
-static void scan_stream(scan_state *st, const uint8_t *buf, size_t len, const char *where,
-                        int max)
+static void scan_stream(ckpt_file *f, const uint8_t *buf, size_t len, const char *where, int max,
+                        const char **parse_error)
 {
-    ckpt_file *f = st->f;
     size_t pos = 0;
     for (int n = 0; n < max && pos < len; n++) {
         ckpt__pickle_ctx ctx = {
@@ -64,8 +58,8 @@ static void scan_stream(scan_state *st, const uint8_t *buf, size_t len, const ch
         size_t used = 0;
         ckpt_error e;
         if (ckpt__pickle_load(&ctx, buf + pos, len - pos, &v, &used, &e) != CKPT_OK) {
-            if (!st->parse_error)
-                st->parse_error = ckpt__arena_printf(f->arena, "%s: %s", where, e.message);
+            if (parse_error && !*parse_error)
+                *parse_error = ckpt__arena_printf(f->arena, "%s (in %s)", e.message, ctx.where);
             return;
         }
         if (used == 0)
@@ -110,33 +104,61 @@ static bool ends_with_ci(const char *s, const char *suffix)
     return n >= m && strcasecmp(s + n - m, suffix) == 0;
 }
 
-static int scan_zip(scan_state *st, ckpt_error *err)
+/* A pickle of protocol 2 or more starts with PROTO; torch never writes protocol 0/1 in zips. */
+static bool looks_like_pickle(const uint8_t *p, uint64_t n)
 {
-    ckpt_file *f = st->f;
-    int rc = ckpt__zip_open(f->arena, f->map, f->size, &f->zip, err);
-    if (rc)
-        return rc;
-    for (size_t k = 0; k < f->zip.n_entries; k++) {
-        const ckpt__zip_entry *e = &f->zip.entries[k];
-        bool pkl = ends_with_ci(e->name, ".pkl") || ends_with_ci(e->name, ".pickle");
-        bool npy = ends_with_ci(e->name, ".npy");
-        if (!pkl && !npy)
-            continue;
-        const uint8_t *data;
-        void *owned;
+    return n >= 2 && p[0] == 0x80 && p[1] <= 5;
+}
+
+bool ckpt__scan_entry(ckpt_file *f, const ckpt__zip_entry *e, const char **parse_error)
+{
+    bool by_name = ends_with_ci(e->name, ".pkl") || ends_with_ci(e->name, ".pickle");
+    bool npy = ends_with_ci(e->name, ".npy");
+    const uint8_t *data;
+    void *owned = NULL;
+    if (e->method == 0) {
+        /* In place, whatever the flags claim: flipping the "encrypted" bit must not hide a
+         * pickle from the scanner (ckpt__zip_open checked the range). */
+        data = f->map + e->data_offset;
+    } else {
+        if (!by_name && !npy)
+            return false; /* not worth inflating every compressed member to peek */
         ckpt_error e2;
         if (ckpt__zip_read(f->map, f->size, e, &f->alloc, f->opt.max_inflate, &data, &owned,
                            &e2) != CKPT_OK) {
-            if (!st->parse_error)
-                st->parse_error = ckpt__arena_printf(f->arena, "%s", e2.message);
-            continue;
+            if (parse_error && !*parse_error)
+                *parse_error = ckpt__arena_printf(f->arena, "%s", e2.message);
+            return false;
         }
-        const uint8_t *pk = data;
-        size_t pklen = (size_t)e->usize;
-        if (pkl || npy_pickle(data, e->usize, &pk, &pklen))
-            scan_stream(st, pk, pklen, e->name, pkl ? SCAN_MAX_PICKLES : 1);
-        ckpt__free(&f->alloc, owned, e->usize);
     }
+    uint64_t n = e->method == 0 ? e->csize : e->usize;
+    const uint8_t *pk = data;
+    size_t pklen = (size_t)n;
+    bool found = false;
+    if (npy) {
+        if ((found = npy_pickle(data, n, &pk, &pklen)))
+            scan_stream(f, pk, pklen, e->name, 1, parse_error);
+    } else if (by_name || looks_like_pickle(data, n)) {
+        found = true;
+        scan_stream(f, pk, pklen, e->name, SCAN_MAX_PICKLES, parse_error);
+    }
+    ckpt__free(&f->alloc, owned, e->usize);
+    return found;
+}
+
+static int scan_zip(ckpt_file *f, const char **parse_error, ckpt_error *err)
+{
+    int rc = ckpt__zip_open(f->arena, f->map, f->size, &f->zip, err);
+    if (rc)
+        return rc;
+    size_t found = 0, encrypted = 0;
+    for (size_t k = 0; k < f->zip.n_entries; k++) {
+        found += ckpt__scan_entry(f, &f->zip.entries[k], parse_error);
+        encrypted += (f->zip.entries[k].flags & 1) != 0;
+    }
+    if (!found && !*parse_error)
+        return CKPT_FAIL(err, CKPT_EFORMAT, "zip archive holds no pickle ckpt can read%s",
+                         encrypted ? " (its entries are encrypted)" : "");
     return CKPT_OK;
 }
 
@@ -151,7 +173,7 @@ int ckpt_scan(const char *path, const ckpt_options *opt, ckpt_scan_result **out,
         ckpt_close(f);
         return rc;
     }
-    scan_state st = {f, NULL};
+    const char *parse_error = NULL;
     ckpt_scan_result *r = ckpt__arena_alloc(f->arena, sizeof *r);
     if (!r) {
         rc = ckpt__arena_error(f->arena, err);
@@ -164,16 +186,21 @@ int ckpt_scan(const char *path, const ckpt_options *opt, ckpt_scan_result **out,
     switch (ckpt__detect(f->map, f->size, &derr)) {
     case CKPT__KIND_ZIP:
         r->format = "zip";
-        rc = scan_zip(&st, err);
+        rc = scan_zip(f, &parse_error, err);
         break;
     case CKPT__KIND_LEGACY:
         /* magic, protocol, sys_info, the object, the key list; storage bytes follow */
         r->format = "legacy";
-        scan_stream(&st, f->map, (size_t)f->size, "legacy stream", 5);
+        scan_stream(f, f->map, (size_t)f->size, "legacy stream", 5, &parse_error);
         break;
     case CKPT__KIND_PICKLE:
-        r->format = "pickle";
-        scan_stream(&st, f->map, (size_t)f->size, "pickle", SCAN_MAX_PICKLES);
+        if (ckpt__is_legacy_stream(f)) {
+            r->format = "legacy";
+            scan_stream(f, f->map, (size_t)f->size, "legacy stream", 5, &parse_error);
+        } else {
+            r->format = "pickle";
+            scan_stream(f, f->map, (size_t)f->size, "pickle", SCAN_MAX_PICKLES, &parse_error);
+        }
         break;
     case CKPT__KIND_SAFETENSORS:
         r->format = "safetensors"; /* no pickles: nothing can name a global */
@@ -181,7 +208,7 @@ int ckpt_scan(const char *path, const ckpt_options *opt, ckpt_scan_result **out,
     case CKPT__KIND_OTHER:
         if (npy_pickle(f->map, f->size, &pk, &pklen)) {
             r->format = "npy";
-            scan_stream(&st, pk, pklen, "npy object array", 1);
+            scan_stream(f, pk, pklen, "npy object array", 1, &parse_error);
         } else {
             rc = err ? (*err = derr, derr.status) : derr.status;
         }
@@ -193,7 +220,7 @@ int ckpt_scan(const char *path, const ckpt_options *opt, ckpt_scan_result **out,
     }
     r->globals = f->globals.items;
     r->n_globals = f->globals.len;
-    r->parse_error = st.parse_error;
+    r->parse_error = parse_error;
     r->safe = true;
     for (size_t k = 0; k < r->n_globals; k++)
         if (r->globals[k].kind == CKPT_GLOBAL_UNKNOWN || r->globals[k].kind == CKPT_GLOBAL_DANGEROUS)

@@ -15,7 +15,10 @@ int64_t ckpt_tensor_numel(const ckpt_tensor *t)
 
 uint64_t ckpt_tensor_nbytes(const ckpt_tensor *t)
 {
-    return (uint64_t)t->numel * ckpt_dtype_size(t->dtype);
+    uint64_t n;
+    if (ckpt__mul_overflow((uint64_t)t->numel, (uint64_t)ckpt_dtype_size(t->dtype), &n))
+        return UINT64_MAX; /* only a broadcast view can be this large */
+    return n;
 }
 
 bool ckpt_tensor_is_contiguous(const ckpt_tensor *t)
@@ -230,6 +233,15 @@ static void hash_run(void *ud, const uint8_t *src, size_t n)
 
 int ckpt_tensor_sha256(const ckpt_tensor *t, char hex[65], ckpt_error *err)
 {
+    /* A stride-0 view can name 2^62 elements of a 4-byte storage; hashing what it names is
+     * allowed up to a multiple of the bytes really stored (see the header). */
+    uint64_t logical, stored = t->storage ? t->storage->nbytes : 0;
+    if (ckpt__mul_overflow((uint64_t)t->numel, (uint64_t)ckpt_dtype_size(t->dtype), &logical))
+        logical = UINT64_MAX;
+    if (logical > CKPT_HASH_MIN_BYTES && logical / CKPT_HASH_MAX_EXPANSION > stored)
+        return CKPT_FAIL(err, CKPT_ELIMIT,
+                         "a view of %lld elements over a %llu-byte storage is too large to hash",
+                         (long long)t->numel, (unsigned long long)stored);
     const uint8_t *base;
     int rc = tensor_base(t, &base, err);
     if (rc)

@@ -227,7 +227,7 @@ static bool value_eq(const ckpt_value *a, const ckpt_value *b, int depth)
 {
     if (a == b)
         return true;
-    int64_t ia, ib;
+    int64_t ia = 0, ib = 0;
     bool na = as_int(a, &ia), nb = as_int(b, &ib);
     if (na || nb)
         return na && nb && ia == ib;

@@ -1,0 +1,187 @@
+/*
+ * cli.h - what the files of the `ckpt` command share: the command table, argument parsing,
+ * error and warning lines, a growable text buffer, Python-like formatting of values, JSON
+ * nodes, and the guard that keeps walks over a file's object graph finite.
+ *
+ * Output rule: a command builds its whole stdout in memory and writes it only once nothing can
+ * fail any more, so an error leaves stdout empty (exit 2, one `ckpt: error: FILE: ...` line).
+ */
+#ifndef CKPT_CLI_H
+#define CKPT_CLI_H
+
+#include "ckpt.h"
+#include "commands.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- the command table (main.c) -------------------------------------------------------- */
+
+typedef struct cli_command cli_command;
+typedef int (*cli_fn)(int argc, char **argv, const cli_command *self);
+
+struct cli_command {
+    const char *name;
+    cli_fn fn;
+    const char *usage;   /* "ckpt inspect FILE [--depth N] [--json]" */
+    const char *summary; /* one line for `ckpt help` */
+    const char *help;    /* options and examples for `ckpt NAME --help` */
+};
+
+#define CLI__DECLARE(name, usage, summary)                                                     \
+    int cmd_##name(int argc, char **argv, const cli_command *self);                            \
+    extern const char cmd_##name##_help[];
+CKPT_CLI_COMMANDS(CLI__DECLARE)
+#undef CLI__DECLARE
+
+/* Exit statuses (docs/CLI.md). */
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FINDING 1 /* scan: the file names unknown or dangerous globals */
+#define CLI_EXIT_ERROR 2   /* unreadable or invalid file, bad command line */
+
+/* ---- arguments (common.c) --------------------------------------------------------------- */
+
+typedef struct cli_opt {
+    const char *name;   /* "json" for --json */
+    const char *arg;    /* NULL for a flag; else the value's name in messages ("N") */
+    bool *flag;         /* set for a flag */
+    const char **value; /* set for an option with a value */
+} cli_opt;
+
+/* Parse argv[1..argc) against opts (terminated by a {NULL} entry): --name, --name=value,
+ * --name value, -h/--help, `--` to end options; positionals go to pos (between min_pos and
+ * max_pos of them). Returns -1 to go on, or the exit status when done: 0 after printing the
+ * help, 2 after reporting a usage error. */
+int cli_parse_args(const cli_command *cmd, int argc, char **argv, const cli_opt *opts,
+                   const char **pos, int min_pos, int max_pos, int *npos);
+/* "ckpt: error: MESSAGE" and the usage line on stderr; returns CLI_EXIT_ERROR. */
+int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void cli_print_help(const cli_command *cmd, FILE *to);
+
+/* ---- errors, warnings, output (common.c) ------------------------------------------------ */
+
+/* "ckpt: error: PATH: MESSAGE" (one line, control characters replaced); returns 2. */
+int cli_error(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cli_error_ckpt(const char *path, const ckpt_error *err);
+/* "ckpt: warning: PATH: MESSAGE". */
+void cli_warn(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One warning line per dangerous or unknown global of f (a few, then a count). */
+void cli_warn_globals(const char *path, const ckpt_file *f);
+/* Open path, or report the error; returns NULL after cli_error_ckpt. */
+ckpt_file *cli_open(const char *path);
+/* Write the finished output to stdout. */
+void cli_write_stdout(const char *buf, size_t len);
+/* Write one JSON document (cli_json_dump, then a newline) to stdout, and free it. Returns 0,
+ * or 2 after an error line (out of memory). */
+int cli_emit_json(const char *path, json_t *doc);
+
+/* ---- text buffer (format.c) ------------------------------------------------------------- */
+
+typedef struct cli_sb {
+    char *buf; /* NUL-terminated when non-NULL */
+    size_t len, cap;
+} cli_sb;
+
+void sb_putn(cli_sb *sb, const char *s, size_t n);
+void sb_puts(cli_sb *sb, const char *s);
+void sb_putc(cli_sb *sb, char c);
+void sb_printf(cli_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_pad(cli_sb *sb, size_t n); /* n spaces */
+void sb_free(cli_sb *sb);
+const char *sb_str(const cli_sb *sb); /* "" when empty */
+/* Columns s[0..n) takes on a terminal: its UTF-8 code points. */
+size_t cli_width(const char *s, size_t n);
+/* s[0..n) with control characters as \xNN: names from a file must not drive the terminal. */
+void sb_put_clean(cli_sb *sb, const char *s, size_t n);
+
+/* Out of memory in the CLI: report and exit 2 (git's xmalloc). */
+void *cli_xrealloc(void *p, size_t n);
+
+/* ---- formatting values the Python way (format.c) ---------------------------------------- */
+
+/* repr(float): the shortest digits that read back as x ("0.9327", "1e-05", "100.0", "nan"). */
+void cli_fmt_float(cli_sb *sb, double x);
+/* 102.2 MB (SI units, one decimal; bytes below 1000 as "72 B"). */
+void cli_fmt_bytes(cli_sb *sb, uint64_t n);
+/* 25.6 M, 7.2 B, 840 (parameter counts). */
+void cli_fmt_count(cli_sb *sb, uint64_t n);
+/* [64, 3, 7, 7] */
+void cli_fmt_dims(cli_sb *sb, const int64_t *d, int n);
+/* Decimal digits of a little-endian two's complement integer. */
+void cli_fmt_bigint(cli_sb *sb, const unsigned char *le, size_t n);
+/* "module.name" of a global value, or of an object's callable; NULL if it has none. */
+const char *cli_class_of(const ckpt_value *v, cli_sb *scratch);
+
+#define CLI_REPR_TENSORS 1u /* show tensors as tensor(float32 [2, 3]) instead of failing */
+
+/* Python-like repr of v appended to sb, stopping once sb grows past `limit` bytes. Returns
+ * false when it did not fit (the text ends in "...") or, without CLI_REPR_TENSORS, when v holds
+ * a tensor or storage. */
+bool cli_repr(cli_sb *sb, const ckpt_value *v, size_t limit, unsigned flags);
+/* str(key) for a path component, as Python's walk does: strings as they are, bytes as
+ * latin-1, numbers and tuples as their repr. */
+void cli_key_str(cli_sb *sb, const ckpt_value *key);
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one. */
+size_t cli_utf8_len(const unsigned char *s, size_t n);
+/* s[0..n) quoted the way Python's repr quotes a str, at most max_chars characters shown. */
+void cli_repr_str(cli_sb *sb, const char *s, size_t n, size_t max_chars);
+
+/* ---- walking the object graph (format.c) ------------------------------------------------ */
+
+/* A memo can make a container hold itself, and shared references can make a 300-byte file a
+ * tree of 2^40 items; every walk goes through a cli_walk that knows the containers on the
+ * current path and counts the items it visits. The budget is a multiple of the items the file
+ * really holds (each container counted once), so a legitimately huge pickle can be shown in
+ * full while a small one that expands exponentially is stopped early. */
+#define CLI_MAX_DEPTH 1000          /* containers on one path */
+#define CLI_MIN_ITEMS (1u << 17)    /* the budget is at least this ... */
+#define CLI_ITEMS_PER_DISTINCT 4    /* ... or this many times the distinct items */
+
+typedef struct cli_walk {
+    const ckpt_value *path[CLI_MAX_DEPTH];
+    size_t depth;
+    uint64_t items, max_items;
+    char error[160]; /* set when a limit stopped the walk */
+} cli_walk;
+
+/* Reset w for walks under root, sizing the item budget from root's distinct items. */
+void cli_walk_init(cli_walk *w, const ckpt_value *root);
+typedef enum cli_enter { CLI_ENTERED, CLI_CYCLE, CLI_LIMIT } cli_enter;
+/* Enter container v (push it on the path). CLI_CYCLE: v is already on the path (not pushed).
+ * CLI_LIMIT: a limit was hit (w->error says which; not pushed, and every later call fails). */
+cli_enter cli_walk_enter(cli_walk *w, const ckpt_value *v);
+void cli_walk_leave(cli_walk *w);
+bool cli_is_container(const ckpt_value *v); /* tuple, list, set, dict, object */
+
+/* Tensors under v (v included), by occurrence. */
+typedef struct cli_tensor_stats {
+    uint64_t count, numel, nbytes;
+    ckpt_dtype dtypes[CKPT_DT_COUNT]; /* in order of first appearance */
+    int n_dtypes;
+} cli_tensor_stats;
+/* false when a limit stopped the count (w->error). */
+bool cli_tensor_stats_add(cli_walk *w, const ckpt_value *v, cli_tensor_stats *st);
+/* "  parameter  stride [1, 4]  offset 2": what is unusual about t, each after two spaces. */
+void cli_fmt_tensor_flags(cli_sb *sb, const ckpt_tensor *t);
+/* "320 tensors, 25.6 M parameters, 102.2 MB (float32)". */
+void cli_fmt_stats(cli_sb *sb, const cli_tensor_stats *st, bool with_dtypes);
+
+/* ---- JSON (json.c) ------------------------------------------------------------------------ */
+
+/* A JSON string from bytes that may not be UTF-8 (invalid sequences become U+FFFD). */
+json_t *cli_json_str(const char *s, size_t n);
+/* The inspect schema's NODE for v (docs/CLI.md); NULL when a limit stopped it (w->error). */
+json_t *cli_json_value(cli_walk *w, const ckpt_value *v);
+/* The tensor fields shared by inspect and tensors: dtype, shape, stride, storage_offset,
+ * storage, nbytes, requires_grad, parameter. */
+void cli_json_tensor_fields(json_t *o, const ckpt_tensor *t);
+json_t *cli_json_dims(const int64_t *d, int n);
+/* doc as compact JSON text, keys in insertion order, reals as their shortest repr. False when
+ * out of memory. */
+bool cli_json_dump(cli_sb *sb, json_t *doc);
+
+#endif

@@ -1,0 +1,292 @@
+/*
+ * cmd_check.c - `ckpt check FILE`: would `model.load_state_dict(sd, strict=True)` succeed?
+ *
+ * Finds the state dict in the file, strips wrapper prefixes, recognises the torchvision ResNet
+ * (or takes --arch / --against), then prints PyTorch's own verdict (its RuntimeError text when
+ * the load fails), ckpt's explanations, and the Python that loads the file correctly. The JSON
+ * schema is in docs/CHECK.md. Exit 0: a strict load succeeds; 1: it fails; 2: error.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The command table (commands.h) declares these once check is listed there. */
+int cmd_check(int argc, char **argv, const cli_command *self);
+extern const char cmd_check_help[];
+
+const char cmd_check_help[] =
+    "Finds the dict of tensors that holds the model (at the root, or under 'model',\n"
+    "'state_dict', 'model_ema', ... at any depth), removes wrapper prefixes ('module.',\n"
+    "'_orig_mod.', 'model.', stacked ones), recognises which of the ten torchvision ResNets it\n"
+    "is and its class count, and says what model.load_state_dict(sd, strict=True) would do\n"
+    "in PyTorch 1.13/2.x: the missing, unexpected and mismatched keys, in PyTorch's words.\n"
+    "Then what else is worth knowing (a training checkpoint, BatchNorm statistics never\n"
+    "trained, NaN/Inf values, unusual dtypes) and the few lines of Python that load it.\n"
+    "\n"
+    "Options:\n"
+    "  --arch NAME        check against torchvision.models.NAME (resnet18/34/50/101/152,\n"
+    "                     resnext50_32x4d, resnext101_32x8d, resnext101_64x4d,\n"
+    "                     wide_resnet50_2, wide_resnet101_2); auto (default): recognise it\n"
+    "  --num-classes N    the model's class count (default: from fc.weight with auto,\n"
+    "                     torchvision's 1000 with --arch NAME)\n"
+    "  --against T        check against the state dict in checkpoint T instead, e.g.\n"
+    "                     torch.save(MyModel().state_dict(), 'T.pth'): any architecture\n"
+    "  --key PATH         where the state dict is, as dict keys/list indexes: model/ema\n"
+    "  --strip-prefix P   remove P from the keys instead of guessing ('' removes nothing)\n"
+    "  --json             one JSON document on stdout (schema in docs/CHECK.md)\n"
+    "\n"
+    "Exit status: 0 a strict load succeeds; 1 it fails; 2 error (also when no architecture\n"
+    "matches and there is no --against).\n"
+    "\n"
+    "Examples:\n"
+    "  ckpt check rsp-resnet-50-ckpt.pth\n"
+    "  ckpt check model.pth --arch resnet50 --num-classes 51\n"
+    "  ckpt check trained.pt --against template.pth --json\n";
+
+static json_t *jstr(const char *s)
+{
+    return s ? cli_json_str(s, strlen(s)) : json_null();
+}
+
+static json_t *jstrs(const char *const *v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, jstr(v[i]));
+    return a;
+}
+
+static json_t *to_json(const char *path, const char *against, const ckpt_sd_report *r)
+{
+    const ckpt_sd_verdict *v = r->verdict;
+    json_t *doc = json_object();
+    json_object_set_new(doc, "file", jstr(path));
+    json_object_set_new(doc, "state_dict_path", jstrs(r->chosen->path, r->chosen->path_len));
+    json_object_set_new(doc, "prefix", jstr(r->prefix));
+    json_object_set_new(doc, "arch", r->arch ? json_string(r->arch->name) : json_null());
+    json_object_set_new(doc, "num_classes",
+                        r->arch ? json_integer((json_int_t)r->num_classes) : json_null());
+    json_object_set_new(doc, "against", against ? jstr(against) : json_null());
+    json_object_set_new(doc, "ok", json_boolean(v->ok));
+    json_object_set_new(doc, "missing", jstrs(v->missing, v->n_missing));
+    json_object_set_new(doc, "unexpected", jstrs(v->unexpected, v->n_unexpected));
+    json_t *mm = json_array();
+    for (size_t i = 0; i < v->n_mismatch; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "key", jstr(v->mismatch[i].key));
+        json_object_set_new(o, "checkpoint", cli_json_dims(v->mismatch[i].checkpoint->shape,
+                                                           v->mismatch[i].checkpoint->ndim));
+        json_object_set_new(o, "model", cli_json_dims(v->mismatch[i].model->shape,
+                                                      v->mismatch[i].model->ndim));
+        json_array_append_new(mm, o);
+    }
+    json_object_set_new(doc, "size_mismatch", mm);
+    json_object_set_new(doc, "errors", jstrs(v->errors, v->n_errors));
+    json_object_set_new(doc, "error_text", jstr(v->message));
+    json_object_set_new(doc, "tensors", json_integer((json_int_t)r->n_tensors));
+    json_object_set_new(doc, "parameters", json_integer((json_int_t)r->n_parameters));
+    json_object_set_new(doc, "loaded", json_integer((json_int_t)v->n_loaded));
+    if (r->whole_file) {
+        json_t *w = json_object();
+        json_object_set_new(w, "loaded", json_integer((json_int_t)r->whole_file->n_loaded));
+        json_object_set_new(w, "missing", json_integer((json_int_t)r->whole_file->n_missing));
+        json_object_set_new(w, "unexpected",
+                            json_integer((json_int_t)r->whole_file->n_unexpected));
+        json_object_set_new(doc, "whole_file", w);
+    } else {
+        json_object_set_new(doc, "whole_file", json_null());
+    }
+    json_t *cands = json_array();
+    for (size_t i = 0; i < r->n_candidates; i++) {
+        const ckpt_sd_candidate *c = &r->candidates[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "path", jstrs(c->path, c->path_len));
+        json_object_set_new(o, "tensors", json_integer((json_int_t)c->n_tensors));
+        json_object_set_new(o, "entries", json_integer((json_int_t)c->n_entries));
+        json_object_set_new(o, "prefix", jstr(c->prefix));
+        json_object_set_new(o, "arch", c->arch ? json_string(c->arch->name) : json_null());
+        json_object_set_new(o, "matched", json_integer((json_int_t)c->matched));
+        json_object_set_new(o, "expected", json_integer((json_int_t)c->expected));
+        json_object_set_new(o, "chosen", json_boolean(c == r->chosen));
+        json_array_append_new(cands, o);
+    }
+    json_object_set_new(doc, "candidates", cands);
+    json_t *warns = json_array();
+    for (size_t i = 0; i < r->n_warnings; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "code", json_string(r->warnings[i].code));
+        json_object_set_new(o, "message", jstr(r->warnings[i].message));
+        json_array_append_new(warns, o);
+    }
+    json_object_set_new(doc, "warnings", warns);
+    json_object_set_new(doc, "python", jstr(r->python));
+    return doc;
+}
+
+/* ckpt['model'] or ckpt */
+static void put_where(cli_sb *out, const ckpt_sd_candidate *c)
+{
+    sb_puts(out, "ckpt");
+    for (size_t i = 0; i < c->path_len; i++) {
+        sb_puts(out, "['");
+        sb_put_clean(out, c->path[i], strlen(c->path[i]));
+        sb_puts(out, "']");
+    }
+}
+
+static void human(cli_sb *out, const char *path, const char *against, const ckpt_sd_report *r)
+{
+    const ckpt_sd_verdict *v = r->verdict;
+    sb_put_clean(out, path, strlen(path));
+    sb_puts(out, ": ");
+    put_where(out, r->chosen);
+    if (r->prefix[0]) {
+        sb_puts(out, " without '");
+        sb_put_clean(out, r->prefix, strlen(r->prefix));
+        sb_puts(out, "'");
+    }
+    if (r->arch)
+        sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")", r->arch->name,
+                  r->num_classes);
+    else {
+        sb_puts(out, " into the model of ");
+        sb_put_clean(out, against, strlen(against));
+    }
+    sb_puts(out, v->ok ? ": strict load OK\n" : ": strict load FAILS\n");
+    sb_printf(out, "  %zu tensors, ", r->n_tensors);
+    cli_fmt_count(out, (uint64_t)r->n_parameters);
+    sb_puts(out, " parameters");
+    if (!v->ok)
+        sb_printf(out, "; %zu missing, %zu unexpected, %zu size mismatch%s", v->n_missing,
+                  v->n_unexpected, v->n_mismatch, v->n_mismatch == 1 ? "" : "es");
+    sb_putc(out, '\n');
+    if (v->message) {
+        sb_puts(out, "\nPyTorch would raise:\n");
+        if (strncmp(v->message, "IndexError", 10) != 0)
+            sb_puts(out, "RuntimeError: ");
+        /* the text holds tabs and newlines by design; other control characters are escaped */
+        for (const char *p = v->message; *p; p++) {
+            unsigned char ch = (unsigned char)*p;
+            if (ch == '\n' || ch == '\t' || (ch >= 0x20 && ch != 0x7f))
+                sb_putc(out, (char)ch);
+            else
+                sb_printf(out, "\\x%02x", ch);
+        }
+        sb_putc(out, '\n');
+    }
+    if (r->n_warnings) {
+        sb_putc(out, '\n');
+        for (size_t i = 0; i < r->n_warnings; i++) {
+            sb_puts(out, "- ");
+            sb_put_clean(out, r->warnings[i].message, strlen(r->warnings[i].message));
+            sb_putc(out, '\n');
+        }
+    }
+    if (r->python) {
+        sb_puts(out, "\nTo load it in Python:\n");
+        for (const char *p = r->python; *p;) {
+            const char *nl = strchr(p, '\n');
+            size_t n = nl ? (size_t)(nl - p) : strlen(p);
+            sb_puts(out, "    ");
+            sb_put_clean(out, p, n);
+            sb_putc(out, '\n');
+            p += n + (nl != NULL);
+        }
+    }
+}
+
+static bool parse_count(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || v > INT32_MAX)
+        return false;
+    *out = v;
+    return true;
+}
+
+int cmd_check(int argc, char **argv, const cli_command *self)
+{
+    bool json = false;
+    const char *arch = NULL, *num_classes = NULL, *against = NULL, *key = NULL, *strip = NULL;
+    const cli_opt opts[] = {
+        {"arch", "NAME", NULL, &arch},
+        {"num-classes", "N", NULL, &num_classes},
+        {"against", "TEMPLATE", NULL, &against},
+        {"key", "PATH", NULL, &key},
+        {"strip-prefix", "P", NULL, &strip},
+        {"json", NULL, &json, NULL},
+        {NULL, NULL, NULL, NULL},
+    };
+    const char *pos[1];
+    int npos;
+    int rc = cli_parse_args(self, argc, argv, opts, pos, 1, 1, &npos);
+    if (rc >= 0)
+        return rc;
+    const char *path = pos[0];
+    ckpt_sd_check_options o = {0};
+    o.arch = arch;
+    o.key = key;
+    o.strip_prefix = strip;
+    o.scan_values = true;
+    o.file_name = path;
+    if (arch && strcmp(arch, "auto") != 0 && !ckpt_arch_by_name(arch)) {
+        cli_sb names = {0};
+        for (size_t i = 0; i < ckpt_arch_count(); i++)
+            sb_printf(&names, i ? ", %s" : "%s", ckpt_arch_name(i));
+        rc = cli_usage_error(self, "unknown architecture '%s' (auto, %s)", arch, sb_str(&names));
+        sb_free(&names);
+        return rc;
+    }
+    if (num_classes && !parse_count(num_classes, &o.num_classes))
+        return cli_usage_error(self, "--num-classes takes a count from 1 to %d, not '%s'",
+                               INT32_MAX, num_classes);
+    if (against && arch && strcmp(arch, "auto") != 0)
+        return cli_usage_error(self, "--against and --arch NAME exclude each other");
+
+    ckpt_file *f = cli_open(path);
+    if (!f)
+        return CLI_EXIT_ERROR;
+    ckpt_file *t = NULL;
+    if (against) {
+        t = cli_open(against);
+        if (!t) {
+            ckpt_close(f);
+            return CLI_EXIT_ERROR;
+        }
+        o.against = t;
+    }
+    ckpt_sd_report *r = NULL;
+    ckpt_error err = {0};
+    rc = ckpt_sd_check(f, &o, &r, &err);
+    if (rc == CKPT_OK && r->verdict) /* an error stays one line: warnings only with a verdict */
+        cli_warn_globals(path, f);
+    if (rc != CKPT_OK) {
+        rc = cli_error_ckpt(path, &err);
+    } else if (!r->verdict) {
+        const char *where = r->chosen->path_len ? r->chosen->path_str : NULL;
+        rc = cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu torchvision ResNets: "
+                       "pass --arch NAME, or --against a checkpoint of the model",
+                       where ? "'" : "", where ? where : "the state dict", where ? "'" : "",
+                       r->chosen->n_tensors, r->chosen->n_tensors == 1 ? "" : "s",
+                       ckpt_arch_count());
+    } else if (json) {
+        rc = cli_emit_json(path, to_json(path, against, r));
+        if (rc == CLI_EXIT_OK && !r->verdict->ok)
+            rc = CLI_EXIT_FINDING;
+    } else {
+        cli_sb out = {0};
+        human(&out, path, against, r);
+        cli_write_stdout(out.buf, out.len);
+        sb_free(&out);
+        rc = r->verdict->ok ? CLI_EXIT_OK : CLI_EXIT_FINDING;
+    }
+    ckpt_sd_report_free(r);
+    ckpt_close(t);
+    ckpt_close(f);
+    return rc;
+}

@@ -1,0 +1,338 @@
+/*
+ * cmd_tensors.c - `ckpt tensors FILE [--json] [--sha256]`: every tensor reachable from the
+ * root, depth-first in container order, once per path (tied weights appear under each key).
+ *
+ * Path components are str(key) for dict keys and the index for list, tuple and set items, as
+ * a Python walk over the torch.load result names them. Objects (CKPT_T_OBJECT) are entered
+ * too, since that is where a pickled nn.Module keeps its tensors: the keys of a dict state
+ * directly (attribute names), any other state under "__state__", the call's arguments under
+ * "__args__", and SETITEMS/APPENDS contents directly.
+ */
+#include "cli.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char cmd_tensors_help[] =
+    "One line per tensor: its path from the root (keys joined with '/'), dtype, shape and size,\n"
+    "then flags: parameter, requires_grad, the strides of a non-contiguous view, a storage\n"
+    "offset. A tensor reachable by two paths (tied weights) is listed under both.\n"
+    "\n"
+    "Options:\n"
+    "  --json     one JSON document on stdout (schema in docs/CLI.md)\n"
+    "  --sha256   also hash each tensor's elements (row-major, contiguous, little-endian; bool\n"
+    "             as one byte): two files hold the same weights when the hashes match\n"
+    "\n"
+    "Examples:\n"
+    "  ckpt tensors model.pt\n"
+    "  ckpt tensors --sha256 a.pt > a.txt; ckpt tensors --sha256 b.pt > b.txt; diff a.txt b.txt\n"
+    "  ckpt tensors --json checkpoint.pth | jq -r '.tensors[].path | join(\".\")'\n";
+
+typedef struct row {
+    char *path; /* components joined with '/' */
+    const ckpt_tensor *t;
+    char sha[65];
+} row;
+
+typedef struct tensors_ctx {
+    cli_walk w;
+    cli_sb cur;        /* the current path: components, each followed by '\0' */
+    size_t *offs;      /* start of each component in cur */
+    size_t depth, cap;
+    bool json, sha256;
+    json_t *list;      /* --json: the "tensors" array */
+    row *rows;         /* human: the lines, printed once widths are known */
+    size_t n_rows, cap_rows;
+    ckpt_error err;    /* a failed hash */
+    bool failed;
+    /* --sha256: each distinct tensor is hashed once, however many paths reach it */
+    struct hashed {
+        const ckpt_tensor *t;
+        char hex[65];
+    } *hashed;
+    size_t n_hashed_slots, n_hashed;
+} tensors_ctx;
+
+static bool tensor_sha256(tensors_ctx *c, const ckpt_tensor *t, char hex[65])
+{
+    if (c->n_hashed * 2 >= c->n_hashed_slots) {
+        size_t n = c->n_hashed_slots ? c->n_hashed_slots * 2 : 256;
+        struct hashed *h = cli_xrealloc(NULL, n * sizeof *h);
+        memset(h, 0, n * sizeof *h);
+        for (size_t i = 0; i < c->n_hashed_slots; i++) {
+            if (!c->hashed[i].t)
+                continue;
+            size_t j = ((uintptr_t)c->hashed[i].t >> 4) & (n - 1);
+            while (h[j].t)
+                j = (j + 1) & (n - 1);
+            h[j] = c->hashed[i];
+        }
+        free(c->hashed);
+        c->hashed = h;
+        c->n_hashed_slots = n;
+    }
+    size_t j = ((uintptr_t)t >> 4) & (c->n_hashed_slots - 1);
+    for (; c->hashed[j].t; j = (j + 1) & (c->n_hashed_slots - 1))
+        if (c->hashed[j].t == t) {
+            memcpy(hex, c->hashed[j].hex, 65);
+            return true;
+        }
+    if (ckpt_tensor_sha256(t, hex, &c->err) != CKPT_OK)
+        return false;
+    c->hashed[j].t = t;
+    memcpy(c->hashed[j].hex, hex, 65);
+    c->n_hashed++;
+    return true;
+}
+
+static void push_comp(tensors_ctx *c, const char *s, size_t n)
+{
+    if (c->depth == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 32;
+        c->offs = cli_xrealloc(c->offs, c->cap * sizeof *c->offs);
+    }
+    c->offs[c->depth++] = c->cur.len;
+    sb_putn(&c->cur, s, n);
+    sb_putc(&c->cur, '\0');
+}
+
+static void push_key(tensors_ctx *c, const ckpt_value *key)
+{
+    if (c->depth == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 32;
+        c->offs = cli_xrealloc(c->offs, c->cap * sizeof *c->offs);
+    }
+    c->offs[c->depth++] = c->cur.len;
+    cli_key_str(&c->cur, key);
+    sb_putc(&c->cur, '\0');
+}
+
+static void push_index(tensors_ctx *c, size_t i)
+{
+    char buf[24];
+    int n = snprintf(buf, sizeof buf, "%zu", i);
+    push_comp(c, buf, (size_t)n);
+}
+
+static void pop_comp(tensors_ctx *c)
+{
+    c->cur.len = c->offs[--c->depth];
+}
+
+static bool add_tensor(tensors_ctx *c, const ckpt_tensor *t)
+{
+    char sha[65] = "";
+    if (c->sha256 && !tensor_sha256(c, t, sha)) {
+        c->failed = true;
+        return false;
+    }
+    if (c->json) {
+        json_t *o = json_object(), *path = json_array();
+        json_object_set_new(o, "path", path);
+        for (size_t i = 0; i < c->depth; i++) {
+            const char *s = c->cur.buf + c->offs[i];
+            size_t end = i + 1 < c->depth ? c->offs[i + 1] - 1 : c->cur.len - 1;
+            json_array_append_new(path, cli_json_str(s, end - c->offs[i]));
+        }
+        cli_json_tensor_fields(o, t);
+        if (c->sha256)
+            json_object_set_new(o, "sha256", json_string(sha));
+        json_array_append_new(c->list, o);
+        return true;
+    }
+    if (c->n_rows == c->cap_rows) {
+        c->cap_rows = c->cap_rows ? 2 * c->cap_rows : 64;
+        c->rows = cli_xrealloc(c->rows, c->cap_rows * sizeof *c->rows);
+    }
+    row *r = &c->rows[c->n_rows++];
+    cli_sb p = {0};
+    for (size_t i = 0; i < c->depth; i++) {
+        if (i)
+            sb_putc(&p, '/');
+        const char *comp = c->cur.buf + c->offs[i];
+        sb_put_clean(&p, comp, strlen(comp));
+    }
+    if (c->depth == 0)
+        sb_putc(&p, '.'); /* the root itself is the tensor */
+    r->path = p.buf;
+    r->t = t;
+    memcpy(r->sha, sha, sizeof sha);
+    return true;
+}
+
+static bool walk(tensors_ctx *c, const ckpt_value *v);
+
+static bool walk_seq(tensors_ctx *c, const ckpt_value *v)
+{
+    for (size_t i = 0; i < v->u.seq.len; i++) {
+        push_index(c, i);
+        bool ok = walk(c, v->u.seq.items[i]);
+        pop_comp(c);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static bool walk_dict(tensors_ctx *c, const ckpt_value *v)
+{
+    for (size_t i = 0; i < v->u.dict.len; i++) {
+        push_key(c, v->u.dict.keys[i]);
+        bool ok = walk(c, v->u.dict.vals[i]);
+        pop_comp(c);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static bool walk_under(tensors_ctx *c, const char *comp, const ckpt_value *v)
+{
+    push_comp(c, comp, strlen(comp));
+    bool ok = walk(c, v);
+    pop_comp(c);
+    return ok;
+}
+
+static bool walk_object(tensors_ctx *c, const ckpt_value *v)
+{
+    const ckpt_value *st = v->u.obj.state;
+    if (v->u.obj.args && !walk_under(c, "__args__", v->u.obj.args))
+        return false;
+    if (st && st->type == CKPT_T_DICT) {
+        if (!walk_dict(c, st))
+            return false;
+    } else if (st && !walk_under(c, "__state__", st)) {
+        return false;
+    }
+    if (v->u.obj.items && v->u.obj.items->type == CKPT_T_DICT && !walk_dict(c, v->u.obj.items))
+        return false;
+    if (v->u.obj.list && (v->u.obj.list->type == CKPT_T_LIST) && !walk_seq(c, v->u.obj.list))
+        return false;
+    return true;
+}
+
+static bool walk(tensors_ctx *c, const ckpt_value *v)
+{
+    if (!v)
+        return true;
+    if (v->type == CKPT_T_TENSOR)
+        return add_tensor(c, v->u.tensor);
+    if (!cli_is_container(v))
+        return true;
+    cli_enter e = cli_walk_enter(&c->w, v);
+    if (e == CLI_CYCLE)
+        return true;
+    if (e == CLI_LIMIT)
+        return false;
+    bool ok;
+    switch (v->type) {
+    case CKPT_T_DICT: ok = walk_dict(c, v); break;
+    case CKPT_T_OBJECT: ok = walk_object(c, v); break;
+    default: ok = walk_seq(c, v); break;
+    }
+    cli_walk_leave(&c->w);
+    return ok;
+}
+
+static void print_rows(const tensors_ctx *c, cli_sb *out)
+{
+    size_t wp = 0, wd = 0, ws = 0, wb = 0;
+    cli_sb cell = {0};
+    for (size_t i = 0; i < c->n_rows; i++) {
+        const ckpt_tensor *t = c->rows[i].t;
+        size_t lp = cli_width(c->rows[i].path, strlen(c->rows[i].path));
+        const char *dt = ckpt_dtype_name(t->dtype);
+        size_t ld = strlen(dt ? dt : "?");
+        cell.len = 0;
+        cli_fmt_dims(&cell, t->shape, t->ndim);
+        size_t ls = cell.len;
+        cell.len = 0;
+        cli_fmt_bytes(&cell, ckpt_tensor_nbytes(t));
+        wp = lp > wp ? lp : wp;
+        wd = ld > wd ? ld : wd;
+        ws = ls > ws ? ls : ws;
+        wb = cell.len > wb ? cell.len : wb;
+    }
+    if (wp > 60)
+        wp = 60;
+    for (size_t i = 0; i < c->n_rows; i++) {
+        const row *r = &c->rows[i];
+        const ckpt_tensor *t = r->t;
+        const char *dt = ckpt_dtype_name(t->dtype) ? ckpt_dtype_name(t->dtype) : "?";
+        size_t lp = cli_width(r->path, strlen(r->path));
+        sb_puts(out, r->path);
+        sb_pad(out, lp < wp ? wp - lp : 0);
+        sb_printf(out, "  %-*s  ", (int)wd, dt);
+        size_t start = out->len;
+        cli_fmt_dims(out, t->shape, t->ndim);
+        sb_pad(out, ws - (out->len - start));
+        cell.len = 0;
+        cli_fmt_bytes(&cell, ckpt_tensor_nbytes(t));
+        sb_pad(out, 2 + wb - cell.len); /* sizes right-aligned */
+        sb_puts(out, sb_str(&cell));
+        if (c->sha256)
+            sb_printf(out, "  %s", r->sha);
+        cli_fmt_tensor_flags(out, t);
+        sb_putc(out, '\n');
+    }
+    sb_free(&cell);
+}
+
+int cmd_tensors(int argc, char **argv, const cli_command *self)
+{
+    tensors_ctx *c = cli_xrealloc(NULL, sizeof *c); /* cli_walk is a few KB: not on the stack */
+    memset(c, 0, sizeof *c);
+    const cli_opt opts[] = {{"json", NULL, &c->json, NULL},
+                            {"sha256", NULL, &c->sha256, NULL},
+                            {NULL, NULL, NULL, NULL}};
+    const char *pos[1];
+    int npos;
+    int rc = cli_parse_args(self, argc, argv, opts, pos, 1, 1, &npos);
+    if (rc >= 0) {
+        free(c);
+        return rc;
+    }
+    const char *path = pos[0];
+    ckpt_file *f = cli_open(path);
+    if (!f) {
+        free(c);
+        return CLI_EXIT_ERROR;
+    }
+    cli_walk_init(&c->w, ckpt_root(f));
+    json_t *doc = NULL;
+    if (c->json) {
+        doc = json_object();
+        json_object_set_new(doc, "file", cli_json_str(path, strlen(path)));
+        json_object_set_new(doc, "format", json_string(ckpt_format_name(ckpt_file_format(f))));
+        c->list = json_array();
+        json_object_set_new(doc, "tensors", c->list);
+    }
+
+    if (!walk(c, ckpt_root(f)))
+        rc = c->failed ? cli_error_ckpt(path, &c->err) : cli_error(path, "%s", c->w.error);
+    else if (c->json) {
+        rc = cli_emit_json(path, doc);
+        doc = NULL;
+    } else {
+        cli_sb out = {0};
+        print_rows(c, &out);
+        cli_write_stdout(out.buf, out.len);
+        sb_free(&out);
+        rc = CLI_EXIT_OK;
+    }
+    if (rc == CLI_EXIT_OK)
+        cli_warn_globals(path, f);
+
+    json_decref(doc);
+    for (size_t i = 0; i < c->n_rows; i++)
+        free(c->rows[i].path);
+    free(c->rows);
+    free(c->offs);
+    free(c->hashed);
+    sb_free(&c->cur);
+    free(c);
+    ckpt_close(f);
+    return rc;
+}

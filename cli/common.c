@@ -1,0 +1,184 @@
+/*
+ * common.c - what every subcommand does the same way: parse its options, report errors and
+ * warnings in git's one-line style, open the file, and write the finished output.
+ */
+#include "cli.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLI_MAX_WARNED_GLOBALS 5 /* one line each; the rest are counted in one more line */
+
+/* ---- arguments -------------------------------------------------------------------------- */
+
+void cli_print_help(const cli_command *cmd, FILE *to)
+{
+    fprintf(to, "usage: %s\n\n%c%s.\n", cmd->usage, toupper((unsigned char)cmd->summary[0]),
+            cmd->summary + 1);
+    if (cmd->help && *cmd->help)
+        fprintf(to, "\n%s", cmd->help);
+}
+
+int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fputs("ckpt: error: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nusage: %s\n", cmd->usage);
+    return CLI_EXIT_ERROR;
+}
+
+int cli_parse_args(const cli_command *cmd, int argc, char **argv, const cli_opt *opts,
+                   const char **pos, int min_pos, int max_pos, int *npos)
+{
+    bool options_done = false;
+    *npos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (options_done || a[0] != '-' || a[1] == '\0') {
+            if (*npos == max_pos)
+                return cli_usage_error(cmd, "unexpected argument '%s'", a);
+            pos[(*npos)++] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            options_done = true;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            cli_print_help(cmd, stdout);
+            return CLI_EXIT_OK;
+        }
+        if (a[1] != '-')
+            return cli_usage_error(cmd, "unknown option '%s'", a);
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const cli_opt *o = opts;
+        while (o->name && !(strlen(o->name) == len && strncmp(o->name, name, len) == 0))
+            o++;
+        if (!o->name)
+            return cli_usage_error(cmd, "unknown option '%s'", a);
+        if (!o->arg) {
+            if (eq)
+                return cli_usage_error(cmd, "option '--%s' takes no value", o->name);
+            *o->flag = true;
+        } else if (eq) {
+            *o->value = eq + 1;
+        } else if (i + 1 < argc) {
+            *o->value = argv[++i];
+        } else {
+            return cli_usage_error(cmd, "option '--%s' needs a value (%s)", o->name, o->arg);
+        }
+    }
+    if (*npos < min_pos)
+        return cli_usage_error(cmd, min_pos == 1 ? "no file given" : "too few arguments");
+    return -1;
+}
+
+/* ---- errors and warnings ---------------------------------------------------------------- */
+
+/* Control characters would break the one-line contract; a path or message may hold them. */
+static void put_clean(const char *s, FILE *to)
+{
+    for (; *s; s++)
+        fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, to);
+}
+
+static void report(const char *what, const char *path, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fprintf(stderr, "ckpt: %s: ", what);
+    if (path) {
+        put_clean(path, stderr);
+        fputs(": ", stderr);
+    }
+    put_clean(msg, stderr);
+    fputc('\n', stderr);
+}
+
+int cli_error(const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report("error", path, fmt, ap);
+    va_end(ap);
+    return CLI_EXIT_ERROR;
+}
+
+void cli_warn(const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report("warning", path, fmt, ap);
+    va_end(ap);
+}
+
+int cli_error_ckpt(const char *path, const ckpt_error *err)
+{
+    const char *msg = err->message[0] ? err->message : ckpt_status_str(err->status);
+    return cli_error(path, "%s", msg);
+}
+
+ckpt_file *cli_open(const char *path)
+{
+    ckpt_file *f = NULL;
+    ckpt_error err = {0};
+    if (ckpt_open(path, NULL, &f, &err) != CKPT_OK) {
+        cli_error_ckpt(path, &err);
+        return NULL;
+    }
+    return f;
+}
+
+void cli_warn_globals(const char *path, const ckpt_file *f)
+{
+    const ckpt_global_ref *g;
+    size_t n = ckpt_globals(f, &g), shown = 0, more = 0;
+    /* Dangerous ones first: they are the reason to read the warnings at all. */
+    for (int pass = 0; pass < 2; pass++) {
+        ckpt_global_kind want = pass == 0 ? CKPT_GLOBAL_DANGEROUS : CKPT_GLOBAL_UNKNOWN;
+        for (size_t i = 0; i < n; i++) {
+            if (g[i].kind != want)
+                continue;
+            if (shown == CLI_MAX_WARNED_GLOBALS) {
+                more++;
+                continue;
+            }
+            shown++;
+            if (want == CKPT_GLOBAL_DANGEROUS)
+                cli_warn(path, "names dangerous global '%s.%s': torch.load would run it "
+                         "(ckpt did not)", g[i].module, g[i].name);
+            else
+                cli_warn(path, "names unknown global '%s.%s': torch.load would import it "
+                         "(ckpt did not)", g[i].module, g[i].name);
+        }
+    }
+    if (more)
+        cli_warn(path, "and %zu more unknown or dangerous globals; see 'ckpt scan'", more);
+}
+
+/* ---- output --------------------------------------------------------------------------- */
+
+void cli_write_stdout(const char *buf, size_t len)
+{
+    if (len)
+        fwrite(buf, 1, len, stdout);
+}
+
+int cli_emit_json(const char *path, json_t *doc)
+{
+    cli_sb text = {0};
+    bool ok = cli_json_dump(&text, doc);
+    json_decref(doc);
+    if (ok) {
+        sb_putc(&text, '\n');
+        cli_write_stdout(text.buf, text.len);
+    }
+    sb_free(&text);
+    return ok ? CLI_EXIT_OK : cli_error(path, "out of memory while writing JSON");
+}

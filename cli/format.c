@@ -1,0 +1,915 @@
+/*
+ * format.c - text for people: a growable buffer, numbers and sizes, Python-like reprs of
+ * parsed values, path components, and the bounded walk over a file's object graph.
+ *
+ * Reprs follow Python's where Python has one (repr(float), str quoting, b'...', (1,), set(),
+ * OrderedDict({...})) so that what `ckpt inspect` shows is what a user would see after
+ * torch.load, without running anything.
+ */
+#include "cli.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLI_MAX_BIGINT_BYTES 8192 /* larger ints are shown by size: decimal is quadratic */
+#define CLI_REPR_MAX_DEPTH 64     /* nesting shown inside one repr */
+
+/* ---- buffer ---------------------------------------------------------------------------- */
+
+void *cli_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fputs("ckpt: error: out of memory\n", stderr);
+        exit(CLI_EXIT_ERROR);
+    }
+    return q;
+}
+
+void sb_putn(cli_sb *sb, const char *s, size_t n)
+{
+    if (sb->len + n + 1 > sb->cap) {
+        size_t cap = sb->cap ? sb->cap : 256;
+        while (cap < sb->len + n + 1)
+            cap *= 2;
+        sb->buf = cli_xrealloc(sb->buf, cap);
+        sb->cap = cap;
+    }
+    memcpy(sb->buf + sb->len, s, n);
+    sb->len += n;
+    sb->buf[sb->len] = '\0';
+}
+
+void sb_puts(cli_sb *sb, const char *s) { sb_putn(sb, s, strlen(s)); }
+void sb_putc(cli_sb *sb, char c) { sb_putn(sb, &c, 1); }
+
+void sb_printf(cli_sb *sb, const char *fmt, ...)
+{
+    char small[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof small) {
+        sb_putn(sb, small, (size_t)n);
+        return;
+    }
+    char *big = cli_xrealloc(NULL, (size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    sb_putn(sb, big, (size_t)n);
+    free(big);
+}
+
+void sb_pad(cli_sb *sb, size_t n)
+{
+    static const char spaces[] = "                                ";
+    while (n > 0) {
+        size_t k = n < sizeof spaces - 1 ? n : sizeof spaces - 1;
+        sb_putn(sb, spaces, k);
+        n -= k;
+    }
+}
+
+void sb_free(cli_sb *sb)
+{
+    free(sb->buf);
+    sb->buf = NULL;
+    sb->len = sb->cap = 0;
+}
+
+const char *sb_str(const cli_sb *sb) { return sb->buf ? sb->buf : ""; }
+
+size_t cli_width(const char *s, size_t n)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++)
+        w += ((unsigned char)s[i] & 0xc0) != 0x80;
+    return w;
+}
+
+void sb_put_clean(cli_sb *sb, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            sb_printf(sb, "\\x%02x", c);
+        else
+            sb_putc(sb, (char)c);
+    }
+}
+
+/* ---- numbers ------------------------------------------------------------------------------ */
+
+void cli_fmt_float(cli_sb *sb, double x)
+{
+    if (isnan(x)) {
+        sb_puts(sb, "nan");
+        return;
+    }
+    if (isinf(x)) {
+        sb_puts(sb, x < 0 ? "-inf" : "inf");
+        return;
+    }
+    /* Shortest "%.{p}e" that reads back as x: its digits and exponent, then Python's layout
+     * (exponent form when the exponent is below -4 or at least 16). */
+    char buf[40];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*e", prec - 1, x);
+        if (strtod(buf, NULL) == x)
+            break;
+    }
+    const char *p = buf;
+    if (*p == '-') {
+        sb_putc(sb, '-');
+        p++;
+    }
+    char digits[24];
+    size_t nd = 0;
+    for (; *p && *p != 'e'; p++) {
+        if (*p >= '0' && *p <= '9' && nd < sizeof digits - 1)
+            digits[nd++] = *p;
+    }
+    int exp10 = *p == 'e' ? atoi(p + 1) : 0;
+    while (nd > 1 && digits[nd - 1] == '0')
+        nd--;
+    digits[nd] = '\0';
+
+    if (exp10 < -4 || exp10 >= 16) {
+        sb_putc(sb, digits[0]);
+        if (nd > 1) {
+            sb_putc(sb, '.');
+            sb_putn(sb, digits + 1, nd - 1);
+        }
+        sb_printf(sb, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
+        return;
+    }
+    int decpt = exp10 + 1; /* digits before the point */
+    if (decpt <= 0) {
+        sb_puts(sb, "0.");
+        for (int i = 0; i < -decpt; i++)
+            sb_putc(sb, '0');
+        sb_putn(sb, digits, nd);
+    } else if ((size_t)decpt >= nd) {
+        sb_putn(sb, digits, nd);
+        for (size_t i = nd; i < (size_t)decpt; i++)
+            sb_putc(sb, '0');
+        sb_puts(sb, ".0");
+    } else {
+        sb_putn(sb, digits, (size_t)decpt);
+        sb_putc(sb, '.');
+        sb_putn(sb, digits + decpt, nd - (size_t)decpt);
+    }
+}
+
+static void fmt_scaled(cli_sb *sb, uint64_t n, const char *const *units, size_t n_units,
+                       const char *unit0)
+{
+    if (n < 1000) {
+        sb_printf(sb, "%" PRIu64 "%s", n, unit0);
+        return;
+    }
+    double v = (double)n;
+    size_t u = 0;
+    do {
+        v /= 1000.0;
+        u++;
+    } while (v >= 999.95 && u < n_units);
+    sb_printf(sb, "%.1f %s", v, units[u - 1]);
+}
+
+void cli_fmt_bytes(cli_sb *sb, uint64_t n)
+{
+    static const char *const units[] = {"KB", "MB", "GB", "TB", "PB", "EB"};
+    fmt_scaled(sb, n, units, sizeof units / sizeof units[0], " B");
+}
+
+void cli_fmt_count(cli_sb *sb, uint64_t n)
+{
+    static const char *const units[] = {"K", "M", "B", "T", "P", "E"};
+    fmt_scaled(sb, n, units, sizeof units / sizeof units[0], "");
+}
+
+void cli_fmt_dims(cli_sb *sb, const int64_t *d, int n)
+{
+    sb_putc(sb, '[');
+    for (int i = 0; i < n; i++)
+        sb_printf(sb, i ? ", %" PRId64 : "%" PRId64, d[i]);
+    sb_putc(sb, ']');
+}
+
+void cli_fmt_bigint(cli_sb *sb, const unsigned char *le, size_t n)
+{
+    if (n == 0) {
+        sb_putc(sb, '0');
+        return;
+    }
+    if (n > CLI_MAX_BIGINT_BYTES) {
+        sb_printf(sb, "<int of %zu bytes>", n);
+        return;
+    }
+    /* Magnitude bytes (little-endian): two's complement negation when the sign bit is set;
+     * -2^(8n-1) becomes 2^(8n-1), which still fits n unsigned bytes. */
+    bool neg = le[n - 1] & 0x80;
+    unsigned char *mag = cli_xrealloc(NULL, n);
+    unsigned carry = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (neg) {
+            unsigned b = (unsigned char)~le[i] + carry;
+            mag[i] = (unsigned char)b;
+            carry = b >> 8;
+        } else {
+            mag[i] = le[i];
+        }
+    }
+    /* 32-bit limbs, most significant first. */
+    size_t nl = (n + 3) / 4;
+    uint32_t *limb = cli_xrealloc(NULL, nl * sizeof *limb);
+    memset(limb, 0, nl * sizeof *limb);
+    for (size_t i = 0; i < n; i++)
+        limb[nl - 1 - i / 4] |= (uint32_t)mag[i] << (8 * (i % 4));
+    free(mag);
+    /* Repeated division by 10^9, chunks collected least significant first. */
+    size_t cap = nl * 10 / 9 + 2, nc = 0;
+    uint32_t *chunk = cli_xrealloc(NULL, cap * sizeof *chunk);
+    size_t first = 0;
+    while (first < nl && limb[first] == 0)
+        first++;
+    while (first < nl) {
+        uint64_t rem = 0;
+        for (size_t i = first; i < nl; i++) {
+            uint64_t cur = (rem << 32) | limb[i];
+            limb[i] = (uint32_t)(cur / 1000000000u);
+            rem = cur % 1000000000u;
+        }
+        chunk[nc++] = (uint32_t)rem;
+        while (first < nl && limb[first] == 0)
+            first++;
+    }
+    if (neg)
+        sb_putc(sb, '-');
+    if (nc == 0)
+        sb_putc(sb, '0');
+    else {
+        sb_printf(sb, "%" PRIu32, chunk[nc - 1]);
+        for (size_t i = nc - 1; i-- > 0;)
+            sb_printf(sb, "%09" PRIu32, chunk[i]);
+    }
+    free(chunk);
+    free(limb);
+}
+
+/* ---- strings ------------------------------------------------------------------------------ */
+
+size_t cli_utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2, cp = c & 0x1f;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3, cp = c & 0x0f;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4, cp = c & 0x07;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+/* Python's quoting: single quotes unless the text has ' and no ". Control characters and
+ * bytes that are not UTF-8 are escaped, so the line stays one line on a terminal. */
+static void repr_text(cli_sb *sb, const char *s, size_t n, size_t max_chars, bool bytes)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    bool has_sq = memchr(s, '\'', n) != NULL, has_dq = memchr(s, '"', n) != NULL;
+    char q = has_sq && !has_dq ? '"' : '\'';
+    if (bytes)
+        sb_putc(sb, 'b');
+    sb_putc(sb, q);
+    size_t i = 0, shown = 0;
+    while (i < n) {
+        if (shown++ >= max_chars) {
+            sb_puts(sb, "...");
+            break;
+        }
+        unsigned c = u[i];
+        size_t len = bytes ? 1 : cli_utf8_len(u + i, n - i);
+        if (c == '\\' || c == (unsigned char)q)
+            sb_putc(sb, '\\'), sb_putc(sb, (char)c);
+        else if (c == '\n')
+            sb_puts(sb, "\\n");
+        else if (c == '\r')
+            sb_puts(sb, "\\r");
+        else if (c == '\t')
+            sb_puts(sb, "\\t");
+        else if (c < 0x20 || c == 0x7f || (bytes && c >= 0x80) || len == 0)
+            sb_printf(sb, "\\x%02x", c);
+        else if (len > 1 && c == 0xc2 && u[i + 1] < 0xa0) /* C1 controls */
+            sb_printf(sb, "\\x%02x", u[i + 1]);
+        else {
+            sb_putn(sb, s + i, len);
+            i += len;
+            continue;
+        }
+        i += len ? len : 1;
+    }
+    sb_putc(sb, q);
+}
+
+void cli_repr_str(cli_sb *sb, const char *s, size_t n, size_t max_chars)
+{
+    repr_text(sb, s, n, max_chars, false);
+}
+
+/* ---- values ------------------------------------------------------------------------------- */
+
+bool cli_is_container(const ckpt_value *v)
+{
+    switch (v->type) {
+    case CKPT_T_TUPLE:
+    case CKPT_T_LIST:
+    case CKPT_T_SET:
+    case CKPT_T_DICT:
+    case CKPT_T_OBJECT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+const char *cli_class_of(const ckpt_value *v, cli_sb *scratch)
+{
+    const ckpt_value *g = v;
+    if (v->type == CKPT_T_OBJECT) {
+        if (v->class_name)
+            return v->class_name;
+        g = v->u.obj.callable;
+    }
+    if (!g || g->type != CKPT_T_GLOBAL)
+        return NULL;
+    scratch->len = 0;
+    sb_printf(scratch, "%s.%s", g->u.global.module ? g->u.global.module : "?",
+              g->u.global.name ? g->u.global.name : "?");
+    return sb_str(scratch);
+}
+
+static bool is_identifier(const char *s, size_t n)
+{
+    if (n == 0 || (s[0] >= '0' && s[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* The dict classes shown as CLASS({...}); any other class_name on a dict is an object whose
+ * attributes the library kept as a dict (argparse.Namespace), shown as CLASS(k=v, ...). */
+static bool is_dict_class(const char *cls)
+{
+    return strcmp(cls, "collections.OrderedDict") == 0 ||
+           strcmp(cls, "collections.defaultdict") == 0 ||
+           strcmp(cls, "collections.Counter") == 0 || strcmp(cls, "builtins.dict") == 0;
+}
+
+static const char *short_class(const char *cls)
+{
+    if (strncmp(cls, "collections.", 12) == 0)
+        return cls + 12;
+    if (strncmp(cls, "builtins.", 9) == 0)
+        return cls + 9;
+    return cls;
+}
+
+typedef struct repr_ctx {
+    cli_sb *sb;
+    size_t limit;
+    unsigned flags;
+    bool ok;             /* false once it did not fit or met a tensor without CLI_REPR_TENSORS */
+    const ckpt_value *path[CLI_REPR_MAX_DEPTH];
+    int depth;
+} repr_ctx;
+
+static void repr_value(repr_ctx *c, const ckpt_value *v);
+
+static bool repr_full(repr_ctx *c)
+{
+    if (c->sb->len > c->limit) {
+        c->ok = false;
+        return true;
+    }
+    return false;
+}
+
+static void repr_items(repr_ctx *c, ckpt_value *const *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            sb_puts(c->sb, ", ");
+        if (repr_full(c))
+            return;
+        repr_value(c, items[i]);
+    }
+}
+
+static void repr_dict_items(repr_ctx *c, const ckpt_value *d, bool as_kwargs)
+{
+    for (size_t i = 0; i < d->u.dict.len; i++) {
+        if (i)
+            sb_puts(c->sb, ", ");
+        if (repr_full(c))
+            return;
+        const ckpt_value *k = d->u.dict.keys[i];
+        if (as_kwargs) {
+            sb_putn(c->sb, k->u.str.data, k->u.str.len);
+            sb_putc(c->sb, '=');
+        } else {
+            repr_value(c, k);
+            sb_puts(c->sb, ": ");
+        }
+        repr_value(c, d->u.dict.vals[i]);
+    }
+}
+
+/* All keys are identifiers: the dict can be shown as keyword arguments. */
+static bool kwargs_keys(const ckpt_value *d)
+{
+    for (size_t i = 0; i < d->u.dict.len; i++) {
+        const ckpt_value *k = d->u.dict.keys[i];
+        if (k->type != CKPT_T_STR || !is_identifier(k->u.str.data, k->u.str.len))
+            return false;
+    }
+    return true;
+}
+
+static void repr_tensor(repr_ctx *c, const ckpt_tensor *t)
+{
+    if (!(c->flags & CLI_REPR_TENSORS)) {
+        c->ok = false;
+        return;
+    }
+    sb_printf(c->sb, "tensor(%s ", ckpt_dtype_name(t->dtype) ? ckpt_dtype_name(t->dtype) : "?");
+    cli_fmt_dims(c->sb, t->shape, t->ndim);
+    sb_putc(c->sb, ')');
+}
+
+/* numpy.dtype('f8', False, True) and numpy's _reconstruct(ndarray, ...) + BUILD state. */
+static bool repr_numpy(repr_ctx *c, const ckpt_value *v, const char *cls)
+{
+    const ckpt_value *a = v->u.obj.args, *st = v->u.obj.state;
+    if (strcmp(cls, "numpy.dtype") == 0 && a && a->type == CKPT_T_TUPLE && a->u.seq.len >= 1 &&
+        a->u.seq.items[0]->type == CKPT_T_STR) {
+        sb_puts(c->sb, "numpy.dtype(");
+        repr_value(c, a->u.seq.items[0]);
+        sb_putc(c->sb, ')');
+        return true;
+    }
+    bool recon = strcmp(cls, "numpy.core.multiarray._reconstruct") == 0 ||
+                 strcmp(cls, "numpy._core.multiarray._reconstruct") == 0;
+    if (recon && st && st->type == CKPT_T_TUPLE && st->u.seq.len == 5) {
+        /* state: (version, shape, dtype, is_fortran, raw data) */
+        sb_puts(c->sb, "numpy.ndarray(shape=");
+        repr_value(c, st->u.seq.items[1]);
+        sb_puts(c->sb, ", dtype=");
+        const ckpt_value *dt = st->u.seq.items[2];
+        const ckpt_value *da = dt->type == CKPT_T_OBJECT ? dt->u.obj.args : NULL;
+        if (da && da->type == CKPT_T_TUPLE && da->u.seq.len >= 1)
+            repr_value(c, da->u.seq.items[0]);
+        else
+            repr_value(c, dt);
+        sb_putc(c->sb, ')');
+        return true;
+    }
+    return false;
+}
+
+static void repr_object(repr_ctx *c, const ckpt_value *v)
+{
+    cli_sb scratch = {0};
+    const char *cls = cli_class_of(v, &scratch);
+    if (cls && repr_numpy(c, v, cls)) {
+        sb_free(&scratch);
+        return;
+    }
+    if (cls)
+        sb_put_clean(c->sb, cls, strlen(cls));
+    else {
+        sb_putc(c->sb, '(');
+        repr_value(c, v->u.obj.callable);
+        sb_putc(c->sb, ')');
+    }
+    sb_free(&scratch);
+    sb_putc(c->sb, '(');
+    bool any = false;
+    const ckpt_value *a = v->u.obj.args, *st = v->u.obj.state;
+    if (a && a->type == CKPT_T_TUPLE) {
+        repr_items(c, a->u.seq.items, a->u.seq.len);
+        any = a->u.seq.len > 0;
+    } else if (a) {
+        repr_value(c, a);
+        any = true;
+    }
+    if (st && !repr_full(c)) {
+        if (any)
+            sb_puts(c->sb, ", ");
+        if (st->type == CKPT_T_DICT && kwargs_keys(st))
+            repr_dict_items(c, st, true);
+        else {
+            sb_puts(c->sb, "state=");
+            repr_value(c, st);
+        }
+        any = any || st->type != CKPT_T_DICT || st->u.dict.len > 0;
+    }
+    if (v->u.obj.items && !repr_full(c)) {
+        sb_puts(c->sb, any ? ", items=" : "items=");
+        repr_value(c, v->u.obj.items);
+        any = true;
+    }
+    if (v->u.obj.list && !repr_full(c)) {
+        sb_puts(c->sb, any ? ", list=" : "list=");
+        repr_value(c, v->u.obj.list);
+    }
+    sb_putc(c->sb, ')');
+}
+
+static void repr_value(repr_ctx *c, const ckpt_value *v)
+{
+    if (repr_full(c))
+        return;
+    if (!v) {
+        sb_puts(c->sb, "None");
+        return;
+    }
+    if (cli_is_container(v)) {
+        for (int i = 0; i < c->depth; i++) {
+            if (c->path[i] == v) {
+                sb_puts(c->sb, "...");
+                return;
+            }
+        }
+        if (c->depth == CLI_REPR_MAX_DEPTH) {
+            sb_puts(c->sb, "...");
+            c->ok = false;
+            return;
+        }
+        c->path[c->depth++] = v;
+    }
+    cli_sb *sb = c->sb;
+    const char *cls = v->class_name;
+    switch (v->type) {
+    case CKPT_T_NONE: sb_puts(sb, "None"); break;
+    case CKPT_T_BOOL: sb_puts(sb, v->u.b ? "True" : "False"); break;
+    case CKPT_T_INT: sb_printf(sb, "%" PRId64, v->u.i); break;
+    case CKPT_T_BIGINT:
+        cli_fmt_bigint(sb, (const unsigned char *)v->u.str.data, v->u.str.len);
+        break;
+    case CKPT_T_FLOAT: cli_fmt_float(sb, v->u.f); break;
+    case CKPT_T_COMPLEX: {
+        /* Python: 1j, (1+2j), (1.5-0j): parts without a trailing ".0" */
+        cli_sb re = {0}, im = {0};
+        cli_fmt_float(&re, v->u.c.re);
+        cli_fmt_float(&im, v->u.c.im);
+        if (re.len > 2 && strcmp(re.buf + re.len - 2, ".0") == 0)
+            re.buf[re.len -= 2] = '\0';
+        if (im.len > 2 && strcmp(im.buf + im.len - 2, ".0") == 0)
+            im.buf[im.len -= 2] = '\0';
+        if (v->u.c.re == 0 && !signbit(v->u.c.re))
+            sb_printf(sb, "%sj", sb_str(&im));
+        else
+            sb_printf(sb, "(%s%s%sj)", sb_str(&re), sb_str(&im)[0] == '-' ? "" : "+", sb_str(&im));
+        sb_free(&re);
+        sb_free(&im);
+        break;
+    }
+    case CKPT_T_STR: repr_text(sb, v->u.str.data, v->u.str.len, c->limit, false); break;
+    case CKPT_T_BYTES: repr_text(sb, v->u.str.data, v->u.str.len, c->limit, true); break;
+    case CKPT_T_TUPLE:
+        if (cls) {
+            sb_printf(sb, "%s([", short_class(cls));
+            repr_items(c, v->u.seq.items, v->u.seq.len);
+            sb_puts(sb, "])");
+        } else {
+            sb_putc(sb, '(');
+            repr_items(c, v->u.seq.items, v->u.seq.len);
+            sb_puts(sb, v->u.seq.len == 1 ? ",)" : ")");
+        }
+        break;
+    case CKPT_T_LIST:
+        if (cls) {
+            sb_put_clean(sb, short_class(cls), strlen(short_class(cls)));
+            sb_putc(sb, '(');
+        }
+        sb_putc(sb, '[');
+        repr_items(c, v->u.seq.items, v->u.seq.len);
+        sb_putc(sb, ']');
+        if (cls)
+            sb_putc(sb, ')');
+        break;
+    case CKPT_T_SET: {
+        bool frozen = v->flags & CKPT_VF_FROZEN;
+        if (v->u.seq.len == 0) {
+            sb_puts(sb, frozen ? "frozenset()" : "set()");
+            break;
+        }
+        sb_puts(sb, frozen ? "frozenset({" : "{");
+        repr_items(c, v->u.seq.items, v->u.seq.len);
+        sb_puts(sb, frozen ? "})" : "}");
+        break;
+    }
+    case CKPT_T_DICT:
+        if (cls && !is_dict_class(cls) && kwargs_keys(v)) {
+            sb_put_clean(sb, cls, strlen(cls));
+            sb_putc(sb, '(');
+            repr_dict_items(c, v, true);
+            sb_putc(sb, ')');
+            break;
+        }
+        if (cls && strcmp(cls, "builtins.dict") != 0) {
+            const char *shown = is_dict_class(cls) ? short_class(cls) : cls;
+            sb_put_clean(sb, shown, strlen(shown));
+            sb_putc(sb, '(');
+        }
+        sb_putc(sb, '{');
+        repr_dict_items(c, v, false);
+        sb_putc(sb, '}');
+        if (cls && strcmp(cls, "builtins.dict") != 0)
+            sb_putc(sb, ')');
+        break;
+    case CKPT_T_GLOBAL: {
+        const char *m = v->u.global.module ? v->u.global.module : "?";
+        const char *n = v->u.global.name ? v->u.global.name : "?";
+        sb_put_clean(sb, m, strlen(m));
+        sb_putc(sb, '.');
+        sb_put_clean(sb, n, strlen(n));
+        break;
+    }
+    case CKPT_T_OBJECT: repr_object(c, v); break;
+    case CKPT_T_TENSOR: repr_tensor(c, v->u.tensor); break;
+    case CKPT_T_STORAGE:
+        if (!(c->flags & CLI_REPR_TENSORS))
+            c->ok = false;
+        else
+        {
+            const char *dt = ckpt_dtype_name(ckpt_storage_dtype(v->u.storage));
+            sb_printf(sb, "storage(%s, ", dt ? dt : "?");
+            const char *key = ckpt_storage_key(v->u.storage);
+            repr_text(sb, key ? key : "", key ? strlen(key) : 0, 100, false);
+            sb_putc(sb, ')');
+        }
+        break;
+    default: sb_puts(sb, "<?>"); break;
+    }
+    if (cli_is_container(v))
+        c->depth--;
+}
+
+bool cli_repr(cli_sb *sb, const ckpt_value *v, size_t limit, unsigned flags)
+{
+    repr_ctx c = {.sb = sb, .limit = sb->len + limit, .flags = flags, .ok = true};
+    repr_value(&c, v);
+    if (sb->len > c.limit) {
+        sb->len = c.limit;
+        while (sb->len > 0 && ((unsigned char)sb->buf[sb->len] & 0xc0) == 0x80)
+            sb->len--; /* not inside a UTF-8 sequence */
+        sb->buf[sb->len] = '\0';
+        sb_puts(sb, "...");
+        c.ok = false;
+    }
+    return c.ok;
+}
+
+void cli_key_str(cli_sb *sb, const ckpt_value *key)
+{
+    switch (key->type) {
+    case CKPT_T_STR: sb_putn(sb, key->u.str.data, key->u.str.len); break;
+    case CKPT_T_BYTES: /* latin-1: each byte is the code point of the same value */
+        for (size_t i = 0; i < key->u.str.len; i++) {
+            unsigned char b = (unsigned char)key->u.str.data[i];
+            if (b < 0x80)
+                sb_putc(sb, (char)b);
+            else
+                sb_putc(sb, (char)(0xc0 | (b >> 6))), sb_putc(sb, (char)(0x80 | (b & 0x3f)));
+        }
+        break;
+    default: cli_repr(sb, key, 1000, CLI_REPR_TENSORS); break;
+    }
+}
+
+/* ---- walking ------------------------------------------------------------------------------ */
+
+/* ---- distinct items: a visited set of containers ---- */
+
+typedef struct ptr_set {
+    const void **slot;
+    size_t cap, len; /* cap is a power of two */
+} ptr_set;
+
+/* Adds p; false if it was there already. */
+static bool ptr_set_add(ptr_set *s, const void *p)
+{
+    if (2 * (s->len + 1) > s->cap) {
+        ptr_set bigger = {NULL, s->cap ? 2 * s->cap : 1024, 0};
+        bigger.slot = cli_xrealloc(NULL, bigger.cap * sizeof *bigger.slot);
+        memset(bigger.slot, 0, bigger.cap * sizeof *bigger.slot);
+        for (size_t i = 0; i < s->cap; i++) {
+            if (s->slot[i])
+                ptr_set_add(&bigger, s->slot[i]);
+        }
+        free(s->slot);
+        *s = bigger;
+    }
+    size_t h = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull;
+    for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+        if (s->slot[i] == p)
+            return false;
+        if (!s->slot[i]) {
+            s->slot[i] = p;
+            s->len++;
+            return true;
+        }
+    }
+}
+
+static void push_pending(const ckpt_value ***st, size_t *n, size_t *cap, const ckpt_value *v)
+{
+    if (!v || !cli_is_container(v))
+        return;
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 256;
+        *st = cli_xrealloc(*st, *cap * sizeof **st);
+    }
+    (*st)[(*n)++] = v;
+}
+
+void cli_walk_init(cli_walk *w, const ckpt_value *root)
+{
+    w->depth = 0;
+    w->items = 0;
+    w->error[0] = '\0';
+    /* Iterative, so that a long chain of containers cannot exhaust the C stack. */
+    ptr_set seen = {0};
+    const ckpt_value **st = NULL;
+    size_t n = 0, cap = 0;
+    uint64_t distinct = 0;
+    push_pending(&st, &n, &cap, root);
+    while (n > 0) {
+        const ckpt_value *v = st[--n];
+        if (!ptr_set_add(&seen, v))
+            continue;
+        distinct += 1 + ckpt_value_len(v);
+        switch (v->type) {
+        case CKPT_T_TUPLE:
+        case CKPT_T_LIST:
+        case CKPT_T_SET:
+            for (size_t i = 0; i < v->u.seq.len; i++)
+                push_pending(&st, &n, &cap, v->u.seq.items[i]);
+            break;
+        case CKPT_T_DICT:
+            for (size_t i = 0; i < v->u.dict.len; i++) {
+                push_pending(&st, &n, &cap, v->u.dict.keys[i]);
+                push_pending(&st, &n, &cap, v->u.dict.vals[i]);
+            }
+            push_pending(&st, &n, &cap, v->u.dict.attrs);
+            break;
+        case CKPT_T_OBJECT:
+            push_pending(&st, &n, &cap, v->u.obj.callable);
+            push_pending(&st, &n, &cap, v->u.obj.args);
+            push_pending(&st, &n, &cap, v->u.obj.state);
+            push_pending(&st, &n, &cap, v->u.obj.items);
+            push_pending(&st, &n, &cap, v->u.obj.list);
+            break;
+        default: break;
+        }
+    }
+    free(st);
+    free(seen.slot);
+    w->max_items = distinct * CLI_ITEMS_PER_DISTINCT;
+    if (w->max_items < CLI_MIN_ITEMS)
+        w->max_items = CLI_MIN_ITEMS;
+}
+
+cli_enter cli_walk_enter(cli_walk *w, const ckpt_value *v)
+{
+    if (w->error[0])
+        return CLI_LIMIT;
+    for (size_t i = 0; i < w->depth; i++) {
+        if (w->path[i] == v)
+            return CLI_CYCLE;
+    }
+    if (w->depth == CLI_MAX_DEPTH) {
+        snprintf(w->error, sizeof w->error,
+                 "the object tree nests more than %d containers deep", CLI_MAX_DEPTH);
+        return CLI_LIMIT;
+    }
+    w->items += 1 + ckpt_value_len(v);
+    if (w->items > w->max_items) {
+        snprintf(w->error, sizeof w->error,
+                 "shared references expand the object tree past %" PRIu64 " items; "
+                 "the file holds far fewer (a pickle bomb?)", w->max_items);
+        return CLI_LIMIT;
+    }
+    w->path[w->depth++] = v;
+    return CLI_ENTERED;
+}
+
+void cli_walk_leave(cli_walk *w) { w->depth--; }
+
+static bool stats_children(cli_walk *w, ckpt_value *const *items, size_t n,
+                           cli_tensor_stats *st)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (items[i] && !cli_tensor_stats_add(w, items[i], st))
+            return false;
+    }
+    return true;
+}
+
+bool cli_tensor_stats_add(cli_walk *w, const ckpt_value *v, cli_tensor_stats *st)
+{
+    if (v->type == CKPT_T_TENSOR) {
+        const ckpt_tensor *t = v->u.tensor;
+        st->count++;
+        st->numel += (uint64_t)ckpt_tensor_numel(t);
+        st->nbytes += ckpt_tensor_nbytes(t);
+        int k = 0;
+        while (k < st->n_dtypes && st->dtypes[k] != t->dtype)
+            k++;
+        if (k == st->n_dtypes && k < CKPT_DT_COUNT)
+            st->dtypes[st->n_dtypes++] = t->dtype;
+        return true;
+    }
+    if (!cli_is_container(v))
+        return true;
+    cli_enter e = cli_walk_enter(w, v);
+    if (e == CLI_CYCLE)
+        return true;
+    if (e == CLI_LIMIT)
+        return false;
+    bool ok = true;
+    switch (v->type) {
+    case CKPT_T_TUPLE:
+    case CKPT_T_LIST:
+    case CKPT_T_SET: ok = stats_children(w, v->u.seq.items, v->u.seq.len, st); break;
+    case CKPT_T_DICT: ok = stats_children(w, v->u.dict.vals, v->u.dict.len, st); break;
+    case CKPT_T_OBJECT: {
+        ckpt_value *parts[] = {v->u.obj.args, v->u.obj.state, v->u.obj.items, v->u.obj.list};
+        ok = stats_children(w, parts, 4, st);
+        break;
+    }
+    default: break;
+    }
+    cli_walk_leave(w);
+    return ok;
+}
+
+void cli_fmt_tensor_flags(cli_sb *sb, const ckpt_tensor *t)
+{
+    if (t->is_parameter)
+        sb_puts(sb, "  parameter");
+    else if (t->requires_grad)
+        sb_puts(sb, "  requires_grad");
+    if (!ckpt_tensor_is_contiguous(t)) {
+        sb_puts(sb, "  stride ");
+        cli_fmt_dims(sb, t->stride, t->ndim);
+    }
+    if (t->offset)
+        sb_printf(sb, "  offset %" PRId64, t->offset);
+}
+
+void cli_fmt_stats(cli_sb *sb, const cli_tensor_stats *st, bool with_dtypes)
+{
+    sb_printf(sb, "%" PRIu64 " tensor%s, ", st->count, st->count == 1 ? "" : "s");
+    cli_fmt_count(sb, st->numel);
+    sb_printf(sb, " parameter%s, ", st->numel == 1 ? "" : "s");
+    cli_fmt_bytes(sb, st->nbytes);
+    if (with_dtypes && st->n_dtypes > 0) {
+        sb_puts(sb, " (");
+        for (int i = 0; i < st->n_dtypes; i++) {
+            const char *name = ckpt_dtype_name(st->dtypes[i]);
+            sb_printf(sb, "%s%s", i ? ", " : "", name ? name : "?");
+        }
+        sb_putc(sb, ')');
+    }
+}
