@@ -458,13 +458,15 @@ CKPT_API int64_t ckpt_model_features(const ckpt_model *m); /* 512 * expansion */
  *     }
  *     int64_t shape[4] = {1, 3, 224, 224};
  *     ckpt_npy_write("x.npy", x, 4, shape, &err);
+ *
+ * Every function here is thread-safe: no global state, and images are plain malloc'd memory.
  */
 
 /* Pillow's decompression-bomb limit (2 * Image.MAX_IMAGE_PIXELS): Image.open refuses more. */
 #define CKPT_IMAGE_MAX_PIXELS 178956970ull
 #define CKPT_IMAGE_MAX_FILE (1ull << 30)   /* bytes of one image file */
 #define CKPT_IMAGE_MAX_JPEG_SCANS 1000     /* progressive scans (Pillow has no limit) */
-#define CKPT_IMAGE_MAX_SIDE 65535          /* resize and crop arguments */
+#define CKPT_IMAGE_MAX_SIDE 65535          /* resize and crop of ckpt_image_preprocess */
 
 /* An 8-bit RGB image. Channel c (0 R, 1 G, 2 B) of pixel (x, y) is
  *     pixels[((size_t)y * width + x) * 3 + c]
@@ -491,7 +493,8 @@ typedef struct ckpt_image_options {
  * *out belongs to the caller (ckpt_image_free); on failure *out is zeroed. */
 CKPT_API int ckpt_image_load(const char *path, const ckpt_image_options *opt, ckpt_image *out,
                              ckpt_error *err);
-/* The same from size bytes at data (not kept after the call). */
+/* The same from size bytes at data (not kept after the call). Sniffs the format from the
+ * first bytes, as Pillow does; the file name's extension plays no part. */
 CKPT_API int ckpt_image_decode(const void *data, size_t size, const ckpt_image_options *opt,
                                ckpt_image *out, ckpt_error *err);
 /* Free img->pixels and zero *img. NULL, or an image already freed, is a no-op. */
@@ -503,7 +506,7 @@ CKPT_API int ckpt_image_resized_size(int width, int height, int size, int *out_w
                                      int *out_height, ckpt_error *err);
 /* PIL's in.resize((width, height), Image.BILINEAR), byte for byte (Pillow's fixed-point
  * two-pass resample; an unchanged size is a copy). On success *out belongs to the caller
- * (ckpt_image_free); at most CKPT_IMAGE_MAX_PIXELS pixels. Thread-safe. */
+ * (ckpt_image_free); at most CKPT_IMAGE_MAX_PIXELS pixels. */
 CKPT_API int ckpt_image_resize(const ckpt_image *in, int width, int height, ckpt_image *out,
                                ckpt_error *err);
 
@@ -511,7 +514,7 @@ CKPT_API int ckpt_image_resize(const ckpt_image *in, int width, int height, ckpt
  * 0.456, 0.406), std=(0.229, 0.224, 0.225)) on img, bit for bit, as a float32 CHW tensor of
  * 3 x crop x crop written to out (out_size bytes, at least 3 * crop * crop * 4). resize 0
  * skips the Resize. A crop larger than the image is padded with black, as torchvision does.
- * Only the pixels the crop keeps are resampled. Thread-safe. */
+ * Only the pixels the crop keeps are resampled, so memory is bounded by the crop. */
 CKPT_API int ckpt_image_preprocess(const ckpt_image *img, int resize, int crop, float *out,
                                    size_t out_size, ckpt_error *err);
 
@@ -535,6 +538,144 @@ CKPT_API int ckpt_npy_read(const char *path, ckpt_npy *out, ckpt_error *err);
 CKPT_API int ckpt_npy_decode(const void *data, size_t size, ckpt_npy *out, ckpt_error *err);
 /* Free a->data and zero *a. NULL is a no-op. */
 CKPT_API void ckpt_npy_free(ckpt_npy *a);
+
+/* ---- writing (ckpt_write_*) --------------------------------------------------------------- */
+/*
+ * Clean weight files from a state dict (issue 4): the zip format of torch.save(state_dict),
+ * loadable with torch.load(path, weights_only=True) from PyTorch 1.13 on, or safetensors.
+ * Tensors are streamed from the file they were read from (converted chunk by chunk when
+ * asked), never all held in memory. An output appears only complete: it is written to a
+ * temporary file `.NAME.ckpt-tmp-XXXXXX` in its folder, flushed with fsync and renamed; after
+ * any error the temporary file is gone and whatever was at the path before is untouched.
+ *
+ *     ckpt_sd_report *r;                            // ckpt_sd_check found and unwrapped it
+ *     ckpt_write_options o = {0};
+ *     o.format = CKPT_WRITE_SAFETENSORS;
+ *     o.convert = true;
+ *     o.dtype = CKPT_DT_FLOAT16;                    // floating tensors only; int64 stays int64
+ *     const char *inputs[] = {"train.pth", NULL};   // never replaced, even with force
+ *     o.inputs = inputs;
+ *     if (ckpt_write_sd("model.safetensors", r->sd, &o, NULL, &err) != CKPT_OK)
+ *         fprintf(stderr, "error: model.safetensors: %s\n", err.message);
+ *
+ * docs/EXTRACT.md gives the byte layouts and what is guaranteed.
+ */
+struct ckpt_sd;
+
+typedef enum ckpt_write_format {
+    CKPT_WRITE_PTH,         /* torch.save's zip: data.pkl, byteorder, data/0..., version */
+    CKPT_WRITE_SAFETENSORS, /* safetensors, tensors sorted as the reference serializer does */
+} ckpt_write_format;
+
+CKPT_API const char *ckpt_write_format_name(ckpt_write_format fmt); /* "pth", "safetensors" */
+CKPT_API int ckpt_write_format_from_name(const char *name);           /* -1 when unknown */
+/* From the extension of path: .pth .pt .bin .ckpt .tar -> PTH; .safetensors -> SAFETENSORS;
+ * -1 for anything else. */
+CKPT_API int ckpt_write_format_for_path(const char *path);
+
+/* Called as the output grows (at least every few MB and once at the end) with the bytes
+ * written so far and the final size. A non-zero return cancels the write: CKPT_EIO,
+ * "cancelled", and no output. */
+typedef int (*ckpt_progress_fn)(void *ud, uint64_t done, uint64_t total);
+
+typedef struct ckpt_write_options {
+    ckpt_write_format format;
+    bool convert;               /* convert every floating tensor (float16/32/64, bfloat16) ... */
+    ckpt_dtype dtype;           /* ... to this: FLOAT32, FLOAT16 or BFLOAT16 (see ckpt_convert) */
+    bool force;                 /* replace an existing file at the path (never an input) */
+    const char *const *inputs;  /* NULL-terminated: files the output must not be (same inode:
+                                 * hard links and other spellings of the path count) */
+    const char *const *metadata;/* safetensors __metadata__: key, value, key, value, ..., NULL */
+    const char *root;           /* pth: the archive's folder; NULL: the output's name without
+                                 * its extension, as torch.save names it ("archive" when that
+                                 * is empty or not ASCII) */
+    uint64_t zip64_from;        /* pth: sizes and offsets from this on take ZIP64 fields;
+                                 * 0: 0xFFFFFFFF as every zip writer. Tests lower it. */
+    ckpt_progress_fn progress;
+    void *progress_ud;
+} ckpt_write_options;
+
+/* A tensor that shared memory with one written before it. */
+typedef struct ckpt_write_shared {
+    const char *key;
+    const char *with;           /* the key written earlier */
+} ckpt_write_shared;
+
+typedef struct ckpt_write_report {
+    uint64_t file_bytes;        /* size of the file written */
+    uint64_t data_bytes;        /* tensor bytes in it */
+    size_t n_tensors;
+    size_t n_records;           /* pth: storages written (data/0 ...); safetensors: n_tensors */
+    size_t n_converted;         /* tensors whose dtype was changed */
+    /* pth: tensors that were the identical view of an earlier one's storage and share its
+     * record, as torch.save would write them. safetensors: tensors overlapping an earlier
+     * one's memory, written as separate copies (safetensors has no sharing). */
+    ckpt_write_shared *shared;
+    size_t n_shared;
+    void *internal;
+} ckpt_write_report;
+
+/* Write every entry of sd (all must be tensors: CKPT_EINVAL names the first that is not) to
+ * path in opt->format. pth: sd's order, sd->meta as _metadata when sd->has_metadata; a tensor
+ * is written contiguous on a storage of its own unless it is the identical view (storage,
+ * dtype, offset, shape, strides) of an earlier one, which then shares that storage's record.
+ * safetensors: sorted by dtype (widest first) then name, opt->metadata as __metadata__.
+ * CKPT_EEXIST when path exists and opt->force is false; CKPT_EINVAL when path is one of
+ * opt->inputs; CKPT_EUNSUPPORTED for a dtype the format cannot hold (pth: those without a
+ * PyTorch 1.13 storage class; safetensors: complex128, quantized); CKPT_EIO for a failed
+ * write (its message names the system error: "no space left on device"). report may be NULL;
+ * else on success *report belongs to the caller (ckpt_write_report_free). */
+CKPT_API int ckpt_write_sd(const char *path, const struct ckpt_sd *sd,
+                           const ckpt_write_options *opt, ckpt_write_report **report,
+                           ckpt_error *err);
+/* The two formats of ckpt_write_sd, whatever opt->format says. */
+CKPT_API int ckpt_write_pth(const char *path, const struct ckpt_sd *sd,
+                            const ckpt_write_options *opt, ckpt_write_report **report,
+                            ckpt_error *err);
+CKPT_API int ckpt_write_safetensors(const char *path, const struct ckpt_sd *sd,
+                                    const ckpt_write_options *opt, ckpt_write_report **report,
+                                    ckpt_error *err);
+CKPT_API void ckpt_write_report_free(ckpt_write_report *r); /* NULL is a no-op */
+
+/* The safe output file the writers use: bytes go to a temporary file beside path; commit
+ * flushes, fsyncs and renames it (refusing, without opt->force, a path that appeared
+ * meanwhile), abort removes it. Only opt->force, inputs and progress are used here. */
+typedef struct ckpt_write_file ckpt_write_file;
+
+/* On success *out belongs to the caller until ckpt_write_commit or ckpt_write_abort. */
+CKPT_API int ckpt_write_open(const char *path, const ckpt_write_options *opt,
+                             ckpt_write_file **out, ckpt_error *err);
+/* The final size, when known: reserves the space at once (a full disk fails here, before any
+ * data is written) and is the total passed to the progress callback. */
+CKPT_API int ckpt_write_expect(ckpt_write_file *w, uint64_t total, ckpt_error *err);
+CKPT_API int ckpt_write_bytes(ckpt_write_file *w, const void *data, size_t n, ckpt_error *err);
+CKPT_API uint64_t ckpt_write_offset(const ckpt_write_file *w); /* bytes written so far */
+CKPT_API const char *ckpt_write_temp_path(const ckpt_write_file *w);
+/* Frees w whatever the outcome; on failure the temporary file is removed. */
+CKPT_API int ckpt_write_commit(ckpt_write_file *w, ckpt_error *err);
+CKPT_API void ckpt_write_abort(ckpt_write_file *w); /* NULL is a no-op */
+
+/* float16, bfloat16, float32, float64. */
+CKPT_API bool ckpt_dtype_is_float(ckpt_dtype dt);
+/* Convert n elements between the float dtypes as PyTorch 1.13's CPU kernels do for a
+ * contiguous tensor (`x.half()`, `x.bfloat16()`, `x.float()`, `x.double()`): round to nearest
+ * even, float64 to float16/bfloat16 through float32 (double rounding, as torch), overflow to
+ * infinity, subnormals kept. NaN: to float16 sign | 0x7E00; to bfloat16 0xFFFF from float32
+ * (torch's vector kernel), 0x7FC0 from float16, from float64 0xFFFF in each whole block of 16
+ * elements and 0x7FC0 in the last n % 16; float16 to float32/64 quiets a signalling NaN and
+ * keeps its payload; bfloat16 to float32 is exact. to == from copies. CKPT_EINVAL for other
+ * dtypes; src and dst must not overlap. */
+CKPT_API int ckpt_convert(ckpt_dtype to, void *dst, ckpt_dtype from, const void *src, size_t n,
+                          ckpt_error *err);
+
+/* Hands t's elements in row-major order to fn, as dtype `to` (t->dtype: the exact bytes; a
+ * float dtype: converted as ckpt_convert does, with torch's NaN choice for t's layout), in
+ * pieces of at most a few MB: straight from the mapped file when t is contiguous and not
+ * converted, else through a buffer of about 1 MB. fn returns CKPT_OK or an error that stops
+ * the stream and is returned. A tensor with no elements makes no call. */
+typedef int (*ckpt_chunk_fn)(void *ud, const void *data, size_t n, ckpt_error *err);
+CKPT_API int ckpt_tensor_stream(const ckpt_tensor *t, ckpt_dtype to, ckpt_chunk_fn fn, void *ud,
+                                ckpt_error *err);
 
 /* ---- state dicts (ckpt_sd_*) -------------------------------------------------------------- */
 /* (issue 3: finding, unwrapping and judging state dicts; declarations follow in this section) */

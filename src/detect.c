@@ -6,7 +6,11 @@
  *
  *   1. the formats ckpt reads, by exact magic:
  *        50 4B 03 04 ("PK\3\4") at 0                          zip (torch >= 1.6)
- *        80 02 8A 0A 6C FC 9C 46 F9 20 6A A8 50 19 2E          legacy torch.save
+ *        the legacy magic number 0x1950a86a20f9469cfc6c, pickled alone: torch checks its value,
+ *        so every protocol torch.save(pickle_protocol=N) writes counts:
+ *          80 02 8A 0A 6C FC 9C 46 F9 20 6A A8 50 19 2E          protocol 2 (the default), 3
+ *          80 04 95 <u64 frame length> 8A 0A ... 2E            protocols 4 and 5
+ *          "L119547037146038801333356L\n."                     protocols 0 and 1
  *        u64 LE N, 2 <= N <= min(size - 8, 100 MB), '{' at 8  safetensors
  *   2. files that are not checkpoints, by magic: Git LFS pointer, numpy .npy, tar (torch 0.1.x),
  *      empty zip, PNG, JPEG, GIF, gzip, 7z, bzip2, xz, zstd, HDF5, GGUF, then text: HTML, XML,
@@ -23,8 +27,9 @@
 #include <inttypes.h>
 #include <stdio.h>
 
-#define CKPT__LEGACY_MAGIC "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e"
-#define CKPT__LEGACY_MAGIC_LEN 15
+/* LONG1 of the legacy magic number, then STOP; and its protocol 0 spelling. */
+#define CKPT__LEGACY_LONG1 "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e"
+#define CKPT__LEGACY_TEXT "L119547037146038801333356L\n."
 #define CKPT__ST_MAX_HEADER 100000000ull /* safetensors' own MAX_HEADER_SIZE */
 #define DETECT_MAX_TEXT_LEAD 1024        /* whitespace skipped before "<html", "{", ... */
 #define DETECT_MAX_LINE 256              /* longest line argument of a protocol 0 opcode */
@@ -102,6 +107,19 @@ static const char *text_kind(const uint8_t *map, uint64_t size)
 }
 
 /* ---- pickles ------------------------------------------------------------------------------ */
+
+/* Does the file start with the pickled legacy magic number, in any protocol? */
+static bool legacy_magic(const uint8_t *map, uint64_t size)
+{
+    uint64_t i = 0;
+    if (size >= 2 && map[0] == 0x80 && map[1] >= 2 && map[1] <= 5) {
+        i = 2;
+        if (i < size && map[i] == 0x95) /* FRAME and its u64 length */
+            i += 9;
+        return has_at(map, size, i, CKPT__LEGACY_LONG1, sizeof CKPT__LEGACY_LONG1 - 1);
+    }
+    return has_at(map, size, 0, CKPT__LEGACY_TEXT, sizeof CKPT__LEGACY_TEXT - 1);
+}
 
 /* Every opcode of protocols 0 to 5. */
 static bool is_opcode(uint8_t c)
@@ -229,7 +247,7 @@ ckpt__kind ckpt__detect(const uint8_t *map, uint64_t size, ckpt_error *err)
     }
     if (has_at(map, size, 0, "PK\x03\x04", 4))
         return CKPT__KIND_ZIP;
-    if (has_at(map, size, 0, CKPT__LEGACY_MAGIC, CKPT__LEGACY_MAGIC_LEN))
+    if (legacy_magic(map, size))
         return CKPT__KIND_LEGACY;
     if (size >= 9 && map[8] == '{') {
         uint64_t n = le(map, 8);

@@ -35,10 +35,11 @@ int ckpt__error_set(ckpt_error *err, int status, const char *src_file, int src_l
         va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
-        /* One line, always: a message quoting file content must not break the CLI's format. */
+        /* One line, always, with no control bytes: a message quoting names from a hostile file
+         * must neither break the CLI's one-line format nor drive a terminal. */
         for (char *p = err->message; *p; p++)
-            if (*p == '\n' || *p == '\r')
-                *p = ' ';
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = (*p == '\n' || *p == '\r' || *p == '\t') ? ' ' : '?';
         err->status = status;
         err->src_file = src_file;
         err->src_line = src_line;

@@ -20,6 +20,11 @@
  * would build -- dicts, sets, bytes, complex numbers, torch.Size, tensors, numpy scalars
  * (PTH_FORMAT.md §3.3 and §4) -- or a CKPT_T_OBJECT that records the call.
  *
+ * Values are shared where Python shares them: a memo GET yields the same ckpt_value (a tensor
+ * pickled twice is one pointer). None, True, False, () and, in large pickles, the ints 0..1023
+ * are one value each per pickle. Values are read-only once built, except the containers that
+ * later opcodes fill.
+ *
  * Evaluation is a loop over opcodes, never a recursion on the input. Limits: marks and the
  * nesting of containers (ctx->max_depth), memo keys (ctx->max_memo), text ints, LONG4 sizes and
  * text floats (the PK_MAX_* constants below); all memory comes from ctx->arena, whose byte
@@ -33,6 +38,9 @@
  *    UTF-8) become U+FFFD, so that every CKPT_T_STR is valid UTF-8.
  *  - Py2 module names are mapped for every protocol, not only below 3: what a global is
  *    called must not depend on the PROTO byte.
+ *  - BUILD with a None state is a no-op on anything (as in CPython); set items are kept as
+ *    pickled, without removing duplicates.
+ * and strict where Python is lenient: STOP must find exactly one value and no open MARK.
  */
 #include "internal.h"
 
@@ -431,7 +439,8 @@ static int push_memo(pk *p, uint64_t key)
     const memo_slot *s = key < p->max_memo ? hash_find(p, (uint32_t)key + 1) : NULL;
     if (s)
         return push(p, s->v);
-    return CKPT_CORRUPT(p->err, "pickle: '%s' at offset %zu reads memo key %llu, which was never set",
+    return CKPT_CORRUPT(p->err,
+                        "pickle: '%s' at offset %zu reads memo key %llu, which was never set",
                         op_name(p->op), p->at, (unsigned long long)key);
 }
 
@@ -859,13 +868,15 @@ static int str_latin1(pk *p, const ckpt_value *s, const char *cls, ckpt_value **
     return CKPT_OK;
 }
 
-static int push_bytes(pk *p, ckpt_type t, uint64_t n, const char *cls)
+/* BINBYTES and the like: a little-endian length of `width` bytes, then the bytes. */
+static int push_bytes(pk *p, unsigned width, const char *cls)
 {
     const uint8_t *s = NULL;
-    int rc = read_bytes(p, n, &s);
-    if (rc)
+    uint64_t n = 0;
+    int rc = read_uint(p, width, &n);
+    if (rc || (rc = read_bytes(p, n, &s)))
         return rc;
-    ckpt_value *v = ckpt__value_str(p->ar, t, (const char *)s, (size_t)n);
+    ckpt_value *v = ckpt__value_str(p->ar, CKPT_T_BYTES, (const char *)s, (size_t)n);
     if (!v)
         return PK_OOM(p);
     v->class_name = cls;
@@ -1381,7 +1392,9 @@ static int rebuild_from_type(pk *p, ckpt_value **a, size_t na, int nesting, ckpt
 static double half_to_double(unsigned h)
 {
     unsigned e = (h >> 10) & 31, m = h & 1023;
-    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(m + 1024, (int)e - 25);
+    double v = e == 0    ? ldexp(m, -24)
+               : e == 31 ? (m ? NAN : INFINITY)
+                         : ldexp(m + 1024, (int)e - 25);
     return h & 0x8000 ? -v : v;
 }
 
@@ -1786,12 +1799,10 @@ static int step(pk *p)
             (rc = read_bytes(p, u, &b)) || (rc = utf8_str(p, b, (size_t)u, &v)))
             return rc;
         return push(p, v);
-    case OP_SHORT_BINBYTES: return (rc = read_uint(p, 1, &u)) ? rc : push_bytes(p, CKPT_T_BYTES, u, NULL);
-    case OP_BINBYTES: return (rc = read_uint(p, 4, &u)) ? rc : push_bytes(p, CKPT_T_BYTES, u, NULL);
-    case OP_BINBYTES8: return (rc = read_uint(p, 8, &u)) ? rc : push_bytes(p, CKPT_T_BYTES, u, NULL);
-    case OP_BYTEARRAY8:
-        return (rc = read_uint(p, 8, &u)) ? rc
-                                          : push_bytes(p, CKPT_T_BYTES, u, "builtins.bytearray");
+    case OP_SHORT_BINBYTES: return push_bytes(p, 1, NULL);
+    case OP_BINBYTES: return push_bytes(p, 4, NULL);
+    case OP_BINBYTES8: return push_bytes(p, 8, NULL);
+    case OP_BYTEARRAY8: return push_bytes(p, 8, "builtins.bytearray");
 
     case OP_EMPTY_TUPLE: return push_const(p, &p->empty_tuple, CKPT_T_TUPLE, false);
     case OP_EMPTY_LIST: return (rc = new_value(p, CKPT_T_LIST, &v)) ? rc : push(p, v);
@@ -1875,7 +1886,8 @@ static int step(pk *p)
         if (mod->type != CKPT_T_STR || name->type != CKPT_T_STR)
             return CKPT_CORRUPT(p->err, "pickle: 'STACK_GLOBAL' at offset %zu needs two str, not "
                                         "a %s and a %s", p->at, type_name(mod), type_name(name));
-        if (strlen(mod->u.str.data) != mod->u.str.len || strlen(name->u.str.data) != name->u.str.len)
+        if (strlen(mod->u.str.data) != mod->u.str.len ||
+            strlen(name->u.str.data) != name->u.str.len)
             return CKPT_CORRUPT(p->err, "pickle: 'STACK_GLOBAL' at offset %zu names a module or "
                                         "class with a NUL in it", p->at);
         return push_global(p, mod->u.str.data, name->u.str.data);
@@ -1958,13 +1970,12 @@ int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckp
         p.at = p.pos;
         p.op = p.buf[p.pos++];
         if (p.op == OP_STOP) {
-            if (p.n_marks)
-                return CKPT_CORRUPT(err, "pickle: 'STOP' at offset %zu with a MARK still open",
+            /* As CPython: the top of the stack above the innermost MARK is the result;
+             * whatever lies below it, and MARKs left open, are ignored. */
+            if (p.sp <= fence(&p))
+                return CKPT_CORRUPT(err, "pickle: 'STOP' at offset %zu with an empty stack",
                                     p.at);
-            if (p.sp != 1)
-                return CKPT_CORRUPT(err, "pickle: 'STOP' at offset %zu with %zu values on the "
-                                         "stack, not 1", p.at, p.sp);
-            *out = p.stack[0];
+            *out = p.stack[p.sp - 1];
             *consumed = p.pos;
             return CKPT_OK;
         }

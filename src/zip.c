@@ -277,7 +277,7 @@ static int multi_disk(ckpt_error *err)
 
 static int read_end_records(const uint8_t *map, uint64_t size, zip_dir *d, ckpt_error *err)
 {
-    uint64_t eocd;
+    uint64_t eocd = 0;
     int rc = find_eocd(map, size, &eocd, err);
     if (rc)
         return rc;

@@ -24,6 +24,22 @@ static const struct {
     {"zip header only", S("PK\3\4"), CKPT__KIND_ZIP, 0, NULL},
     {"legacy", S(LEGACY "\x80\x02M\xe9\x03."), CKPT__KIND_LEGACY, 0, NULL},
     {"legacy magic alone", S(LEGACY), CKPT__KIND_LEGACY, 0, NULL},
+    /* The magic number as torch.save(..., pickle_protocol=N) writes it (torch 1.13). */
+    {"legacy p0", S("L119547037146038801333356L\n.I1001\n.(dp0\n"), CKPT__KIND_LEGACY, 0, NULL},
+    {"legacy p1", S("L119547037146038801333356L\n.M\xe9\x03.}q\x00(X"), CKPT__KIND_LEGACY, 0,
+     NULL},
+    {"legacy p3", S("\x80\x03\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e\x80\x03M"),
+     CKPT__KIND_LEGACY, 0, NULL},
+    {"legacy p4", S("\x80\x04\x95\x0d\0\0\0\0\0\0\0\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
+                    "\x50\x19\x2e\x80\x04\x95"),
+     CKPT__KIND_LEGACY, 0, NULL},
+    {"legacy p5", S("\x80\x05\x95\x0d\0\0\0\0\0\0\0\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8"
+                    "\x50\x19\x2e"),
+     CKPT__KIND_LEGACY, 0, NULL},
+    /* Another number, or the magic without its STOP: pickles, not legacy files. */
+    {"other long1", S("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2f."),
+     CKPT__KIND_PICKLE, 0, NULL},
+    {"legacy p0 no stop", S("L119547037146038801333356L\nI1\n."), CKPT__KIND_PICKLE, 0, NULL},
     /* A cut legacy magic is still a protocol 2 pickle (PROTO, LONG1 ...). */
     {"legacy magic cut", S("\x80\x02\x8a\x0a\x6c\xfc"), CKPT__KIND_PICKLE, 0, NULL},
 
@@ -319,6 +335,54 @@ static void test_corpus(void)
     CHECK(n > 100);
 }
 
+/* The fixtures torch wrote (tests/gen_fixtures.py), in every pickle protocol: the format each
+ * must get is in its .expected.json. */
+static void test_fixtures(void)
+{
+    const char *dirname = getenv("CKPT_FIXTURES");
+    DIR *dir = dirname ? opendir(dirname) : NULL;
+    if (!dir) {
+        printf("no fixtures (CKPT_FIXTURES); skipped\n");
+        return;
+    }
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (!ends_with(de->d_name, ".expected.json"))
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dirname, de->d_name);
+        size_t len;
+        char *json = (char *)slurp(path, &len);
+        if (!json)
+            continue;
+        json = realloc(json, len + 1);
+        json[len] = 0;
+        ckpt__kind want = CKPT__KIND_OTHER;
+        if (strstr(json, "\"format\": \"zip\""))
+            want = CKPT__KIND_ZIP;
+        else if (strstr(json, "\"format\": \"legacy\""))
+            want = CKPT__KIND_LEGACY;
+        free(json);
+        if (want == CKPT__KIND_OTHER)
+            continue;
+        snprintf(path, sizeof path, "%s/%.*s.pt", dirname,
+                 (int)(strlen(de->d_name) - strlen(".expected.json")), de->d_name);
+        uint8_t *map = slurp(path, &len);
+        if (!map)
+            continue;
+        ckpt_error err = {0};
+        ckpt__kind k = ckpt__detect(map, len, &err);
+        if (k != want)
+            fprintf(stderr, "%s: kind %d, expected %d\n", path, (int)k, (int)want);
+        CHECK_EQ_INT(k, want);
+        free(map);
+        n++;
+    }
+    closedir(dir);
+    printf("%d fixtures sniffed\n", n);
+}
+
 /* ---- kinds of zip ------------------------------------------------------------------------- */
 
 static const char *kind_of(const char *const *names, size_t n)
@@ -412,6 +476,7 @@ int main(void)
     test_tar_header();
     test_safetensors_like_pickle();
     test_corpus();
+    test_fixtures();
     test_zip_kinds();
     test_zip_kinds_files();
     return check_exit();
