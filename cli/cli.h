@@ -170,6 +170,35 @@ void cli_fmt_tensor_flags(cli_sb *sb, const ckpt_tensor *t);
 /* "320 tensors, 25.6 M parameters, 102.2 MB (float32)". */
 void cli_fmt_stats(cli_sb *sb, const cli_tensor_stats *st, bool with_dtypes);
 
+/* ---- locating the state dict (locate.c) --------------------------------------------------- */
+
+/* The options check, extract and run share, and what they found. Zero it, point the option
+ * table at it with CLI_LOCATE_OPTS, then call cli_locate_open. */
+typedef struct cli_locate {
+    const char *arch, *num_classes, *against, *key, *strip; /* option values, or NULL */
+    bool allow_no_model; /* a dict that matches no architecture is not an error (the caller
+                          * then finds l->r->verdict NULL) */
+    const char *path;
+    ckpt_sd_check_options o;
+    ckpt_file *f, *t; /* the checkpoint and the --against template */
+    ckpt_sd_report *r;
+} cli_locate;
+
+#define CLI_LOCATE_OPTS(l)                                                                     \
+    {"arch", "NAME", NULL, &(l)->arch}, {"num-classes", "N", NULL, &(l)->num_classes},         \
+        {"against", "TEMPLATE", NULL, &(l)->against}, {"key", "PATH", NULL, &(l)->key},        \
+        {"strip-prefix", "P", NULL, &(l)->strip}
+
+/* Validate the options, open path (and the template), find and judge the state dict, and warn
+ * about dangerous globals. Returns -1 to go on (l->r has a verdict), or the exit status after
+ * reporting the error. Call cli_locate_close in every case. */
+int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bool scan_values);
+void cli_locate_close(cli_locate *l);
+/* check's human report: the verdict, PyTorch's error text, explanations, Python lines. */
+void cli_locate_human(cli_sb *out, const cli_locate *l);
+/* "ckpt['model']" */
+void cli_locate_where(cli_sb *out, const ckpt_sd_candidate *c);
+
 /* ---- JSON (json.c) ------------------------------------------------------------------------ */
 
 /* A JSON string from bytes that may not be UTF-8 (invalid sequences become U+FFFD). */

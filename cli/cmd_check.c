@@ -127,98 +127,12 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
 }
 
 /* ckpt['model'] or ckpt */
-static void put_where(cli_sb *out, const ckpt_sd_candidate *c)
-{
-    sb_puts(out, "ckpt");
-    for (size_t i = 0; i < c->path_len; i++) {
-        sb_puts(out, "['");
-        sb_put_clean(out, c->path[i], strlen(c->path[i]));
-        sb_puts(out, "']");
-    }
-}
-
-static void human(cli_sb *out, const char *path, const char *against, const ckpt_sd_report *r)
-{
-    const ckpt_sd_verdict *v = r->verdict;
-    sb_put_clean(out, path, strlen(path));
-    sb_puts(out, ": ");
-    put_where(out, r->chosen);
-    if (r->prefix[0]) {
-        sb_puts(out, " without '");
-        sb_put_clean(out, r->prefix, strlen(r->prefix));
-        sb_puts(out, "'");
-    }
-    if (r->arch)
-        sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")", r->arch->name,
-                  r->num_classes);
-    else {
-        sb_puts(out, " into the model of ");
-        sb_put_clean(out, against, strlen(against));
-    }
-    sb_puts(out, v->ok ? ": strict load OK\n" : ": strict load FAILS\n");
-    sb_printf(out, "  %zu tensors, ", r->n_tensors);
-    cli_fmt_count(out, (uint64_t)r->n_parameters);
-    sb_puts(out, " parameters");
-    if (!v->ok)
-        sb_printf(out, "; %zu missing, %zu unexpected, %zu size mismatch%s", v->n_missing,
-                  v->n_unexpected, v->n_mismatch, v->n_mismatch == 1 ? "" : "es");
-    sb_putc(out, '\n');
-    if (v->message) {
-        sb_puts(out, "\nPyTorch would raise:\n");
-        if (strncmp(v->message, "IndexError", 10) != 0)
-            sb_puts(out, "RuntimeError: ");
-        /* the text holds tabs and newlines by design; other control characters are escaped */
-        for (const char *p = v->message; *p; p++) {
-            unsigned char ch = (unsigned char)*p;
-            if (ch == '\n' || ch == '\t' || (ch >= 0x20 && ch != 0x7f))
-                sb_putc(out, (char)ch);
-            else
-                sb_printf(out, "\\x%02x", ch);
-        }
-        sb_putc(out, '\n');
-    }
-    if (r->n_warnings) {
-        sb_putc(out, '\n');
-        for (size_t i = 0; i < r->n_warnings; i++) {
-            sb_puts(out, "- ");
-            sb_put_clean(out, r->warnings[i].message, strlen(r->warnings[i].message));
-            sb_putc(out, '\n');
-        }
-    }
-    if (r->python) {
-        sb_puts(out, "\nTo load it in Python:\n");
-        for (const char *p = r->python; *p;) {
-            const char *nl = strchr(p, '\n');
-            size_t n = nl ? (size_t)(nl - p) : strlen(p);
-            sb_puts(out, "    ");
-            sb_put_clean(out, p, n);
-            sb_putc(out, '\n');
-            p += n + (nl != NULL);
-        }
-    }
-}
-
-static bool parse_count(const char *s, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < 1 || v > INT32_MAX)
-        return false;
-    *out = v;
-    return true;
-}
-
 int cmd_check(int argc, char **argv, const cli_command *self)
 {
     bool json = false;
-    const char *arch = NULL, *num_classes = NULL, *against = NULL, *key = NULL, *strip = NULL;
+    cli_locate l = {0};
     const cli_opt opts[] = {
-        {"arch", "NAME", NULL, &arch},
-        {"num-classes", "N", NULL, &num_classes},
-        {"against", "TEMPLATE", NULL, &against},
-        {"key", "PATH", NULL, &key},
-        {"strip-prefix", "P", NULL, &strip},
+        CLI_LOCATE_OPTS(&l),
         {"json", NULL, &json, NULL},
         {NULL, NULL, NULL, NULL},
     };
@@ -227,66 +141,21 @@ int cmd_check(int argc, char **argv, const cli_command *self)
     int rc = cli_parse_args(self, argc, argv, opts, pos, 1, 1, &npos);
     if (rc >= 0)
         return rc;
-    const char *path = pos[0];
-    ckpt_sd_check_options o = {0};
-    o.arch = arch;
-    o.key = key;
-    o.strip_prefix = strip;
-    o.scan_values = true;
-    o.file_name = path;
-    if (arch && strcmp(arch, "auto") != 0 && !ckpt_arch_by_name(arch)) {
-        cli_sb names = {0};
-        for (size_t i = 0; i < ckpt_arch_count(); i++)
-            sb_printf(&names, i ? ", %s" : "%s", ckpt_arch_name(i));
-        rc = cli_usage_error(self, "unknown architecture '%s' (auto, %s)", arch, sb_str(&names));
-        sb_free(&names);
-        return rc;
-    }
-    if (num_classes && !parse_count(num_classes, &o.num_classes))
-        return cli_usage_error(self, "--num-classes takes a count from 1 to %d, not '%s'",
-                               INT32_MAX, num_classes);
-    if (against && arch && strcmp(arch, "auto") != 0)
-        return cli_usage_error(self, "--against and --arch NAME exclude each other");
-
-    ckpt_file *f = cli_open(path);
-    if (!f)
-        return CLI_EXIT_ERROR;
-    ckpt_file *t = NULL;
-    if (against) {
-        t = cli_open(against);
-        if (!t) {
-            ckpt_close(f);
-            return CLI_EXIT_ERROR;
+    rc = cli_locate_open(self, &l, pos[0], true);
+    if (rc < 0) {
+        const ckpt_sd_report *r = l.r;
+        if (json) {
+            rc = cli_emit_json(l.path, to_json(l.path, l.against, r));
+            if (rc == CLI_EXIT_OK && !r->verdict->ok)
+                rc = CLI_EXIT_FINDING;
+        } else {
+            cli_sb out = {0};
+            cli_locate_human(&out, &l);
+            cli_write_stdout(out.buf, out.len);
+            sb_free(&out);
+            rc = r->verdict->ok ? CLI_EXIT_OK : CLI_EXIT_FINDING;
         }
-        o.against = t;
     }
-    ckpt_sd_report *r = NULL;
-    ckpt_error err = {0};
-    rc = ckpt_sd_check(f, &o, &r, &err);
-    if (rc == CKPT_OK && r->verdict) /* an error stays one line: warnings only with a verdict */
-        cli_warn_globals(path, f);
-    if (rc != CKPT_OK) {
-        rc = cli_error_ckpt(path, &err);
-    } else if (!r->verdict) {
-        const char *where = r->chosen->path_len ? r->chosen->path_str : NULL;
-        rc = cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu torchvision ResNets: "
-                       "pass --arch NAME, or --against a checkpoint of the model",
-                       where ? "'" : "", where ? where : "the state dict", where ? "'" : "",
-                       r->chosen->n_tensors, r->chosen->n_tensors == 1 ? "" : "s",
-                       ckpt_arch_count());
-    } else if (json) {
-        rc = cli_emit_json(path, to_json(path, against, r));
-        if (rc == CLI_EXIT_OK && !r->verdict->ok)
-            rc = CLI_EXIT_FINDING;
-    } else {
-        cli_sb out = {0};
-        human(&out, path, against, r);
-        cli_write_stdout(out.buf, out.len);
-        sb_free(&out);
-        rc = r->verdict->ok ? CLI_EXIT_OK : CLI_EXIT_FINDING;
-    }
-    ckpt_sd_report_free(r);
-    ckpt_close(t);
-    ckpt_close(f);
+    cli_locate_close(&l);
     return rc;
 }

@@ -21,6 +21,12 @@
       "say whether model.load_state_dict(sd, strict=True) would succeed, and why not")         \
     X(diff, "ckpt diff A B [--key-a PATH] [--key-b PATH] [--atol X] [--json]",                \
       "compare two checkpoints' state dicts tensor by tensor")                                 \
+    X(extract, "ckpt extract FILE -o OUT [--dtype D] [--format F] [--key PATH] "            \
+               "[--strip-prefix P] [--arch NAME] [--against T] [--no-check] [--force] [--json]", \
+      "write the weights alone as a clean .pth or .safetensors file")                          \
+    X(run, "ckpt run FILE IMAGE... [--arch NAME] [--topk K] [--labels FILE] [--json] "       \
+           "[--logits] [--features] [--resize S] [--crop C] [--threads N] [--repeat N]",     \
+      "classify images with the checkpoint's ResNet, as torchvision would")                   \
     X(help, "ckpt help [COMMAND]", "show the commands, or one command's help")
 
 #endif

@@ -432,8 +432,8 @@ CKPT_API int ckpt_model_load_sd(const struct ckpt_arch *arch, int64_t num_classe
  * average pool adapts) and write logits[batch][classes] and, if features is not NULL, the
  * pooled features before fc, features[batch][ckpt_model_features(m)]. Images are computed one
  * at a time with the same code, so a batch's outputs equal those of its images run alone. Not
- * safe to call on one model from two threads at once; set the OpenMP thread count of the
- * calling thread for the call and restores it. */
+ * safe to call on one model from two threads at once. Sets the calling thread's OpenMP thread
+ * count to the model's for the call and restores it. */
 CKPT_API int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int width,
                             float *logits, float *features, ckpt_error *err);
 /* NULL is a no-op. */

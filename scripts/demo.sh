@@ -31,3 +31,29 @@ PY
 step $ckpt inspect "$file"
 step $ckpt scan "$file"
 step $ckpt check "$file"
+step $ckpt run "$file" "$seed"/images/digit-00{0..3}.png --resize 32 --crop 32 \
+     --labels "$seed/labels.txt" --topk 2
+
+echo
+echo "== All $(ls "$seed"/images | wc -l) held-out images, against PyTorch's own predictions"
+$ckpt run "$file" "$seed"/images/*.png --resize 32 --crop 32 --json --logits --repeat 3 \
+    > "$seed/ckpt-run.json"
+/usr/bin/python3 - "$seed" <<'PY'
+import json, os, sys
+seed = sys.argv[1]
+exp = {r["image"]: r for r in json.load(open(os.path.join(seed, "expected.json")))["images"]}
+run = json.load(open(os.path.join(seed, "ckpt-run.json")))
+n = agree = correct = 0
+worst = 0.0
+for r in run["results"]:
+    e = exp[os.path.basename(r["image"])]
+    top = r["topk"][0]["index"]
+    n += 1
+    agree += top == e["torch_top1"]
+    correct += top == e["label"]
+    scale = max(1.0, max(abs(v) for v in e["torch_logits"]))
+    worst = max(worst, max(abs(a - b) for a, b in zip(r["logits"], e["torch_logits"])) / scale)
+print(f"accuracy {correct}/{n} = {correct / n:.1%}; same top-1 as PyTorch on {agree}/{n}; "
+      f"largest logit difference {worst:.1e} of the largest logit; "
+      f"3 runs bit-identical: {run['repeat']['bit_identical']}")
+PY

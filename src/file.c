@@ -610,6 +610,45 @@ int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err)
     return CKPT_OK;
 }
 
+/* ---- the mapping's pages ----------------------------------------------------------------- */
+
+/* The page-aligned part of [p, p+n) when it lies in f's mapping (not in an inflated entry's
+ * heap copy): the pages it touches (outer) or the pages wholly inside it. */
+static bool mapped_range(const ckpt_file *f, const void *pv, size_t n, bool outer, uintptr_t *a,
+                         uintptr_t *b)
+{
+    const uint8_t *p = pv;
+    if (!f || !f->map || !p || p < f->map || n > (size_t)(f->map + f->size - p))
+        return false;
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0)
+        return false;
+    uintptr_t mask = (uintptr_t)ps - 1;
+    *a = outer ? (uintptr_t)p & ~mask : ((uintptr_t)p + mask) & ~mask;
+    *b = outer ? ((uintptr_t)p + n + mask) & ~mask : ((uintptr_t)p + n) & ~mask;
+    return *b > *a;
+}
+
+void ckpt__file_prefault(const ckpt_file *f, const void *p, size_t n)
+{
+#ifdef MADV_POPULATE_READ
+    uintptr_t a, b;
+    if (mapped_range(f, p, n, true, &a, &b))
+        madvise((void *)a, b - a, MADV_POPULATE_READ); /* a hint: failure changes nothing */
+#else
+    (void)f;
+    (void)p;
+    (void)n;
+#endif
+}
+
+void ckpt__file_release(const ckpt_file *f, const void *p, size_t n)
+{
+    uintptr_t a, b;
+    if (mapped_range(f, p, n, false, &a, &b))
+        madvise((void *)a, b - a, MADV_DONTNEED); /* advice only: a failure changes nothing */
+}
+
 const char *ckpt_storage_key(const ckpt_storage *s) { return s->key; }
 uint64_t ckpt_storage_nbytes(const ckpt_storage *s) { return s->nbytes; }
 ckpt_dtype ckpt_storage_dtype(const ckpt_storage *s) { return s->dtype; }

@@ -227,6 +227,14 @@ int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err);
 /* Add a new storage to f's list and key index (the key must not be present yet). */
 int ckpt__storage_register(ckpt_file *f, ckpt_storage *s, ckpt_error *err);
 
+/* Hints about the mapped file's pages in [p, p+n) (no-ops for bytes outside the mapping, such
+ * as an inflated entry): prefault maps them in one call before a bulk copy (a fault inside
+ * write(2) takes a slow path); release drops them from this process's resident set once they
+ * were copied -- they are clean pages of a private read-only mapping, so a later read faults
+ * them back in unchanged, and a streamed copy or a model load stays small. */
+void ckpt__file_prefault(const ckpt_file *f, const void *p, size_t n);
+void ckpt__file_release(const ckpt_file *f, const void *p, size_t n);
+
 /* Resolve s's bytes (checked: s->nbytes bytes inside the file or the inflated entry). */
 int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err);
 
