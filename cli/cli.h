@@ -201,6 +201,9 @@ void cli_locate_where(cli_sb *out, const ckpt_sd_candidate *c);
 
 /* ---- JSON (json.c) ------------------------------------------------------------------------ */
 
+/* A C string as JSON (NULL: null), and an array of them. */
+json_t *cli_json_cstr(const char *s);
+json_t *cli_json_strs(const char *const *v, size_t n);
 /* A JSON string from bytes that may not be UTF-8 (invalid sequences become U+FFFD). */
 json_t *cli_json_str(const char *s, size_t n);
 /* The inspect schema's NODE for v (docs/CLI.md); NULL when a limit stopped it (w->error). */

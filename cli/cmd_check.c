@@ -46,37 +46,25 @@ const char cmd_check_help[] =
     "  ckpt check model.pth --arch resnet50 --num-classes 51\n"
     "  ckpt check trained.pt --against template.pth --json\n";
 
-static json_t *jstr(const char *s)
-{
-    return s ? cli_json_str(s, strlen(s)) : json_null();
-}
-
-static json_t *jstrs(const char *const *v, size_t n)
-{
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(a, jstr(v[i]));
-    return a;
-}
 
 static json_t *to_json(const char *path, const char *against, const ckpt_sd_report *r)
 {
     const ckpt_sd_verdict *v = r->verdict;
     json_t *doc = json_object();
-    json_object_set_new(doc, "file", jstr(path));
-    json_object_set_new(doc, "state_dict_path", jstrs(r->chosen->path, r->chosen->path_len));
-    json_object_set_new(doc, "prefix", jstr(r->prefix));
+    json_object_set_new(doc, "file", cli_json_cstr(path));
+    json_object_set_new(doc, "state_dict_path", cli_json_strs(r->chosen->path, r->chosen->path_len));
+    json_object_set_new(doc, "prefix", cli_json_cstr(r->prefix));
     json_object_set_new(doc, "arch", r->arch ? json_string(r->arch->name) : json_null());
     json_object_set_new(doc, "num_classes",
                         r->arch ? json_integer((json_int_t)r->num_classes) : json_null());
-    json_object_set_new(doc, "against", against ? jstr(against) : json_null());
+    json_object_set_new(doc, "against", against ? cli_json_cstr(against) : json_null());
     json_object_set_new(doc, "ok", json_boolean(v->ok));
-    json_object_set_new(doc, "missing", jstrs(v->missing, v->n_missing));
-    json_object_set_new(doc, "unexpected", jstrs(v->unexpected, v->n_unexpected));
+    json_object_set_new(doc, "missing", cli_json_strs(v->missing, v->n_missing));
+    json_object_set_new(doc, "unexpected", cli_json_strs(v->unexpected, v->n_unexpected));
     json_t *mm = json_array();
     for (size_t i = 0; i < v->n_mismatch; i++) {
         json_t *o = json_object();
-        json_object_set_new(o, "key", jstr(v->mismatch[i].key));
+        json_object_set_new(o, "key", cli_json_cstr(v->mismatch[i].key));
         json_object_set_new(o, "checkpoint", cli_json_dims(v->mismatch[i].checkpoint->shape,
                                                            v->mismatch[i].checkpoint->ndim));
         json_object_set_new(o, "model", cli_json_dims(v->mismatch[i].model->shape,
@@ -84,8 +72,8 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
         json_array_append_new(mm, o);
     }
     json_object_set_new(doc, "size_mismatch", mm);
-    json_object_set_new(doc, "errors", jstrs(v->errors, v->n_errors));
-    json_object_set_new(doc, "error_text", jstr(v->message));
+    json_object_set_new(doc, "errors", cli_json_strs(v->errors, v->n_errors));
+    json_object_set_new(doc, "error_text", cli_json_cstr(v->message));
     json_object_set_new(doc, "tensors", json_integer((json_int_t)r->n_tensors));
     json_object_set_new(doc, "parameters", json_integer((json_int_t)r->n_parameters));
     json_object_set_new(doc, "loaded", json_integer((json_int_t)v->n_loaded));
@@ -103,10 +91,10 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     for (size_t i = 0; i < r->n_candidates; i++) {
         const ckpt_sd_candidate *c = &r->candidates[i];
         json_t *o = json_object();
-        json_object_set_new(o, "path", jstrs(c->path, c->path_len));
+        json_object_set_new(o, "path", cli_json_strs(c->path, c->path_len));
         json_object_set_new(o, "tensors", json_integer((json_int_t)c->n_tensors));
         json_object_set_new(o, "entries", json_integer((json_int_t)c->n_entries));
-        json_object_set_new(o, "prefix", jstr(c->prefix));
+        json_object_set_new(o, "prefix", cli_json_cstr(c->prefix));
         json_object_set_new(o, "arch", c->arch ? json_string(c->arch->name) : json_null());
         json_object_set_new(o, "matched", json_integer((json_int_t)c->matched));
         json_object_set_new(o, "expected", json_integer((json_int_t)c->expected));
@@ -118,11 +106,11 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     for (size_t i = 0; i < r->n_warnings; i++) {
         json_t *o = json_object();
         json_object_set_new(o, "code", json_string(r->warnings[i].code));
-        json_object_set_new(o, "message", jstr(r->warnings[i].message));
+        json_object_set_new(o, "message", cli_json_cstr(r->warnings[i].message));
         json_array_append_new(warns, o);
     }
     json_object_set_new(doc, "warnings", warns);
-    json_object_set_new(doc, "python", jstr(r->python));
+    json_object_set_new(doc, "python", cli_json_cstr(r->python));
     return doc;
 }
 

@@ -61,18 +61,6 @@ const char cmd_extract_help[] =
     "  ckpt extract train.pt -o model.pth --key model_ema --dtype float16\n"
     "  ckpt extract vit.pt -o vit.safetensors --no-check\n";
 
-static json_t *jstr(const char *s)
-{
-    return s ? cli_json_str(s, strlen(s)) : json_null();
-}
-
-static json_t *jstrs(const char *const *v, size_t n)
-{
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(a, jstr(v[i]));
-    return a;
-}
 
 static const char *base_name(const char *path)
 {
@@ -236,35 +224,35 @@ static json_t *to_json(const outcome *o)
     const ckpt_sd_report *r = o->r;
     const ckpt_sd_verdict *v = r->verdict;
     json_t *doc = json_object();
-    json_object_set_new(doc, "file", jstr(o->path));
-    json_object_set_new(doc, "output", jstr(o->out));
+    json_object_set_new(doc, "file", cli_json_cstr(o->path));
+    json_object_set_new(doc, "output", cli_json_cstr(o->out));
     json_object_set_new(doc, "format", json_string(ckpt_write_format_name(o->format)));
     json_object_set_new(doc, "written", json_boolean(o->written));
-    json_object_set_new(doc, "state_dict_path", jstrs(r->chosen->path, r->chosen->path_len));
-    json_object_set_new(doc, "prefix", jstr(r->prefix));
+    json_object_set_new(doc, "state_dict_path", cli_json_strs(r->chosen->path, r->chosen->path_len));
+    json_object_set_new(doc, "prefix", cli_json_cstr(r->prefix));
     json_object_set_new(doc, "arch", r->arch ? json_string(r->arch->name) : json_null());
     json_object_set_new(doc, "num_classes",
                         r->arch ? json_integer((json_int_t)r->num_classes) : json_null());
-    json_object_set_new(doc, "against", jstr(o->against));
+    json_object_set_new(doc, "against", cli_json_cstr(o->against));
     json_object_set_new(doc, "checked", json_boolean(o->checked));
     json_object_set_new(doc, "ok", v ? json_boolean(v->ok) : json_null());
-    json_object_set_new(doc, "missing", v ? jstrs(v->missing, v->n_missing) : json_array());
+    json_object_set_new(doc, "missing", v ? cli_json_strs(v->missing, v->n_missing) : json_array());
     json_object_set_new(doc, "unexpected",
-                        v ? jstrs(v->unexpected, v->n_unexpected) : json_array());
-    json_object_set_new(doc, "error_text", jstr(v ? v->message : NULL));
-    json_object_set_new(doc, "dtype", jstr(o->dtype));
+                        v ? cli_json_strs(v->unexpected, v->n_unexpected) : json_array());
+    json_object_set_new(doc, "error_text", cli_json_cstr(v ? v->message : NULL));
+    json_object_set_new(doc, "dtype", cli_json_cstr(o->dtype));
     const ckpt_write_report *w = o->w;
     json_object_set_new(doc, "tensors", json_integer(w ? (json_int_t)w->n_tensors : 0));
     json_object_set_new(doc, "records", json_integer(w ? (json_int_t)w->n_records : 0));
     json_object_set_new(doc, "bytes", json_integer(w ? (json_int_t)w->file_bytes : 0));
     json_object_set_new(doc, "data_bytes", json_integer(w ? (json_int_t)w->data_bytes : 0));
     json_object_set_new(doc, "converted", json_integer(w ? (json_int_t)w->n_converted : 0));
-    json_object_set_new(doc, "dropped", jstrs(o->dropped, o->n_dropped));
+    json_object_set_new(doc, "dropped", cli_json_strs(o->dropped, o->n_dropped));
     json_t *sh = json_array();
     for (size_t i = 0; w && i < w->n_shared; i++) {
         json_t *e = json_object();
-        json_object_set_new(e, "key", jstr(w->shared[i].key));
-        json_object_set_new(e, "with", jstr(w->shared[i].with));
+        json_object_set_new(e, "key", cli_json_cstr(w->shared[i].key));
+        json_object_set_new(e, "with", cli_json_cstr(w->shared[i].with));
         json_array_append_new(sh, e);
     }
     json_object_set_new(doc, "shared", sh);

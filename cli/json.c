@@ -285,3 +285,16 @@ bool cli_json_dump(cli_sb *sb, json_t *doc)
 {
     return dump(sb, doc);
 }
+
+json_t *cli_json_cstr(const char *s)
+{
+    return s ? cli_json_str(s, strlen(s)) : json_null();
+}
+
+json_t *cli_json_strs(const char *const *v, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, cli_json_cstr(v[i]));
+    return a;
+}

@@ -227,6 +227,10 @@ int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err);
 /* Add a new storage to f's list and key index (the key must not be present yet). */
 int ckpt__storage_register(ckpt_file *f, ckpt_storage *s, ckpt_error *err);
 
+/* The writers' last step (write.c): check that exactly the planned `total` bytes were written,
+ * then commit (fsync, rename), or abort. *w is consumed either way and set to NULL. */
+int ckpt__write_finish(ckpt_write_file **w, uint64_t total, ckpt_error *err);
+
 /* Hints about the mapped file's pages in [p, p+n) (no-ops for bytes outside the mapping, such
  * as an inflated entry): prefault maps them in one call before a bulk copy (a fault inside
  * write(2) takes a slow path); release drops them from this process's resident set once they

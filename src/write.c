@@ -416,3 +416,16 @@ void ckpt_write_abort(ckpt_write_file *w)
     free(w->buf);
     free(w);
 }
+
+int ckpt__write_finish(ckpt_write_file **w, uint64_t total, ckpt_error *err)
+{
+    ckpt_write_file *f = *w;
+    *w = NULL;
+    if (ckpt_write_offset(f) != total) {
+        int rc = CKPT_FAIL(err, CKPT_EIO, "internal error: wrote %llu bytes, planned %llu",
+                           (unsigned long long)ckpt_write_offset(f), (unsigned long long)total);
+        ckpt_write_abort(f);
+        return rc;
+    }
+    return ckpt_write_commit(f, err);
+}

@@ -748,13 +748,8 @@ int ckpt_write_pth(const char *path, const struct ckpt_sd *sd, const ckpt_write_
         rc = write_central(w, &recs[i], err);
     if (!rc)
         rc = write_end(w, n_recs, cd_off, cd_size, z64_from, err);
-    if (!rc && ckpt_write_offset(w) != total)
-        rc = CKPT_FAIL(err, CKPT_EIO, "internal error: wrote %llu bytes, planned %llu",
-                       (unsigned long long)ckpt_write_offset(w), (unsigned long long)total);
-    if (rc)
-        goto out;
-    rc = ckpt_write_commit(w, err);
-    w = NULL;
+    if (!rc)
+        rc = ckpt__write_finish(&w, total, err);
     if (rc)
         goto out;
     rep->file_bytes = total;

@@ -275,13 +275,8 @@ int ckpt_write_safetensors(const char *path, const struct ckpt_sd *sd,
         goto out;
     for (size_t i = 0; i < n && !rc; i++)
         rc = ckpt_tensor_stream(order[i]->t, order[i]->out, sink_chunk, w, err);
-    if (!rc && ckpt_write_offset(w) != total)
-        rc = CKPT_FAIL(err, CKPT_EIO, "internal error: wrote %llu bytes, planned %llu",
-                       (unsigned long long)ckpt_write_offset(w), (unsigned long long)total);
-    if (rc)
-        goto out;
-    rc = ckpt_write_commit(w, err);
-    w = NULL;
+    if (!rc)
+        rc = ckpt__write_finish(&w, total, err);
     if (rc)
         goto out;
     rep->file_bytes = total;
