@@ -160,6 +160,40 @@ static ckpt_storage *storage_new(ckpt_file *f, const char *key, ckpt_dtype dt, u
     return s;
 }
 
+/* "123" -> 123 for a canonical decimal key (no sign, no leading zero) below limit, else -1. */
+static long long decimal_key(const char *k, size_t limit)
+{
+    if (!*k || (k[0] == '0' && k[1]) || strlen(k) > 18)
+        return -1;
+    long long v = 0;
+    for (; *k; k++) {
+        if (*k < '0' || *k > '9')
+            return -1;
+        v = v * 10 + (*k - '0');
+    }
+    return (unsigned long long)v < limit ? v : -1;
+}
+
+/* Index the <root>/data/<n> records by n (exact spelling; other spellings still resolve through
+ * the case-insensitive ckpt__zip_find). */
+static int index_data_records(ckpt_file *f, ckpt_error *err)
+{
+    size_t n = f->zip.n_entries, root_len = strlen(f->zip_root);
+    f->data_by_num = ckpt__arena_alloc(f->arena, (n ? n : 1) * sizeof *f->data_by_num);
+    if (!f->data_by_num)
+        return ckpt__arena_error(f->arena, err);
+    f->n_data_by_num = n;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = f->zip.entries[i].name;
+        if (strncmp(name, f->zip_root, root_len) != 0 || strncmp(name + root_len, "/data/", 6))
+            continue;
+        long long k = decimal_key(name + root_len + 6, n);
+        if (k >= 0 && !f->data_by_num[k]) /* the first of duplicate names, as ckpt__zip_find */
+            f->data_by_num[k] = &f->zip.entries[i];
+    }
+    return CKPT_OK;
+}
+
 static int zip_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **out, ckpt_error *err)
 {
     ckpt_file *f = ud;
@@ -174,10 +208,14 @@ static int zip_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **out
         /* An UntypedStorage's numel counts bytes; the dtype arrives with _rebuild_tensor_v3. */
         if (!(s = storage_new(f, key, dt, numel, err)))
             return err ? err->status : CKPT_ECORRUPT;
-        char *name = ckpt__arena_printf(f->arena, "%s/data/%s", f->zip_root, key);
-        if (!name)
-            return ckpt__arena_error(f->arena, err);
-        s->entry = ckpt__zip_find(&f->zip, name);
+        long long k = decimal_key(key, f->n_data_by_num);
+        s->entry = k >= 0 ? f->data_by_num[k] : NULL;
+        const char *name = s->entry ? s->entry->name : NULL;
+        if (!s->entry) {
+            if (!(name = ckpt__arena_printf(f->arena, "%s/data/%s", f->zip_root, key)))
+                return ckpt__arena_error(f->arena, err);
+            s->entry = ckpt__zip_find(&f->zip, name);
+        }
         if (!s->entry)
             return CKPT_CORRUPT(err, "zip: storage '%s' has no record '%s'", key, name);
         /* torch does not check this and reads out of bounds (PTH_FORMAT.md §1.4); we do. */
@@ -282,7 +320,7 @@ static void pickle_ctx(ckpt_file *f, ckpt__pickle_ctx *ctx, const char *where,
 
 static int open_zip(ckpt_file *f, ckpt_error *err)
 {
-    int rc = ckpt__zip_open(f->arena, f->map, f->size, &f->zip, err);
+    int rc = ckpt__zip_open_lazy(f->arena, f->map, f->size, &f->zip, err);
     if (rc)
         return rc;
     const char *why = ckpt__zip_kind_message(&f->zip);
@@ -293,6 +331,8 @@ static int open_zip(ckpt_file *f, ckpt_error *err)
     if (!f->zip_root)
         return ckpt__arena_error(f->arena, err);
 
+    if ((rc = index_data_records(f, err)))
+        return rc;
     const char *vname = ckpt__arena_printf(f->arena, "%s/version", f->zip_root);
     const char *vname2 = ckpt__arena_printf(f->arena, "%s/.data/version", f->zip_root);
     const char *bname = ckpt__arena_printf(f->arena, "%s/byteorder", f->zip_root);

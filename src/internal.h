@@ -122,6 +122,10 @@ typedef struct ckpt__zip_entry {
     uint32_t crc32;       /* from the central directory */
     uint16_t method;      /* 0 STORED, 8 DEFLATE */
     uint16_t flags;
+    /* Where the local header is and what the data may not overlap; data_offset is valid once
+     * placed (ckpt__zip_open places every entry, ckpt__zip_open_lazy none, until read). */
+    uint64_t local_offset, cd_offset, cd_size;
+    bool placed;
 } ckpt__zip_entry;
 
 typedef struct ckpt__zip {
@@ -135,6 +139,13 @@ typedef struct ckpt__zip {
  * or compressed with anything but STORED/DEFLATE, are accepted here and refused on read. */
 int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
                    ckpt_error *err);
+/* The same, but without reading the local headers: an entry's data is found and checked at
+ * its first ckpt__zip_read (or ckpt__zip_place). Opening a checkpoint then touches the central
+ * directory only, not one page per storage record of a file of hundreds of MB. */
+int ckpt__zip_open_lazy(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
+                        ckpt_error *err);
+/* Find e's data through its local header and check it against the file (sets data_offset). */
+int ckpt__zip_place(const uint8_t *map, uint64_t size, ckpt__zip_entry *e, ckpt_error *err);
 /* Case-insensitive exact name lookup (torch uses miniz's, which ignores case). NULL: absent. */
 const ckpt__zip_entry *ckpt__zip_find(const ckpt__zip *z, const char *name);
 /* The entry's bytes: STORED ones in place (*owned = NULL), DEFLATE ones inflated with zlib into
@@ -195,6 +206,10 @@ struct ckpt_file {
     ckpt_storage **storages; /* distinct storages, in order of first reference */
     size_t n_storages, cap_storages;
     void *storage_index;     /* internal: key -> storage */
+    /* zip: <root>/data/<n> records by n, for the decimal keys torch writes ("0".."N-1"), so
+     * that binding a storage needs no name formatting or hashing; others use ckpt__zip_find */
+    const ckpt__zip_entry **data_by_num;
+    size_t n_data_by_num;
     void *pickle_owned;      /* inflated data.pkl to free, or NULL */
     uint64_t pickle_owned_size;
     /* Malformed pickles: the globals named before the error stay listed (for ckpt_scan). */

@@ -167,7 +167,7 @@ static int read_bytes(pk *p, uint64_t n, const uint8_t **s)
 
 static int read_uint(pk *p, unsigned n, uint64_t *v)
 {
-    const uint8_t *b;
+    const uint8_t *b = NULL;
     int rc = read_bytes(p, n, &b);
     if (rc)
         return rc;
@@ -916,8 +916,8 @@ static int push_global(pk *p, const char *module, const char *name)
  * string is the whole name and the classification cannot be fooled by a truncation. */
 static int global_part(pk *p, const char **out)
 {
-    const char *s;
-    size_t n;
+    const char *s = NULL;
+    size_t n = 0;
     int rc = read_line(p, &s, &n);
     if (rc)
         return rc;
@@ -1627,7 +1627,7 @@ static int not_tuple(pk *p, const ckpt_value *v, const char *what)
 /* REDUCE, NEWOBJ, NEWOBJ_EX: pop the arguments (and class), push the result. */
 static int op_call(pk *p, bool newobj, bool kw)
 {
-    ckpt_value *kwargs = NULL, *args, *fn, *v;
+    ckpt_value *kwargs = NULL, *args = NULL, *fn = NULL, *v = NULL;
     int rc;
     if ((kw && (rc = pop(p, &kwargs))) || (rc = pop(p, &args)) || (rc = pop(p, &fn)))
         return rc;
@@ -1651,7 +1651,7 @@ static int op_call(pk *p, bool newobj, bool kw)
 
 static int op_build(pk *p)
 {
-    ckpt_value *state, *inst;
+    ckpt_value *state = NULL, *inst = NULL;
     int rc;
     if ((rc = pop(p, &state)) || (rc = peek(p, &inst)))
         return rc;

@@ -118,7 +118,13 @@ bool ckpt__scan_entry(ckpt_file *f, const ckpt__zip_entry *e, const char **parse
     void *owned = NULL;
     if (e->method == 0) {
         /* In place, whatever the flags claim: flipping the "encrypted" bit must not hide a
-         * pickle from the scanner (ckpt__zip_open checked the range). */
+         * pickle from the scanner (ckpt__zip_place checks the range). */
+        ckpt_error e1;
+        if (!e->placed && ckpt__zip_place(f->map, f->size, (ckpt__zip_entry *)e, &e1) != CKPT_OK) {
+            if (parse_error && !*parse_error)
+                *parse_error = ckpt__arena_printf(f->arena, "%s", e1.message);
+            return false;
+        }
         data = f->map + e->data_offset;
     } else {
         if (!by_name && !npy)

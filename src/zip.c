@@ -383,10 +383,10 @@ static int apply_zip64(const uint8_t *x, size_t xlen, ckpt__zip_entry *e, uint64
 }
 
 /* Find the entry's data through its local header and check it against the file. */
-static int place_data(const uint8_t *map, uint64_t size, const zip_dir *d, uint64_t local,
-                      ckpt__zip_entry *e, ckpt_error *err)
+int ckpt__zip_place(const uint8_t *map, uint64_t size, ckpt__zip_entry *e, ckpt_error *err)
 {
     shown_name sn;
+    uint64_t local = e->local_offset;
     if (local > size || size - local < LOCAL_SIZE)
         return CKPT_CORRUPT(err, "zip: entry '%s' has its local header past the end of the file",
                             show(&sn, e->name));
@@ -401,14 +401,15 @@ static int place_data(const uint8_t *map, uint64_t size, const zip_dir *d, uint6
         return CKPT_CORRUPT(err, "zip: entry '%s' runs past the end of the file",
                             show(&sn, e->name));
     /* From the local header to the end of the data, nothing may lie in the directory. */
-    if (local < d->cd_offset + d->cd_size && d->cd_offset < data_end)
+    if (local < e->cd_offset + e->cd_size && e->cd_offset < data_end)
         return CKPT_CORRUPT(err, "zip: entry '%s' overlaps the central directory",
                             show(&sn, e->name));
+    e->placed = true;
     return CKPT_OK;
 }
 
-int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
-                   ckpt_error *err)
+static int zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
+                    bool lazy, ckpt_error *err)
 {
     memset(out, 0, sizeof *out);
     zip_dir d;
@@ -461,8 +462,14 @@ int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip
         if (e->csize == 0 && e->usize != 0)
             return CKPT_CORRUPT(err, "zip: entry '%s' has no data but a size of %" PRIu64,
                                 show(&sn, e->name), e->usize);
-        if ((rc = place_data(map, size, &d, local, e, err)))
-            return rc;
+        e->local_offset = local;
+        e->cd_offset = d.cd_offset;
+        e->cd_size = d.cd_size;
+        if (lazy ? local > size || size - local < LOCAL_SIZE
+                 : (rc = ckpt__zip_place(map, size, e, err)) != CKPT_OK)
+            return lazy ? CKPT_CORRUPT(err, "zip: entry '%s' has its local header past the end "
+                                            "of the file", show(&sn, e->name))
+                        : rc;
         p += rec;
         left -= rec;
     }
@@ -470,6 +477,18 @@ int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip
         return rc;
     *out = z;
     return CKPT_OK;
+}
+
+int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
+                   ckpt_error *err)
+{
+    return zip_open(ar, map, size, out, false, err);
+}
+
+int ckpt__zip_open_lazy(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
+                        ckpt_error *err)
+{
+    return zip_open(ar, map, size, out, true, err);
 }
 
 /* ---- reading an entry --------------------------------------------------------------------- */
@@ -596,7 +615,14 @@ int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
                          "zip: entry '%s' is compressed with method %u (%s), which ckpt does "
                          "not read",
                          show(&sn, e->name), (unsigned)e->method, method_name(e->method));
-    /* Checked at open already; checked again because the entry is the caller's to pass. */
+    /* Entries of a lazily opened archive are placed on first use (the entry lives in the
+     * file's arena, which the caller owns, so this is not a write to someone else's data). */
+    if (!e->placed) {
+        int rc = ckpt__zip_place(map, size, (ckpt__zip_entry *)e, err);
+        if (rc)
+            return rc;
+    }
+    /* Checked when placed; checked again because the entry is the caller's to pass. */
     if (e->data_offset > size || e->csize > size - e->data_offset)
         return CKPT_CORRUPT(err, "zip: entry '%s' runs past the end of the file",
                             show(&sn, e->name));
