@@ -23,12 +23,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench_inspect import make_checkpoint  # noqa: E402
+from bench_inspect import make_checkpoint, median_run  # noqa: E402
 
 TORCH_CHILD = r"""
 import json, resource, sys, time
@@ -55,25 +54,6 @@ for i in range(2 * n):
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 print(json.dumps({"times": times, "synced": synced, "base_rss_mb": base, "peak_rss_mb": peak}))
 """
-
-
-def run_measured(cmd, before=None):
-    """Wall time (s) and peak RSS (MB) of one child process (GNU time's %M: a forked child's
-    own ru_maxrss would start from this script's)."""
-    if before:
-        before()
-    t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed: {p.stderr}")
-    return dt, int(p.stderr.strip().splitlines()[-1]) / 1024.0
-
-
-def median_run(cmd, n, before=None):
-    runs = [run_measured(cmd, before) for _ in range(n)]
-    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
 def rm(*paths):

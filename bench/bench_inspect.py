@@ -36,9 +36,12 @@ def make_checkpoint(path):
     os.replace(tmp, path)
 
 
-def run_measured(cmd):
-    """Wall time (s) and peak RSS (MB) of one child process. The peak comes from GNU time:
-    a forked child's ru_maxrss starts from its parent's, which would count this script's."""
+def run_measured(cmd, before=None):
+    """Wall time (s) and peak RSS (MB) of one child process, after calling before() if given.
+    The peak comes from GNU time: a forked child's ru_maxrss starts from its parent's, which
+    would count this script's."""
+    if before:
+        before()
     t0 = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
@@ -48,8 +51,8 @@ def run_measured(cmd):
     return dt, int(p.stderr.strip().splitlines()[-1]) / 1024.0
 
 
-def median_run(cmd, n):
-    runs = [run_measured(cmd) for _ in range(n)]
+def median_run(cmd, n, before=None):
+    runs = [run_measured(cmd, before) for _ in range(n)]
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 

@@ -4,6 +4,7 @@
 #define CKPT_TEST_CHECK_H
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,33 @@ static int check_count;
                     check_s_, (err).message);                                                  \
         }                                                                                      \
     } while (0)
+
+/* The file's bytes in a block of exactly its size (so ASan sees any read past the end), or
+ * NULL; free it. */
+static inline uint8_t *check_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
+    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    *len = (size_t)(n > 0 ? n : 0);
+    return p;
+}
+
+/* ../shared (the spec and the corpus), as CTest passes it. */
+static inline const char *check_shared_dir(void)
+{
+    const char *s = getenv("CKPT_SHARED");
+    return s ? s : "/work/shared";
+}
 
 static inline int check_exit(void)
 {

@@ -211,30 +211,6 @@ static void test_safetensors_like_pickle(void)
 
 /* ---- corpus files ------------------------------------------------------------------------- */
 
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
-    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *len = (size_t)(n > 0 ? n : 0);
-    return p;
-}
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("CKPT_SHARED");
-    return s ? s : "/work/shared";
-}
-
 static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);
@@ -276,9 +252,9 @@ static const struct {
 static void check_file(const char *rel, ckpt__kind kind, const char *message)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", shared_dir(), rel);
+    snprintf(path, sizeof path, "%s/%s", check_shared_dir(), rel);
     size_t len;
-    uint8_t *map = slurp(path, &len);
+    uint8_t *map = check_slurp(path, &len);
     CHECK(map != NULL);
     if (!map) {
         fprintf(stderr, "cannot read %s\n", path);
@@ -309,7 +285,7 @@ static void test_corpus(void)
     int n = 0;
     for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", shared_dir(), dirs[d]);
+        snprintf(path, sizeof path, "%s/%s", check_shared_dir(), dirs[d]);
         DIR *dir = opendir(path);
         CHECK(dir != NULL);
         if (!dir)
@@ -353,7 +329,7 @@ static void test_fixtures(void)
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dirname, de->d_name);
         size_t len;
-        char *json = (char *)slurp(path, &len);
+        char *json = (char *)check_slurp(path, &len);
         if (!json)
             continue;
         json = realloc(json, len + 1);
@@ -368,7 +344,7 @@ static void test_fixtures(void)
             continue;
         snprintf(path, sizeof path, "%s/%.*s.pt", dirname,
                  (int)(strlen(de->d_name) - strlen(".expected.json")), de->d_name);
-        uint8_t *map = slurp(path, &len);
+        uint8_t *map = check_slurp(path, &len);
         if (!map)
             continue;
         ckpt_error err = {0};
@@ -450,9 +426,9 @@ static void test_zip_kinds_files(void)
     ckpt__alloc_init(&a, NULL);
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", shared_dir(), files[i].file);
+        snprintf(path, sizeof path, "%s/%s", check_shared_dir(), files[i].file);
         size_t len;
-        uint8_t *map = slurp(path, &len);
+        uint8_t *map = check_slurp(path, &len);
         CHECK(map != NULL);
         if (!map)
             continue;

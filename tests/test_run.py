@@ -14,7 +14,6 @@ CenterCrop -> ToTensor -> Normalize -> torchvision.models.X(...).eval() under no
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import unittest

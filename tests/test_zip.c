@@ -17,36 +17,11 @@ static ckpt__alloc std_alloc;
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-/* The file's bytes in a block of exactly its size, so ASan sees any read past the end. */
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
-    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *len = (size_t)(n > 0 ? n : 0);
-    return p;
-}
-
-static const char *shared_dir(void)
-{
-    const char *s = getenv("CKPT_SHARED");
-    return s ? s : "/work/shared";
-}
-
 static uint8_t *shared_file(const char *rel, size_t *len)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", shared_dir(), rel);
-    uint8_t *p = slurp(path, len);
+    snprintf(path, sizeof path, "%s/%s", check_shared_dir(), rel);
+    uint8_t *p = check_slurp(path, len);
     if (!p)
         fprintf(stderr, "cannot read %s\n", path);
     return p;
@@ -441,7 +416,7 @@ static void test_torch_files(void)
     int seen = 0;
     for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", shared_dir(), dirs[d]);
+        snprintf(path, sizeof path, "%s/%s", check_shared_dir(), dirs[d]);
         DIR *dir = opendir(path);
         CHECK(dir != NULL);
         if (!dir)
