@@ -492,7 +492,7 @@ static int open_pickle(ckpt_file *f, ckpt_error *err)
 
 /* ---- open and close ---------------------------------------------------------------------- */
 
-int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err)
+int ckpt__open_regular(const char *path, int *fd_out, uint64_t *size, ckpt_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -503,15 +503,22 @@ int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err)
         close(fd);
         return CKPT_FAIL(err, CKPT_EIO, "cannot stat: %s", strerror(e));
     }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        return CKPT_FAIL(err, CKPT_EIO, "is a directory");
-    }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return CKPT_FAIL(err, CKPT_EIO, "not a regular file");
+        return CKPT_FAIL(err, CKPT_EIO, S_ISDIR(st.st_mode) ? "is a directory"
+                                                            : "not a regular file");
     }
-    f->size = (uint64_t)st.st_size;
+    *fd_out = fd;
+    *size = (uint64_t)st.st_size;
+    return CKPT_OK;
+}
+
+int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err)
+{
+    int fd = -1;
+    int rc = ckpt__open_regular(path, &fd, &f->size, err);
+    if (rc)
+        return rc;
     if (f->size > 0) {
         void *m = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {

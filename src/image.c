@@ -761,25 +761,17 @@ int ckpt_image_load(const char *path, const ckpt_image_options *opt, ckpt_image 
     if (!out)
         return CKPT_FAIL(err, CKPT_EINVAL, "no image to fill");
     memset(out, 0, sizeof *out);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return CKPT_FAIL(err, CKPT_EIO, "cannot stat: %s", strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return CKPT_FAIL(err, CKPT_EIO, "not a regular file");
-    }
-    if ((uint64_t)st.st_size > CKPT_IMAGE_MAX_FILE) {
+    int fd = -1;
+    uint64_t fsize = 0;
+    int rc0 = ckpt__open_regular(path, &fd, &fsize, err);
+    if (rc0)
+        return rc0;
+    if (fsize > CKPT_IMAGE_MAX_FILE) {
         close(fd);
         return CKPT_FAIL(err, CKPT_ELIMIT, "image file of %llu bytes is over the limit of %llu",
-                         (unsigned long long)st.st_size, (unsigned long long)CKPT_IMAGE_MAX_FILE);
+                         (unsigned long long)fsize, (unsigned long long)CKPT_IMAGE_MAX_FILE);
     }
-    size_t cap = (size_t)st.st_size, len = 0;
+    size_t cap = (size_t)fsize, len = 0;
     uint8_t *buf = malloc(cap ? cap : 1);
     if (!buf) {
         close(fd);

@@ -37,24 +37,6 @@ static const char *tmp_path(const char *name)
     return p;
 }
 
-static uint8_t *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static void write_file(const char *path, const char *text)
 {
     FILE *f = fopen(path, "wb");
@@ -474,7 +456,7 @@ static void test_pth_zip64(void)
     o.zip64_from = 16; /* sizes and offsets from 16 on: ZIP64 for all but byteorder's size */
     CHECK_OK(ckpt_write_pth(tmp_path("z64.pt"), &sd, &o, NULL, &err), err);
     size_t len = 0;
-    uint8_t *m = read_all(tmp_path("z64.pt"), &len);
+    uint8_t *m = check_slurp(tmp_path("z64.pt"), &len);
     ckpt_file *f = NULL;
     CHECK_OK(ckpt_open(tmp_path("z64.pt"), NULL, &f, &err), err);
     place_all(f);
@@ -532,7 +514,7 @@ static void test_safetensors(void)
     o.metadata = md;
     CHECK_OK(ckpt_write_safetensors(tmp_path("two.safetensors"), &sd, &o, NULL, &err), err);
     size_t len = 0;
-    uint8_t *m = read_all(tmp_path("two.safetensors"), &len);
+    uint8_t *m = check_slurp(tmp_path("two.safetensors"), &len);
     if (!m)
         return;
     /* the reference's order: I64 before F32, then by name; compact JSON padded to 8 */
@@ -608,13 +590,13 @@ static void test_safe_file(void)
     write_file(out, "precious");
     CHECK(ckpt_write_pth(out, &sd, NULL, NULL, &err) == CKPT_EEXIST);
     size_t len = 0;
-    uint8_t *m = read_all(out, &len);
+    uint8_t *m = check_slurp(out, &len);
     CHECK(m && len == 8 && !memcmp(m, "precious", 8));
     free(m);
     ckpt_write_options o = {0};
     o.force = true;
     CHECK_OK(ckpt_write_pth(out, &sd, &o, NULL, &err), err);
-    m = read_all(out, &len);
+    m = check_slurp(out, &len);
     CHECK(m && len > 8 && m[0] == 'P');
     free(m);
 
@@ -629,7 +611,7 @@ static void test_safe_file(void)
     CHECK(ckpt_write_pth(other, &sd, &o, NULL, &err) == CKPT_EINVAL);
     CHECK(link(in, tmp_path("hardlink.pt")) == 0);
     CHECK(ckpt_write_pth(tmp_path("hardlink.pt"), &sd, &o, NULL, &err) == CKPT_EINVAL);
-    m = read_all(in, &len);
+    m = check_slurp(in, &len);
     CHECK(m && len == 11 && !memcmp(m, "input bytes", 11));
     free(m);
 
