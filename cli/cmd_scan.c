@@ -17,8 +17,11 @@ const char cmd_scan_help[] =
     "  unknown    anything else not below: torch.load would import it, and may run it\n"
     "  data       harmless data classes (numpy scalars, argparse.Namespace, ...)\n"
     "  weights    on PyTorch 2.6's weights_only allowlist (rebuild functions, dtypes, ...)\n"
-    "Reads zip and legacy checkpoints, bare pickles, several pickles back to back, and zips\n"
-    "with .pkl entries, even when they are malformed after naming their globals.\n"
+    "It reads what torch.load would read, whatever the file's first bytes claim: a zip's\n"
+    "data.pkl (and constants.pkl of TorchScript), a torch 0.1.x tar's pickles, otherwise the\n"
+    "pickles from offset 0 (five for the legacy format, else one; later bytes are reported,\n"
+    "not parsed). Side pickles other loaders run (other .pkl entries, numpy object arrays) are\n"
+    "listed too. Tensor data is never parsed as a pickle.\n"
     "\n"
     "Options:\n"
     "  --json     one JSON document on stdout (schema in docs/CLI.md)\n"
@@ -77,6 +80,11 @@ static void human(cli_sb *out, const char *path, const ckpt_scan_result *r)
         sb_puts(out, "safe: names no globals\n");
     else
         sb_puts(out, "safe: only weights and data globals\n");
+    for (size_t i = 0; i < r->n_notes; i++) {
+        sb_puts(out, "note: ");
+        sb_put_clean(out, r->notes[i], strlen(r->notes[i]));
+        sb_putc(out, '\n');
+    }
     sb_free(&name);
 }
 
@@ -104,6 +112,10 @@ static json_t *to_json(const char *path, const ckpt_scan_result *r, bool safe)
     }
     sb_free(&name);
     json_object_set_new(doc, "safe", json_boolean(safe));
+    json_t *notes = json_array();
+    for (size_t i = 0; i < r->n_notes; i++)
+        json_array_append_new(notes, cli_json_str(r->notes[i], strlen(r->notes[i])));
+    json_object_set_new(doc, "notes", notes);
     json_object_set_new(doc, "parse_error", r->parse_error ? cli_json_str(r->parse_error,
                                                    strlen(r->parse_error)) : json_null());
     return doc;

@@ -338,17 +338,26 @@ typedef struct ckpt_global_ref {
 /* The globals of an opened file. *out belongs to f. */
 CKPT_API size_t ckpt_globals(const ckpt_file *f, const ckpt_global_ref **out);
 
-/* What `ckpt scan` needs: every global of every pickle in the file, even when a pickle is
- * malformed after naming them (parse_error then says what is wrong). Works on files ckpt_open
- * refuses as long as they hold pickles: bare pickles, several pickles back to back, zips with
- * any .pkl entry. *out belongs to the caller; free it with ckpt_scan_free. */
+/* What `ckpt scan` needs: every global that torch.load would import from the file, found by
+ * following torch.load's own route whatever the file's magic bytes claim (a zip when it starts
+ * with "PK\3\4", else a torch 0.1.x tar when its first block is a valid tar header, else the
+ * pickles from offset 0), plus the globals of side pickles that other loaders run (other .pkl
+ * entries of a zip, numpy object arrays). Tensor data is never parsed as a pickle. Works on
+ * files ckpt_open refuses. *out belongs to the caller; free it with ckpt_scan_free. */
 typedef struct ckpt_scan_result {
-    const char *format;       /* "zip", "legacy", "pickle", "safetensors", or the refused kind */
+    const char *format;       /* "zip", "torchscript", "legacy", "pickle", "tar",
+                               * "safetensors", "npy" */
     ckpt_global_ref *globals;
     size_t n_globals;
-    const char *parse_error;  /* NULL, or why parsing stopped early */
+    /* NULL, or why a pickle on torch.load's route stopped early: globals after that point were
+     * not seen, so the file cannot be called safe. */
+    const char *parse_error;
     bool safe;                /* no unknown or dangerous global */
     void *internal;
+    /* Facts worth a line: bytes after the last pickle torch reads, side pickles that stop
+     * early, the byte where torch.load would fail without importing anything. */
+    const char *const *notes;
+    size_t n_notes;
 } ckpt_scan_result;
 
 CKPT_API int ckpt_scan(const char *path, const ckpt_options *opt, ckpt_scan_result **out,

@@ -290,6 +290,12 @@ static int legacy_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **
  * itself is what identifies the format. */
 static const uint8_t legacy_magic[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
 
+bool ckpt__is_legacy_magic(const ckpt_value *v)
+{
+    return v && v->type == CKPT_T_BIGINT && v->u.str.len == sizeof legacy_magic &&
+           memcmp(v->u.str.data, legacy_magic, sizeof legacy_magic) == 0;
+}
+
 bool ckpt__is_legacy_stream(ckpt_file *f)
 {
     ckpt__pickle_ctx ctx = {.arena = f->arena, .where = "magic number",
@@ -299,8 +305,7 @@ bool ckpt__is_legacy_stream(ckpt_file *f)
     ckpt_error e;
     if (ckpt__pickle_load(&ctx, f->map, (size_t)f->size, &v, &used, &e) != CKPT_OK)
         return false;
-    return v->type == CKPT_T_BIGINT && v->u.str.len == sizeof legacy_magic &&
-           memcmp(v->u.str.data, legacy_magic, sizeof legacy_magic) == 0;
+    return ckpt__is_legacy_magic(v);
 }
 
 /* ---- running pickles --------------------------------------------------------------------- */
@@ -417,8 +422,7 @@ static int open_legacy(ckpt_file *f, ckpt_error *err)
     int rc;
     if ((rc = legacy_small(f, &pos, "magic number", &v, err)))
         return rc;
-    if (v->type != CKPT_T_BIGINT || v->u.str.len != sizeof legacy_magic ||
-        memcmp(v->u.str.data, legacy_magic, sizeof legacy_magic) != 0)
+    if (!ckpt__is_legacy_magic(v))
         return CKPT_FAIL(err, CKPT_EFORMAT, "legacy: wrong magic number");
     if ((rc = legacy_small(f, &pos, "protocol version", &v, err)))
         return rc;

@@ -84,6 +84,7 @@ typedef struct ckpt__globals {
     size_t len, cap;
     uint32_t *slots; /* hash index over items: 0 empty, else index + 1 */
     size_t n_slots;  /* power of two, at least twice len */
+    uint64_t named;  /* occurrences recorded, distinct or not */
 } ckpt__globals;
 
 /* Record one occurrence; module is normalised to Python 3 spelling by the caller. */
@@ -108,7 +109,8 @@ typedef struct ckpt__pickle_ctx {
 /* Evaluate one pickle starting at buf[0] and ending with its STOP. Never executes anything:
  * calls become values (see PTH_FORMAT.md §3.3 for which ones are understood). On success
  * *out is the result and *consumed the bytes up to and including STOP. On failure the globals
- * met so far are already recorded in ctx->globals. */
+ * met so far are already recorded in ctx->globals, and *consumed is the offset of the opcode
+ * that failed (len when the data ends before a STOP). */
 int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckpt_value **out,
                       size_t *consumed, ckpt_error *err);
 
@@ -225,6 +227,8 @@ int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err);
 
 /* Does the mapped file start with a pickle of the legacy magic number (any protocol)? */
 bool ckpt__is_legacy_stream(ckpt_file *f);
+/* Is v the legacy magic number 0x1950a86a20f9469cfc6c? */
+bool ckpt__is_legacy_magic(const ckpt_value *v);
 
 /* If zip entry e holds a pickle (by name or by its first bytes), list its globals in
  * f->globals without building anything that could be used; STORED entries are read whatever

@@ -1972,16 +1972,21 @@ int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckp
         if (p.op == OP_STOP) {
             /* As CPython: the top of the stack above the innermost MARK is the result;
              * whatever lies below it, and MARKs left open, are ignored. */
-            if (p.sp <= fence(&p))
+            if (p.sp <= fence(&p)) {
+                *consumed = p.at;
                 return CKPT_CORRUPT(err, "pickle: 'STOP' at offset %zu with an empty stack",
                                     p.at);
+            }
             *out = p.stack[p.sp - 1];
             *consumed = p.pos;
             return CKPT_OK;
         }
         int rc = step(&p);
-        if (rc)
+        if (rc) {
+            *consumed = p.at;
             return rc;
+        }
     }
+    *consumed = p.len;
     return CKPT_CORRUPT(err, "pickle: no STOP before the end of the data (%zu bytes)", p.len);
 }

@@ -430,6 +430,7 @@ static void globals_index(ckpt__globals *g, size_t k)
 int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, const char *name,
                       const char *where, uint64_t offset, ckpt_error *err)
 {
+    g->named++;
     if (g->n_slots) {
         for (size_t j = global_hash(module, name) & (g->n_slots - 1); g->slots[j];
              j = (j + 1) & (g->n_slots - 1)) {

@@ -613,7 +613,14 @@ static void test_malformed(void)
                     ckpt_status_name(rc), rc ? r.err.message : "");
             CHECK(false);
         } else {
-            CHECK(r.out == NULL && r.consumed == 0);
+            /* On failure consumed is where the failing opcode starts: the offset the
+             * message names, or the end when no STOP came. */
+            CHECK(r.out == NULL && r.consumed <= bad[k].len);
+            const char *at = strstr(r.err.message, " at offset ");
+            if (at)
+                CHECK_EQ_INT(r.consumed, strtoull(at + 11, NULL, 10));
+            else if (strstr(r.err.message, "no STOP"))
+                CHECK_EQ_INT(r.consumed, bad[k].len);
         }
         /* Nothing above was worth more than a few KB of memory. */
         CHECK(ckpt__arena_used(r.ar) < (1u << 20));

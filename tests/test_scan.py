@@ -168,6 +168,69 @@ def craft_payloads(d, sentinel_dir):
                                                         protocol=2))
     os.unlink(clean)
     out.append((p, s, "zip-entry:%s/extra.pkl" % root))
+    for name, data in polyglots(sent).items():
+        put(name, data, loader="torch")
+    return out
+
+
+def _system_p0(sentinel):
+    """A protocol 0 payload: os.system('touch SENTINEL'), as bytes."""
+    return b"cos\nsystem\n(S'touch " + sentinel.encode() + b"'\ntR."
+
+
+def legacy_tar(members):
+    """A torch 0.1.x tar (what torch.load's legacy_load extracts): {name: bytes}."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def polyglots(sent):
+    """{file name: bytes}: pickles that torch.load runs although their first bytes also read
+    as another format (issue 9, class 1). Each is checked live under torch.load by
+    test_1_payloads_are_live, so the shapes below are what torch really executes."""
+    out = {}
+    # safetensors: the first 8 bytes, little-endian, are a header length N <= size - 8 with
+    # '{' at offset 8. BINFLOAT ('G' + 8 bytes) makes bytes 1..8 an argument: N = 0x147.
+    head = b"G\x01\x00\x00\x00\x00\x00\x00{0"
+    body = head + _system_p0(sent("poly_safetensors"))
+    out["poly_safetensors.safetensors"] = body + b" " * (0x147 + 8 - len(body) + 16)
+    # the same, truncated below N + 8: "a truncated safetensors file"
+    body = head + _system_p0(sent("poly_st_truncated"))
+    out["poly_st_truncated.safetensors"] = body
+    # GIF and GGUF magics: 'G' is BINFLOAT too, eating the next 8 bytes.
+    for magic, name in ((b"GIF89a\x00\x00\x00", "gif"), (b"GGUF\x03\x00\x00\x00\x00", "gguf")):
+        out["poly_%s.bin" % name] = magic + b"0" + _system_p0(sent("poly_" + name))
+    # bzip2 "BZh": BINBYTES with a 4-byte length 0x0000685a eats that many bytes.
+    n = 0x685A
+    out["poly_bzip2.bin"] = (b"BZh\x00\x00" + b"\x00" * n + b"0" +
+                             _system_p0(sent("poly_bzip2")))
+    # tar magic "ustar" at 257 with a bad checksum: tarfile refuses it, torch unpickles.
+    p = _system_p0(sent("poly_ustar"))
+    data = bytearray(p + b" " * (600 - len(p)))
+    data[257:263] = b"ustar\x00"
+    out["poly_ustar.bin"] = bytes(data)
+    # a real torch 0.1.x tar whose 'pickle' member is the payload
+    out["tar_pickle_member.tar"] = legacy_tar({
+        "storages": pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2),
+        "tensors": pickle.dumps(0, protocol=2),
+        "pickle": _system_p0(sent("tar_pickle_member"))})
+    # ... and one whose second storage record is the payload, after a first record and its
+    # raw bytes (an element count, then 2 float32 values)
+    import struct
+    import torch
+    rec = pickle.dumps(("k0", "cpu", torch.FloatStorage), protocol=2)
+    raw = struct.pack("<q", 2) + struct.pack("<2f", 1.0, 2.0)
+    out["tar_storage_record.tar"] = legacy_tar({
+        "storages": pickle.dumps(2, protocol=2) + rec + raw +
+        _system_p0(sent("tar_storage_record")),
+        "tensors": pickle.dumps(0, protocol=2), "pickle": pickle.dumps({}, protocol=2)})
     return out
 
 
@@ -335,6 +398,143 @@ class Scan(unittest.TestCase):
                 for n, k in got:
                     self.assertIn(k, ("weights", "data"), "scan %s: %s is %r" % (m["file"], n, k))
                 self.assertEqual(doc.get("file"), path)
+
+
+class TorchRoute(unittest.TestCase):
+    """scan reads what torch.load reads, whatever the magic bytes say (issue 9, classes 1 and
+    2): pickles behind other formats' magics are flagged, and tensor data, storage bytes and
+    bytes after a STOP never make an ordinary file unreadable."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ckpt_route_")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def _scan(self, path):
+        rc, out, err = L.run_ckpt(["scan", "--json", path])
+        doc = L.parse_json(self, out, "scan --json " + path) if rc in (0, 1) else {}
+        return rc, doc, err
+
+    def test_polyglots_flagged(self):
+        L.require_bin(self)
+        files = polyglots(lambda name: os.path.join(self.tmp, "never_" + name))
+        for name, data in sorted(files.items()):
+            with self.subTest(file=name):
+                p = os.path.join(self.tmp, name)
+                with open(p, "wb") as f:
+                    f.write(data)
+                rc, doc, err = self._scan(p)
+                self.assertEqual(rc, 1, "scan %s: exit %r: %s" % (name, rc, err.strip()))
+                kinds = dict(_names(doc))
+                self.assertEqual(kinds.get("os.system"), "dangerous", "%s: %s" % (name, kinds))
+                self.assertIs(doc.get("safe"), False)
+
+    def _write_torch(self, name, obj, zip_format=True):
+        import torch
+        p = os.path.join(self.tmp, name)
+        torch.save(obj, p, _use_new_zipfile_serialization=zip_format)
+        return p
+
+    def test_tensor_data_is_not_a_pickle(self):
+        """Storage bytes that start like a pickle (int64 640 is 80 02 00 ..., a float32 of
+        bits 0x.... 0280 likewise) are data, in the zip and the legacy format."""
+        import torch
+        import torchvision
+        L.require_bin(self)
+        sd = torchvision.models.resnet18().state_dict()
+        for k in sd:
+            if k.endswith("num_batches_tracked"):
+                sd[k] = torch.tensor(640)
+        first = torch.tensor([640], dtype=torch.int64).numpy().tobytes()[:2]
+        self.assertEqual(first, b"\x80\x02")   # the premise: it does look like PROTO 2
+        cases = {"resnet18_nbt640": sd, "float_first": 1.5,
+                 "float_tensor": torch.tensor([struct_float(b"\x80\x02\x00\x00")]),
+                 "list_first": [torch.tensor(640), {"a": 1}]}
+        for name, obj in cases.items():
+            for zip_format in (True, False):
+                with self.subTest(case=name, zip=zip_format):
+                    p = self._write_torch("%s_%d.pt" % (name, zip_format), obj, zip_format)
+                    rc, doc, err = self._scan(p)
+                    self.assertEqual(rc, 0, "scan %s: exit %r: %s" % (p, rc, err.strip()))
+                    self.assertIsNone(doc.get("parse_error"))
+                    self.assertEqual(doc.get("format"), "zip" if zip_format else "legacy")
+                    self.assertEqual(doc.get("notes"), [], "%s: %s" % (name, doc.get("notes")))
+
+    def test_bytes_after_stop(self):
+        """Junk after data.pkl's or a bare pickle's STOP is reported, not parsed; a second
+        pickle there is listed (pickle.load called again would run it)."""
+        import zipfile
+        L.require_bin(self)
+        clean = self._write_torch("clean.pt", {"a": 1})
+        with zipfile.ZipFile(clean) as z:
+            names = z.namelist()
+            entries = {n: z.read(n) for n in names}
+        pkl = [n for n in names if n.endswith("/data.pkl")][0]
+        import os as os_mod
+        evil = pickle.dumps(Reduce(os_mod.system, "true"), protocol=2)
+        for tail, want_rc in ((b"\x00junk", 0), (evil, 1), (evil + b"\xffmore", 1)):
+            with self.subTest(tail=tail[:8]):
+                p = os.path.join(self.tmp, "tail.pt")
+                with zipfile.ZipFile(p, "w") as z:
+                    for n in names:
+                        z.writestr(n, entries[n] + (tail if n == pkl else b""))
+                rc, doc, err = self._scan(p)
+                self.assertEqual(rc, want_rc, "exit %r: %s" % (rc, err.strip()))
+                self.assertTrue(doc.get("notes"), "no note about the bytes after STOP")
+                self.assertIsNone(doc.get("parse_error"))
+                bare = os.path.join(self.tmp, "tail.pkl")
+                with open(bare, "wb") as f:
+                    f.write(pickle.dumps({"a": 1}, protocol=2) + tail)
+                rc, doc, err = self._scan(bare)
+                self.assertEqual(rc, want_rc, "bare: exit %r: %s" % (rc, err.strip()))
+                self.assertEqual(doc.get("format"), "pickle")
+
+    def test_legacy_tar(self):
+        """A torch 0.1.x tar with benign pickles: scanned member by member, safe; torch.load
+        itself reads the same file (so the fixture has the real layout)."""
+        import struct
+        import torch
+        L.require_bin(self)
+        rec = pickle.dumps(("k0", "cpu", torch.FloatStorage), protocol=2)
+        raw = struct.pack("<q", 2) + struct.pack("<2f", 1.5, -2.0)
+        trec = pickle.dumps((0, "k0", torch.FloatTensor), protocol=2)
+        traw = struct.pack("<i", 1) + b"\0" * 4 + struct.pack("<q", 2) + struct.pack("<q", 1) + \
+            struct.pack("<q", 0)
+        members = {"storages": pickle.dumps(1, protocol=2) + rec + raw + pickle.dumps([], protocol=2),
+                   "tensors": pickle.dumps(1, protocol=2) + trec + traw,
+                   "pickle": b"\x80\x02}X\x01\x00\x00\x00wP0\ns."}   # {'w': tensor 0}
+        p = os.path.join(self.tmp, "old.tar")
+        with open(p, "wb") as f:
+            f.write(legacy_tar(members))
+        got = torch.load(p)
+        self.assertEqual(got["w"].tolist(), [1.5, -2.0])
+        rc, doc, err = self._scan(p)
+        self.assertEqual(rc, 0, "exit %r: %s" % (rc, err.strip()))
+        self.assertEqual(doc.get("format"), "tar")
+        kinds = dict(_names(doc))
+        self.assertEqual(kinds.get("torch.FloatStorage"), "weights", kinds)
+        self.assertIn("torch.FloatTensor", kinds)
+
+    def test_safetensors_and_npy_stay_safe(self):
+        """Files torch.load cannot unpickle: it fails before importing anything."""
+        import json as json_mod
+        L.require_bin(self)
+        header = json_mod.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+        hb = header.encode()
+        p = os.path.join(self.tmp, "w.safetensors")
+        with open(p, "wb") as f:
+            f.write(len(hb).to_bytes(8, "little") + hb + b"\0" * 8)
+        rc, doc, err = self._scan(p)
+        self.assertEqual((rc, doc.get("format"), doc.get("globals")), (0, "safetensors", []),
+                         err)
+
+
+def struct_float(b):
+    import struct
+    return struct.unpack("<f", b)[0]
 
 
 class NothingRuns(unittest.TestCase):
