@@ -263,7 +263,9 @@ fail:
 static int scan_zip(scan *s, const char **format, ckpt_error *err)
 {
     ckpt_file *f = s->f;
-    int rc = ckpt__zip_open(f->arena, f->map, f->size, &f->zip, err);
+    /* Lazily, as ckpt_open does: one bad local header (of a tensor record, say) must not hide
+     * the other entries' pickles, which torch.load would still run. */
+    int rc = ckpt__zip_open_lazy(f->arena, f->map, f->size, &f->zip, err);
     if (rc)
         return rc;
     /* torch takes the archive's name from its first entry and refuses one outside a folder */
