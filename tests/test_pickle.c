@@ -458,7 +458,8 @@ static void test_globals(void)
     run_begin(&r, 0);
     const struct pickle_case *c = find_case("vec_checkpoint");
     CHECK_OK(run_load(&r, c->data, c->len), r.err);
-    /* Offsets from spec/vectors/checkpoint.pt.dis (pickletools). */
+    /* Offsets as pickletools lists them for checkpoint/data.pkl of tests/data/vectors/checkpoint.pt
+     * (unzip it to a file, then python3 -m pickletools FILE). */
     const ckpt_global_ref *g = find_global(&r.globals, "collections", "OrderedDict");
     CHECK(g && g->offset == 63 && g->count == 1 && strcmp(g->where, "test") == 0);
     CHECK(r.globals.len > 0 && r.globals.items[0].offset == 63);

@@ -9,7 +9,7 @@ For every fixture of gen_fixtures.py (both formats, protocol 2 and 4, DEFLATE, o
   * `ckpt inspect --json FILE` has the same tree: container types, keys in order, int/float/str/
     bool/None values, numpy scalars by value, Namespace as an object of class argparse.Namespace.
   * `ckpt inspect FILE` (human) of the training checkpoints reads at a glance (issue 2).
-For /work/shared/spec/vectors/*.pt the expectation is computed here with torch.load.
+For tests/data/vectors/*.pt the expectation is computed here with torch.load.
 tar_legacy.pt is either refused cleanly (exit 2, one line) or read exactly as torch reads it.
 Also: --help for every command, and clean errors for a missing file and a bad command line.
 """

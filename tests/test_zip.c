@@ -17,10 +17,10 @@ static ckpt__alloc std_alloc;
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static uint8_t *shared_file(const char *rel, size_t *len)
+static uint8_t *data_file(const char *rel, size_t *len)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", check_shared_dir(), rel);
+    snprintf(path, sizeof path, "%s/%s", check_data_dir(), rel);
     uint8_t *p = check_slurp(path, len);
     if (!p)
         fprintf(stderr, "cannot read %s\n", path);
@@ -363,7 +363,7 @@ static void test_python_cases(void)
 static void test_two_pt(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/two.pt", &len);
+    uint8_t *map = data_file("vectors/two.pt", &len);
     CHECK(map != NULL);
     if (!map)
         return;
@@ -410,13 +410,13 @@ static void test_two_pt(void)
  * "<root>/data.pkl". */
 static void test_torch_files(void)
 {
-    static const char *const dirs[] = {"spec/vectors", "corpus/burn_pytorch_tests",
+    static const char *const dirs[] = {"vectors", "corpus/burn_pytorch_tests",
                                        "corpus/burn_reader", "corpus/candle", "corpus/modelscan",
                                        "corpus/picklescan", "corpus/safetensors"};
     int seen = 0;
     for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", check_shared_dir(), dirs[d]);
+        snprintf(path, sizeof path, "%s/%s", check_data_dir(), dirs[d]);
         DIR *dir = opendir(path);
         CHECK(dir != NULL);
         if (!dir)
@@ -428,7 +428,7 @@ static void test_torch_files(void)
             if (de->d_name[0] == '.' || strstr(de->d_name, ".dis"))
                 continue;
             size_t len;
-            uint8_t *map = shared_file(rel, &len);
+            uint8_t *map = data_file(rel, &len);
             if (!map || len < 4 || memcmp(map, "PK\3\4", 4) != 0) {
                 free(map);
                 continue;
@@ -483,7 +483,7 @@ static void test_picklescan_zips(void)
         char rel[256];
         snprintf(rel, sizeof rel, "corpus/picklescan/%s", cases[i].file);
         size_t len;
-        uint8_t *map = shared_file(rel, &len);
+        uint8_t *map = data_file(rel, &len);
         CHECK(map != NULL);
         if (!map)
             continue;
@@ -835,7 +835,7 @@ static void test_deflate(void)
 static void test_arena_limit(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/views.pt", &len);
+    uint8_t *map = data_file("vectors/views.pt", &len);
     if (!map)
         return;
     ckpt__arena *ar = ckpt__arena_new(&std_alloc, 1024);
@@ -893,7 +893,7 @@ static void test_empty_and_many(void)
 static void test_truncation(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/two.pt", &len);
+    uint8_t *map = data_file("vectors/two.pt", &len);
     if (!map)
         return;
     int ok = 0;
@@ -960,7 +960,7 @@ static void flip_test(const uint8_t *orig, size_t len, int rounds, const char *w
 static void test_flips(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/two.pt", &len);
+    uint8_t *map = data_file("vectors/two.pt", &len);
     if (map)
         flip_test(map, len, 3000, "two.pt");
     free(map);

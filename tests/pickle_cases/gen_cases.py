@@ -29,7 +29,7 @@ import zipfile
 import numpy as np
 import torch
 
-SHARED = os.environ.get("CKPT_SHARED", "/work/shared")
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "vectors")
 
 # ---- the reference unpickler -----------------------------------------------------------------
 
@@ -473,7 +473,7 @@ def vector(name, path):
     data = z.read([n for n in z.namelist() if n.endswith("data.pkl")][0])
     real = render(torch.load(path), 2, keys=False)
     assert render(ref_load(data), 2, keys=False) == real, (name, real)
-    add(name, "data.pkl of spec/vectors/%s" % os.path.basename(path), data, expect(data))
+    add(name, "data.pkl of tests/data/vectors/%s" % os.path.basename(path), data, expect(data))
 
 
 class Kw:  # pickled with NEWOBJ_EX at protocol 4
@@ -693,7 +693,7 @@ def main():
     torch_case("torch_train", "make_train_ckpt()")
     torch_case("torch_train_p4", "make_train_ckpt()", proto=4)
     for v in ("checkpoint.pt", "views.pt", "module_sd.pt", "two.pt", "cwriter_2x_layout.pt"):
-        vector("vec_" + v.split(".")[0], os.path.join(SHARED, "spec/vectors", v))
+        vector("vec_" + v.split(".")[0], os.path.join(VECTORS, v))
     emit()
 
 
