@@ -106,7 +106,7 @@ typedef struct ckpt__pickle_ctx {
 } ckpt__pickle_ctx;
 
 /* Evaluate one pickle starting at buf[0] and ending with its STOP. Never executes anything:
- * calls become values (see PTH_FORMAT.md §3.3 for which ones are understood). On success
+ * calls become values (see docs/FORMAT.md §9 for which ones are understood). On success
  * *out is the result and *consumed the bytes up to and including STOP. On failure the globals
  * met so far are already recorded in ctx->globals. */
 int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckpt_value **out,

@@ -483,7 +483,7 @@ def file_pickle_globals(path):
 
 
 # Globals a weights file or a harmless training checkpoint needs (PyTorch 2.6's weights_only
-# allowlist as listed in PTH_FORMAT.md 4.6, plus the data classes issue 2 names). Used only to
+# allowlist as listed in docs/FORMAT.md §4.4, plus the data classes issue 2 names). Used only to
 # decide which globals in the hostile corpus must NOT be reported as weights/data.
 def known_ok_global(full):
     mod, _, name = full.rpartition(".")

@@ -382,7 +382,7 @@ static void test_zip_kinds(void)
     CHECK(KIND("two/data.pkl", "two/data/0", "two/data/1", "two/version") == NULL);
     CHECK(KIND("archive/data.pkl", "archive/.format_version", "archive/byteorder",
                "archive/data/0", "archive/version") == NULL);
-    /* torch looks names up ignoring case (§1.2) */
+    /* torch looks names up ignoring case (docs/FORMAT.md §2.2) */
     CHECK(KIND("Foo.Bar/DATA.PKL", "Foo.Bar/version") == NULL);
     CHECK(KIND("foo/x", "FOO/data.pkl", "foo/version") == NULL);
     /* torch.jit.save of a Linear in torch 1.13: these records, in this order */

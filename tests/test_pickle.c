@@ -1,7 +1,7 @@
 /* test_pickle.c - the unpickler (src/pickle.c) against Python's own.
  *
  * The table in pickle_cases/cases.h (made by pickle_cases/gen_cases.py with Python's pickle,
- * torch.save and the spec's vectors) gives each pickle and the text rendering of what Python's
+ * torch.save and tests/data/vectors) gives each pickle and the text rendering of what Python's
  * Unpickler builds from it; render() below prints a ckpt_value in the same form. The rest are
  * hand-made cases for what a table cannot show: shared pointers, recorded globals, limits,
  * malformed input (every truncation of the table's pickles, underflows, bad memo keys, huge
@@ -774,7 +774,7 @@ static void test_misc(void)
     CHECK_EQ_INT(run_load(&r, c->data, c->len), CKPT_ELIMIT);
     run_end(&r);
 
-    /* A numpy scalar as the spec writes it (§4.4) is the number, flagged. */
+    /* A numpy scalar as torch writes it (docs/FORMAT.md §4.3) is the number, flagged. */
     run_begin(&r, 0);
     c = find_case("vec_checkpoint");
     CHECK_OK(run_load(&r, c->data, c->len), r.err);

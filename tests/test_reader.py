@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """
-test_reader.py - ckpt reads what torch reads: the generated fixtures and the spec's vectors.
+test_reader.py - ckpt reads what torch reads: the generated fixtures and tests/data/vectors.
 
 For every fixture of gen_fixtures.py (both formats, protocol 2 and 4, DEFLATE, odd root names):
   * `ckpt tensors --json --sha256 FILE` lists the tensors torch.load returns, in walk order, with
@@ -342,7 +342,7 @@ class HumanInspect(unittest.TestCase):
 
 
 class Vectors(unittest.TestCase):
-    """The spec's test vectors, compared with torch.load of the same file."""
+    """tests/data/vectors, compared with torch.load of the same file."""
 
     def test_vectors(self):
         L.require_bin(self)

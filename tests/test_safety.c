@@ -81,7 +81,7 @@ static const case_ cases[] = {
     {"torch._utils", "_rebuild_device_tensor_from_cpu_tensor", W},
     {"torch._tensor", "_rebuild_from_type_v2", W},
 
-    /* harmless data (PTH_FORMAT.md 4.4, 4.5): refused by weights_only, cannot run code */
+    /* harmless data (docs/FORMAT.md §4.3): refused by weights_only, cannot run code */
     {"numpy.core.multiarray", "scalar", D},
     {"numpy._core.multiarray", "scalar", D},
     {"numpy.core.multiarray", "_reconstruct", D},
@@ -294,7 +294,7 @@ static const struct {
     /* a plain HF state dict: OrderedDict, _rebuild_tensor_v2, FloatStorage */
     {"scan corpus/picklescan/pytorch_model.bin", 0, {"safe: only weights and data globals"}},
     {"scan --json corpus/picklescan/pytorch_model.bin", 0, {"\"safe\":true", "\"parse_error\":null"}},
-    /* PTH_FORMAT.md 7: checkpoint.pt holds epoch 5, numpy f8 scalar bytes 00..00 ec 3f (0.875),
+    /* docs/FORMAT.md §10: checkpoint.pt holds epoch 5, numpy f8 scalar bytes 00..00 ec 3f (0.875),
      * Namespace(lr=0.1, epochs=10, arch='resnet18'), device('cuda', 0), torch.float16, 2**40 */
     {"inspect vectors/checkpoint.pt", 0,
      {"= 0.875\n", "= argparse.Namespace(lr=0.1, epochs=10, arch='resnet18')\n",

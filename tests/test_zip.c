@@ -1,8 +1,9 @@
 /* test_zip.c - the zip reader (src/zip.c) against archives written by Python's zipfile
- * (zip_cases/cases.h, made by zip_cases/gen_cases.py), by torch (the spec's vectors and the
+ * (zip_cases/cases.h, made by zip_cases/gen_cases.py), by torch (tests/data/vectors and the
  * corpus), and built here byte by byte to be broken on purpose: truncation at every offset,
  * random byte flips, offsets and sizes past the end or overflowing, overlaps, deflate bombs,
- * bad CRCs, encryption. Expected values come from Python, the spec, or the bytes built here. */
+ * bad CRCs, encryption. Expected values come from Python, docs/FORMAT.md, or the bytes built
+ * here. */
 #include "check.h"
 #include "internal.h"
 #include "zip_cases/cases.h"
@@ -358,7 +359,7 @@ static void test_python_cases(void)
 
 /* ---- archives written by torch ------------------------------------------------------------ */
 
-/* Spec §1.3/§7: two.pt holds two/data.pkl@64 (235 B), two/data/0@384 (24 B),
+/* docs/FORMAT.md §2.3, §10: two.pt holds two/data.pkl@64 (235 B), two/data/0@384 (24 B),
  * two/data/1@512 (8 B), two/version@640 ("3\n"). */
 static void test_two_pt(void)
 {
@@ -386,7 +387,7 @@ static void test_two_pt(void)
         CHECK_EQ_INT(z.entries[i].method, 0);
         CHECK_EQ_INT(z.entries[i].flags, 0x0808);
     }
-    /* The data descriptor after data.pkl records its CRC (§1.3 worked example). */
+    /* The data descriptor after data.pkl records its CRC (docs/FORMAT.md §2.3). */
     CHECK_EQ_INT(z.entries[0].crc32, 0x03852647);
     const ckpt__zip_entry *v = ckpt__zip_find(&z, "TWO/Version");
     CHECK(v == &z.entries[3]);
@@ -405,9 +406,9 @@ static void test_two_pt(void)
     free(map);
 }
 
-/* Every torch-written zip in the spec's vectors and the corpus: opens, every record is 64-byte
- * aligned (§1.3), STORED, and readable. Torch zips are told apart by their first record,
- * "<root>/data.pkl". */
+/* Every torch-written zip in tests/data (vectors and corpus): opens, every record is 64-byte
+ * aligned (docs/FORMAT.md §2.3), STORED, and readable. Torch zips are told apart by their first
+ * record, "<root>/data.pkl". */
 static void test_torch_files(void)
 {
     static const char *const dirs[] = {"vectors", "corpus/burn_pytorch_tests",

@@ -1,14 +1,14 @@
 #!/usr/bin/python3
 """gen_cases.py - writes cases.h, the table of pickles that tests/test_pickle.c evaluates.
 
-Each case is a pickle (from Python's pickle module, torch.save, the spec's test vectors, or
+Each case is a pickle (from Python's pickle module, torch.save, tests/data/vectors, or
 assembled opcode by opcode for forms no writer at hand produces) and what it must evaluate to,
 rendered in the text form that render() in test_pickle.c prints for a ckpt_value.
 
 The expected value comes from Python, never from ckpt: the pickle is loaded with Python's own
 Unpickler, whose find_class returns stand-ins instead of importing (a call records itself, as
 ckpt's CKPT_T_OBJECT does) and real builtins/numpy for what ckpt decodes. The tensor rebuild
-functions are stand-ins written from PTH_FORMAT.md §4.1; every torch.save case is checked
+functions are stand-ins written from docs/FORMAT.md §4.1; every torch.save case is checked
 against torch.load of the same bytes, and every plain case against the object pickled.
 
 Run with Debian's Python (torch 1.13, numpy 1.24); it writes to the path given, or to stdout:
@@ -128,7 +128,7 @@ class Limit(Exception):
     pass
 
 
-# PTH_FORMAT.md §3.2: storage class -> (dtype, element size)
+# docs/FORMAT.md §3.2: storage class -> (dtype, element size)
 STORAGES = {
     "DoubleStorage": ("float64", 8), "FloatStorage": ("float32", 4), "HalfStorage": ("float16", 2),
     "BFloat16Storage": ("bfloat16", 2), "LongStorage": ("int64", 8), "IntStorage": ("int32", 4),
@@ -140,7 +140,7 @@ DTYPES = {"float8_e4m3fn": 1, "float8_e5m2": 1, "bfloat16": 2, "float32": 4, "ui
 
 
 def _tensor(storage, offset, size, stride, rg, dtype=None):
-    """PTH_FORMAT.md §4.1 and §5: a view, checked to lie inside its storage."""
+    """docs/FORMAT.md §4.1 and §5: a view, checked to lie inside its storage."""
     if not isinstance(storage, StorageRef):
         raise Corrupt("not a storage")
     if dtype is None:
