@@ -2,12 +2,12 @@
  * fuzz_zip.c - libFuzzer harness for the zip reader (src/zip.c) and the format sniffer
  * (src/detect.c): sniff the input, open it as a zip, look every entry up by name and read it.
  *
- * Build and run from the repository root (a seed corpus: any zips, e.g. the spec's vectors):
+ * Build and run from the repository root (a seed corpus: any zips, e.g. tests/data/vectors):
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
  *       -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Iinclude -Isrc \
  *       fuzz/fuzz_zip.c src/zip.c src/detect.c src/arena.c src/error.c -lz -o fuzz_zip
- *   mkdir -p fuzz/corpus-zip && cp ../shared/spec/vectors/two.pt fuzz/corpus-zip/
+ *   mkdir -p fuzz/corpus-zip && cp tests/data/vectors/two.pt fuzz/corpus-zip/
  *   ./fuzz_zip -max_len=65536 -max_total_time=300 fuzz/corpus-zip
  *
  * The input buffer is exactly `size` bytes, so AddressSanitizer reports any read past it.

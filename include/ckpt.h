@@ -689,8 +689,9 @@ CKPT_API int ckpt_tensor_stream(const ckpt_tensor *t, ckpt_dtype to, ckpt_chunk_
 /* ---- state dicts (ckpt_sd_*) -------------------------------------------------------------- */
 /* (issue 3: finding, unwrapping and judging state dicts; declarations follow in this section) */
 
-/* The ten ResNets of torchvision 0.14 (RESNET.md): the block structure, from which both the
- * exact state_dict() of `torchvision.models.NAME(num_classes=N)` and an inference graph follow.
+/* The ten ResNets of torchvision 0.14 (docs/ARCHITECTURES.md): the block structure, from which
+ * both the exact state_dict() of `torchvision.models.NAME(num_classes=N)` and an inference graph
+ * follow.
  *
  *     const ckpt_arch *a = ckpt_arch_by_name("resnext50_32x4d");
  *     ckpt_sd_model *m;
@@ -726,7 +727,7 @@ CKPT_API int64_t ckpt_arch_planes(int stage);
 CKPT_API int64_t ckpt_arch_width(const ckpt_arch *a, int stage);
 /* Channels entering fc: 512 * expansion. */
 CKPT_API int64_t ckpt_arch_features(const ckpt_arch *a);
-/* Elements of model.parameters() (buffers excluded), as RESNET.md's table counts them. */
+/* Elements of model.parameters() (buffers excluded), as docs/ARCHITECTURES.md §1 counts them. */
 CKPT_API int64_t ckpt_arch_parameters(const ckpt_arch *a, int64_t num_classes);
 
 /* One item of a state dict: of a checkpoint (value set) or of a model (value NULL). */

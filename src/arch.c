@@ -1,7 +1,7 @@
 /*
  * arch.c - the ten torchvision ResNets as data (ckpt_arch_*).
  *
- * One row per architecture holds the block structure (RESNET.md §1, torchvision 0.14
+ * One row per architecture holds the block structure (docs/ARCHITECTURES.md §1, torchvision 0.14
  * resnet.py); ckpt_arch_model turns it into what `torchvision.models.NAME(num_classes=N)`
  * is for load_state_dict: the modules in the order load() visits them and state_dict()
  * itself. The walk mirrors the constructors:

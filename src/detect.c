@@ -1,5 +1,5 @@
 /*
- * detect.c - what kind of file this is, from its first bytes (PTH_FORMAT.md §0), and whether an
+ * detect.c - what kind of file this is, from its first bytes (docs/FORMAT.md §1), and whether an
  * opened zip is a torch checkpoint or some other zip (TorchScript, numpy .npz).
  *
  * Signatures recognised, in the order they are tried:
@@ -327,7 +327,7 @@ const char *ckpt__zip_kind_message(const ckpt__zip *z)
     const char *slash = strchr(first, '/');
     if (slash) {
         size_t root_len = (size_t)(slash - first);
-        /* TorchScript archives hold data.pkl too: constants.pkl decides (§0). */
+        /* TorchScript archives hold data.pkl too: constants.pkl decides (docs/FORMAT.md §1). */
         if (has_record(z, first, root_len, "constants.pkl"))
             return "this is a TorchScript archive (torch.jit.save): load it with torch.jit.load, "
                    "or save model.state_dict() instead";

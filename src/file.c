@@ -1,12 +1,12 @@
 /* file.c - opening a checkpoint: mapping, telling formats apart, running the pickles, and
  * binding persistent ids to storages.
  *
- * Zip format (torch >= 1.6), PTH_FORMAT.md §1:
+ * Zip format (torch >= 1.6), docs/FORMAT.md §2:
  *     <root>/data.pkl      the pickle; storages appear as persistent ids
  *                          ('storage', <Xxx>Storage | UntypedStorage, key, location, numel)
  *     <root>/data/<key>    raw little-endian bytes of each storage (numel * element size)
  *     <root>/version       "3\n" (torch 1.13 accepts 1..10); <root>/byteorder "little"|"big"
- * Legacy format, §2: five pickles back to back -- magic, protocol 1001, sys_info, the object
+ * Legacy format, §6: five pickles back to back -- magic, protocol 1001, sys_info, the object
  * (ids are 6-tuples with an optional (view_key, offset, numel) view), the sorted key list --
  * then for each key of that list: int64 element count and the storage's bytes.
  * A bare pickle (no torch framing) is opened too, so that ckpt can show what it would do. */
@@ -218,7 +218,7 @@ static int zip_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **out
         }
         if (!s->entry)
             return CKPT_CORRUPT(err, "zip: storage '%s' has no record '%s'", key, name);
-        /* torch does not check this and reads out of bounds (PTH_FORMAT.md §1.4); we do. */
+        /* torch does not check this and reads out of bounds (docs/FORMAT.md §2.4); we do. */
         if (s->entry->usize < s->nbytes)
             return CKPT_CORRUPT(err,
                                 "zip: record '%s' holds %llu bytes, but storage '%s' needs %llu",

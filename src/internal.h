@@ -107,7 +107,7 @@ typedef struct ckpt__pickle_ctx {
 } ckpt__pickle_ctx;
 
 /* Evaluate one pickle starting at buf[0] and ending with its STOP. Never executes anything:
- * calls become values (see PTH_FORMAT.md §3.3 for which ones are understood). On success
+ * calls become values (see docs/FORMAT.md §9 for which ones are understood). On success
  * *out is the result and *consumed the bytes up to and including STOP. On failure the globals
  * met so far are already recorded in ctx->globals, and *consumed is the offset of the opcode
  * that failed (len when the data ends before a STOP). */

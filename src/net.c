@@ -2,11 +2,11 @@
  * net.c - ResNet inference: the network description, weight loading with BatchNorm folded in,
  * and the public ckpt_model_* API that hands the work to a backend (net_ref.c, net_dnnl.c).
  *
- * The description follows torchvision's constructors (RESNET.md §1): stem conv1/bn1/ReLU and a
- * 3x3 s2 p1 max-pool, four stages of blocks whose block 0 carries the stride (stages 2-4) and
- * a downsample when the stride or channel count changes, adaptive average pool, fc. Weights
- * are asked for by torchvision's state_dict names through a ckpt_weight_fn, so the engine does
- * not care where they came from.
+ * The description follows torchvision's constructors (docs/ARCHITECTURES.md §1): stem
+ * conv1/bn1/ReLU and a 3x3 s2 p1 max-pool, four stages of blocks whose block 0 carries the
+ * stride (stages 2-4) and a downsample when the stride or channel count changes, adaptive
+ * average pool, fc. Weights are asked for by torchvision's state_dict names through a
+ * ckpt_weight_fn, so the engine does not care where they came from.
  */
 #include "net.h"
 

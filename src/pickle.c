@@ -18,7 +18,7 @@
  * Nothing is ever called. GLOBAL/STACK_GLOBAL push a name (CKPT_T_GLOBAL), recorded in
  * ctx->globals as soon as it is read. REDUCE/NEWOBJ/INST/OBJ become the value a known callable
  * would build -- dicts, sets, bytes, complex numbers, torch.Size, tensors, numpy scalars
- * (PTH_FORMAT.md §3.3 and §4) -- or a CKPT_T_OBJECT that records the call.
+ * (docs/FORMAT.md §4 and §9) -- or a CKPT_T_OBJECT that records the call.
  *
  * Values are shared where Python shares them: a memo GET yields the same ckpt_value (a tensor
  * pickled twice is one pointer). None, True, False, () and, in large pickles, the ints 0..1023
@@ -1231,7 +1231,7 @@ static int tensor_int(pk *p, const char *fn, const ckpt_value *v, const char *wh
 /* _rebuild_tensor(storage, offset, size, stride)                               version 1
  * _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])   2
  * _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype[, metadata]) 3
- * A view of the storage, checked to lie inside it (PTH_FORMAT.md §4.1, §5). */
+ * A view of the storage, checked to lie inside it (docs/FORMAT.md §4.1, §5). */
 static int rebuild_tensor(pk *p, const char *fn, ckpt_value **a, size_t na, int version,
                           ckpt_value **out)
 {
@@ -1398,7 +1398,7 @@ static double half_to_double(unsigned h)
     return h & 0x8000 ? -v : v;
 }
 
-/* numpy.core.multiarray.scalar(dtype, bytes): the value itself (PTH_FORMAT.md §4.4). The
+/* numpy.core.multiarray.scalar(dtype, bytes): the value itself (docs/FORMAT.md §4.3). The
  * dtype is the OBJECT numpy.dtype('f8', False, True) with BUILD state (3, '<', ...). */
 static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
 {

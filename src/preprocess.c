@@ -2,7 +2,7 @@
  * Resize(S) with Pillow 9.4's BILINEAR resample, CenterCrop(C) with torchvision 0.14's zero
  * padding, ToTensor (float32 v / 255) and Normalize (float32 (x - mean) / std).
  *
- * The resample is Pillow's Resample.c (RESNET.md §3): per axis, double coefficients of a
+ * The resample is Pillow's Resample.c (docs/PREPROCESSING.md): per axis, double coefficients of a
  * triangle filter stretched by the downscale factor, normalised, rounded to 22-bit fixed point;
  * a horizontal pass over only the source rows the vertical pass reads, stored as uint8; then
  * the vertical pass. Every output pixel depends only on its own coefficients, so computing just

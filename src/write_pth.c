@@ -1,5 +1,5 @@
-/* write_pth.c - the PyTorch zip format, as torch.save(state_dict) writes it (PTH_FORMAT.md §1.3,
- * §6), streamed: the pickle is built in memory, every storage goes from the source file to
+/* write_pth.c - the PyTorch zip format, as torch.save(state_dict) writes it (docs/FORMAT.md §2.3,
+ * §11), streamed: the pickle is built in memory, every storage goes from the source file to
  * the output in chunks.
  *
  * Records, in this order (torch 2.x's, without the optional .format_version records):

@@ -1,7 +1,7 @@
 /*
- * zip.c - the zip container of torch.save files (PTH_FORMAT.md §1), read the way torch's miniz
+ * zip.c - the zip container of torch.save files (docs/FORMAT.md §2), read the way torch's miniz
  * reads it: through the central directory only. torch writes local headers with zero sizes and
- * CRCs followed by data descriptors (§1.3), so the local header is used for nothing but the
+ * CRCs followed by data descriptors (§2.3), so the local header is used for nothing but the
  * length of its name and extra field, which place the data.
  *
  * Layout parsed (integers little-endian, offsets from the start of the file):

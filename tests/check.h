@@ -75,11 +75,12 @@ static inline uint8_t *check_slurp(const char *path, size_t *len)
     return p;
 }
 
-/* ../shared (the spec and the corpus), as CTest passes it. */
-static inline const char *check_shared_dir(void)
+/* tests/data (the vendored corpus and vectors, see tests/data/README.md): CKPT_TEST_DATA when
+ * set, otherwise the folder of the source tree the test was built from. */
+static inline const char *check_data_dir(void)
 {
-    const char *s = getenv("CKPT_SHARED");
-    return s ? s : "/work/shared";
+    const char *s = getenv("CKPT_TEST_DATA");
+    return s && *s ? s : CKPT_TEST_DATA_DIR;
 }
 
 static inline int check_exit(void)

@@ -44,15 +44,15 @@ def _find_bin():
 
 
 CKPT_BIN = _find_bin()
-CKPT_SHARED = os.environ.get("CKPT_SHARED") or os.path.abspath(os.path.join(HERE, "..", "..",
-                                                                          "shared"))
+# The vendored corpus and vectors (tests/data/README.md says where each file comes from).
+TEST_DATA = os.path.abspath(os.environ.get("CKPT_TEST_DATA") or os.path.join(HERE, "data"))
 CKPT_FIXTURES = os.environ.get("CKPT_FIXTURES")
 if CKPT_FIXTURES:
     CKPT_FIXTURES = os.path.abspath(CKPT_FIXTURES)
 if not CKPT_FIXTURES and CKPT_BIN:
     CKPT_FIXTURES = os.path.join(os.path.dirname(CKPT_BIN), "fixtures")
-CORPUS = os.path.join(CKPT_SHARED, "corpus")
-VECTORS = os.path.join(CKPT_SHARED, "spec", "vectors")
+CORPUS = os.path.join(TEST_DATA, "corpus")
+VECTORS = os.path.join(TEST_DATA, "vectors")
 # Environment for ckpt runs: the caller's (sanitizer options included), in the C locale.
 RUN_ENV = dict(os.environ, LC_ALL="C")
 
@@ -483,7 +483,7 @@ def file_pickle_globals(path):
 
 
 # Globals a weights file or a harmless training checkpoint needs (PyTorch 2.6's weights_only
-# allowlist as listed in PTH_FORMAT.md 4.6, plus the data classes issue 2 names). Used only to
+# allowlist as listed in docs/FORMAT.md §4.4, plus the data classes issue 2 names). Used only to
 # decide which globals in the hostile corpus must NOT be reported as weights/data.
 def known_ok_global(full):
     mod, _, name = full.rpartition(".")

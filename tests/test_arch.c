@@ -1,8 +1,8 @@
 /*
  * test_arch.c - the ResNet tables against PyTorch.
  *
- * Expected values: key and parameter counts from RESNET.md's table (measured with PyTorch),
- * and for every architecture at 1000 and 7 classes the SHA-256 of two listings made by
+ * Expected values: key and parameter counts from docs/ARCHITECTURES.md's table (measured with
+ * PyTorch), and for every architecture at 1000 and 7 classes the SHA-256 of two listings made by
  * torchvision 0.14.1 / torch 1.13 (Debian), with this snippet:
  *
  *     m = getattr(torchvision.models, name)(num_classes=nc); sd = m.state_dict()
@@ -97,7 +97,7 @@ static const ref refs[] = {
      "da11e522c92d5435021defb8d92d7434c5be8c29620feda0d7becc00d15d0b7e"},
 };
 
-/* RESNET.md §1's table (num_classes=1000). */
+/* docs/ARCHITECTURES.md §1's table (num_classes=1000). */
 static const struct {
     const char *name;
     size_t keys;
@@ -249,8 +249,8 @@ static void test_table(void)
     CHECK(ckpt_arch_by_name("resnet51") == NULL);
     CHECK(ckpt_arch_by_name(NULL) == NULL);
 
-    /* RESNET.md: resnet50 = 161 parameters + 106 running statistics + 53 num_batches_tracked;
-     * fc.weight is [num_classes, 512 * expansion]. */
+    /* docs/ARCHITECTURES.md §1: resnet50 = 161 parameters + 106 running statistics
+     * + 53 num_batches_tracked; fc.weight is [num_classes, 512 * expansion]. */
     const ckpt_arch *r50 = ckpt_arch_by_name("resnet50");
     ckpt_sd_model *m = NULL;
     ckpt_error err = {0};

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """
-test_corpus.py - the external corpus (/work/shared/corpus) against Debian's PyTorch 1.13.
+test_corpus.py - the external corpus (tests/data/corpus) against Debian's PyTorch 1.13.
 
   * Every entry of expected-torch-1.13.json with "tensors": `ckpt tensors --json --sha256 FILE`
     lists the same (path, dtype, shape, sha256) in the same order; `ckpt inspect` reads it too.

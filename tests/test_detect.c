@@ -241,18 +241,18 @@ static const struct {
     {"corpus/burn_reader/broken.pt", CKPT__KIND_OTHER, UNRECOGNISED("61 62 63")},
     {"corpus/burn_reader/simple_legacy.pt", CKPT__KIND_LEGACY, NULL},
     {"corpus/burn_reader/legacy_shared_storage.pt", CKPT__KIND_LEGACY, NULL},
-    {"spec/vectors/tar_legacy.pt", CKPT__KIND_OTHER,
+    {"vectors/tar_legacy.pt", CKPT__KIND_OTHER,
      "this is a torch 0.1.x tar checkpoint, which ckpt does not read"},
-    {"spec/vectors/two_legacy.pt", CKPT__KIND_LEGACY, NULL},
-    {"spec/vectors/module_sd_legacy.pt", CKPT__KIND_LEGACY, NULL},
-    {"spec/vectors/views_legacy.pt", CKPT__KIND_LEGACY, NULL},
-    {"spec/vectors/two.pt", CKPT__KIND_ZIP, NULL},
+    {"vectors/two_legacy.pt", CKPT__KIND_LEGACY, NULL},
+    {"vectors/module_sd_legacy.pt", CKPT__KIND_LEGACY, NULL},
+    {"vectors/views_legacy.pt", CKPT__KIND_LEGACY, NULL},
+    {"vectors/two.pt", CKPT__KIND_ZIP, NULL},
 };
 
 static void check_file(const char *rel, ckpt__kind kind, const char *message)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", check_shared_dir(), rel);
+    snprintf(path, sizeof path, "%s/%s", check_data_dir(), rel);
     size_t len;
     uint8_t *map = check_slurp(path, &len);
     CHECK(map != NULL);
@@ -285,7 +285,7 @@ static void test_corpus(void)
     int n = 0;
     for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", check_shared_dir(), dirs[d]);
+        snprintf(path, sizeof path, "%s/%s", check_data_dir(), dirs[d]);
         DIR *dir = opendir(path);
         CHECK(dir != NULL);
         if (!dir)
@@ -382,7 +382,7 @@ static void test_zip_kinds(void)
     CHECK(KIND("two/data.pkl", "two/data/0", "two/data/1", "two/version") == NULL);
     CHECK(KIND("archive/data.pkl", "archive/.format_version", "archive/byteorder",
                "archive/data/0", "archive/version") == NULL);
-    /* torch looks names up ignoring case (§1.2) */
+    /* torch looks names up ignoring case (docs/FORMAT.md §2.2) */
     CHECK(KIND("Foo.Bar/DATA.PKL", "Foo.Bar/version") == NULL);
     CHECK(KIND("foo/x", "FOO/data.pkl", "foo/version") == NULL);
     /* torch.jit.save of a Linear in torch 1.13: these records, in this order */
@@ -412,8 +412,8 @@ static void test_zip_kinds_files(void)
         const char *file;
         const char *message;
     } files[] = {
-        {"spec/vectors/two.pt", NULL},
-        {"spec/vectors/cwriter_2x_layout.pt", NULL},
+        {"vectors/two.pt", NULL},
+        {"vectors/cwriter_2x_layout.pt", NULL},
         {"corpus/picklescan/int_arrays.npz",
          "this is a numpy .npz archive, not a torch checkpoint"},
         {"corpus/picklescan/object_arrays_compressed.npz",
@@ -426,7 +426,7 @@ static void test_zip_kinds_files(void)
     ckpt__alloc_init(&a, NULL);
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", check_shared_dir(), files[i].file);
+        snprintf(path, sizeof path, "%s/%s", check_data_dir(), files[i].file);
         size_t len;
         uint8_t *map = check_slurp(path, &len);
         CHECK(map != NULL);

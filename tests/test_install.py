@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """`cmake --install` gives a usable library: a program finds it through pkg-config and through
-find_package(ckpt), links, and reads a torch file (the spec's two.pt, whose 2 tensors torch
+find_package(ckpt), links, and reads a torch file (tests/data/vectors/two.pt, whose 2 tensors torch
 reads). The install goes to a temporary prefix; the build tree is CKPT_BIN's folder."""
 import os
 import shutil

@@ -1,7 +1,7 @@
 /* test_pickle.c - the unpickler (src/pickle.c) against Python's own.
  *
  * The table in pickle_cases/cases.h (made by pickle_cases/gen_cases.py with Python's pickle,
- * torch.save and the spec's vectors) gives each pickle and the text rendering of what Python's
+ * torch.save and tests/data/vectors) gives each pickle and the text rendering of what Python's
  * Unpickler builds from it; render() below prints a ckpt_value in the same form. The rest are
  * hand-made cases for what a table cannot show: shared pointers, recorded globals, limits,
  * malformed input (every truncation of the table's pickles, underflows, bad memo keys, huge
@@ -458,7 +458,8 @@ static void test_globals(void)
     run_begin(&r, 0);
     const struct pickle_case *c = find_case("vec_checkpoint");
     CHECK_OK(run_load(&r, c->data, c->len), r.err);
-    /* Offsets from spec/vectors/checkpoint.pt.dis (pickletools). */
+    /* Offsets as pickletools lists them for checkpoint/data.pkl of tests/data/vectors/checkpoint.pt
+     * (unzip it to a file, then python3 -m pickletools FILE). */
     const ckpt_global_ref *g = find_global(&r.globals, "collections", "OrderedDict");
     CHECK(g && g->offset == 63 && g->count == 1 && strcmp(g->where, "test") == 0);
     CHECK(r.globals.len > 0 && r.globals.items[0].offset == 63);
@@ -780,7 +781,7 @@ static void test_misc(void)
     CHECK_EQ_INT(run_load(&r, c->data, c->len), CKPT_ELIMIT);
     run_end(&r);
 
-    /* A numpy scalar as the spec writes it (§4.4) is the number, flagged. */
+    /* A numpy scalar as torch writes it (docs/FORMAT.md §4.3) is the number, flagged. */
     run_begin(&r, 0);
     c = find_case("vec_checkpoint");
     CHECK_OK(run_load(&r, c->data, c->len), r.err);

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """
-test_reader.py - ckpt reads what torch reads: the generated fixtures and the spec's vectors.
+test_reader.py - ckpt reads what torch reads: the generated fixtures and tests/data/vectors.
 
 For every fixture of gen_fixtures.py (both formats, protocol 2 and 4, DEFLATE, odd root names):
   * `ckpt tensors --json --sha256 FILE` lists the tensors torch.load returns, in walk order, with
@@ -9,7 +9,7 @@ For every fixture of gen_fixtures.py (both formats, protocol 2 and 4, DEFLATE, o
   * `ckpt inspect --json FILE` has the same tree: container types, keys in order, int/float/str/
     bool/None values, numpy scalars by value, Namespace as an object of class argparse.Namespace.
   * `ckpt inspect FILE` (human) of the training checkpoints reads at a glance (issue 2).
-For /work/shared/spec/vectors/*.pt the expectation is computed here with torch.load.
+For tests/data/vectors/*.pt the expectation is computed here with torch.load.
 tar_legacy.pt is either refused cleanly (exit 2, one line) or read exactly as torch reads it.
 Also: --help for every command, and clean errors for a missing file and a bad command line.
 """
@@ -342,7 +342,7 @@ class HumanInspect(unittest.TestCase):
 
 
 class Vectors(unittest.TestCase):
-    """The spec's test vectors, compared with torch.load of the same file."""
+    """tests/data/vectors, compared with torch.load of the same file."""
 
     def test_vectors(self):
         L.require_bin(self)

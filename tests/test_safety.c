@@ -3,8 +3,8 @@
  *
  * Expected kinds come from outside the code under test: WEIGHTS rows are PyTorch 2.6's
  * _get_allowed_globals() (torch/_weights_only_unpickler.py); DANGEROUS rows are the globals
- * the malicious files of ../shared/corpus name (listed with `python3 -m pickletools`), each
- * tagged with its file. The last parts run ckpt_scan on those files (when CKPT_SHARED is set)
+ * the malicious files of tests/data/corpus name (listed with `python3 -m pickletools`), each
+ * tagged with its file. The last parts run ckpt_scan on those files
  * and check that every one is reported unsafe with a dangerous global, and run the `ckpt`
  * binary (CKPT_BIN) for the exit statuses and lines of `scan` and `inspect` that users rely on.
  */
@@ -81,7 +81,7 @@ static const case_ cases[] = {
     {"torch._utils", "_rebuild_device_tensor_from_cpu_tensor", W},
     {"torch._tensor", "_rebuild_from_type_v2", W},
 
-    /* harmless data (PTH_FORMAT.md 4.4, 4.5): refused by weights_only, cannot run code */
+    /* harmless data (docs/FORMAT.md §4.3): refused by weights_only, cannot run code */
     {"numpy.core.multiarray", "scalar", D},
     {"numpy._core.multiarray", "scalar", D},
     {"numpy.core.multiarray", "_reconstruct", D},
@@ -232,11 +232,11 @@ static const struct {
     {"picklescan/io_FileIO.pkl", "_io.FileIO"},
 };
 
-static void check_corpus(const char *shared)
+static void check_corpus(const char *data)
 {
     char path[4096];
     for (size_t i = 0; i < sizeof corpus / sizeof corpus[0]; i++) {
-        snprintf(path, sizeof path, "%s/corpus/%s", shared, corpus[i].file);
+        snprintf(path, sizeof path, "%s/corpus/%s", data, corpus[i].file);
         ckpt_scan_result *r = NULL;
         ckpt_error err = {0};
         int st = ckpt_scan(path, NULL, &r, &err);
@@ -282,7 +282,7 @@ static int run(const char *cmd, char *out, size_t outsize)
 }
 
 static const struct {
-    const char *args;     /* after the binary; paths relative to CKPT_SHARED */
+    const char *args;     /* after the binary; paths relative to tests/data */
     int status;
     const char *stdout_has[4];
 } cli_cases[] = {
@@ -294,32 +294,32 @@ static const struct {
     /* a plain HF state dict: OrderedDict, _rebuild_tensor_v2, FloatStorage */
     {"scan corpus/picklescan/pytorch_model.bin", 0, {"safe: only weights and data globals"}},
     {"scan --json corpus/picklescan/pytorch_model.bin", 0, {"\"safe\":true", "\"parse_error\":null"}},
-    /* PTH_FORMAT.md 7: checkpoint.pt holds epoch 5, numpy f8 scalar bytes 00..00 ec 3f (0.875),
+    /* docs/FORMAT.md §10: checkpoint.pt holds epoch 5, numpy f8 scalar bytes 00..00 ec 3f (0.875),
      * Namespace(lr=0.1, epochs=10, arch='resnet18'), device('cuda', 0), torch.float16, 2**40 */
-    {"inspect spec/vectors/checkpoint.pt", 0,
+    {"inspect vectors/checkpoint.pt", 0,
      {"= 0.875\n", "= argparse.Namespace(lr=0.1, epochs=10, arch='resnet18')\n",
       "= torch.device('cuda', 0)\n", "= 1099511627776\n"}},
-    {"inspect spec/vectors/checkpoint.pt", 0,
+    {"inspect vectors/checkpoint.pt", 0,
      {"OrderedDict of 7 tensors, 17 parameters, 72 B (float32, int64)", "= torch.float16\n",
       "= torch.Size([2, 3])\n", "= {1, 2}\n"}},
-    {"inspect --json spec/vectors/checkpoint.pt", 0,
+    {"inspect --json vectors/checkpoint.pt", 0,
      {"{\"key\":\"lr\",\"value\":{\"type\":\"float\",\"value\":0.1}}",
       "\"class\":\"numpy.float64\",\"value\":0.875}", "\"type\":\"bytes\",\"len\":3,\"hex\":\"616263\""}},
-    {"tensors spec/vectors/views.pt", 0, {"slice ", "offset 2\n", "stride [1, 4]\n"}},
+    {"tensors vectors/views.pt", 0, {"slice ", "offset 2\n", "stride [1, 4]\n"}},
     {"inspect corpus/picklescan/bad_pytorch.pt", 2, {""}},
     {"scan corpus/picklescan/int_array.npy", 2, {""}},
-    {"inspect --depth -1 spec/vectors/checkpoint.pt", 2, {""}},
+    {"inspect --depth -1 vectors/checkpoint.pt", 2, {""}},
     {"frobnicate", 2, {""}},
     {"--version", 0, {"ckpt " CKPT_VERSION_STRING "\n"}},
 };
 
-static void check_cli(const char *bin, const char *shared)
+static void check_cli(const char *bin, const char *data)
 {
     static char out[1 << 16];
     char cmd[4096];
     for (size_t i = 0; i < sizeof cli_cases / sizeof cli_cases[0]; i++) {
         /* cd so that the relative paths in args work; CKPT paths have no single quotes */
-        snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s 2>/dev/null", shared, bin, cli_cases[i].args);
+        snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s 2>/dev/null", data, bin, cli_cases[i].args);
         int st = run(cmd, out, sizeof out);
         if (st != cli_cases[i].status)
             fprintf(stderr, "ckpt %s:\n", cli_cases[i].args);
@@ -359,14 +359,11 @@ int main(void)
     CHECK_EQ_STR(ckpt_global_kind_name(CKPT_GLOBAL_UNKNOWN), "unknown");
     CHECK_EQ_STR(ckpt_global_kind_name(CKPT_GLOBAL_DANGEROUS), "dangerous");
 
-    const char *shared = getenv("CKPT_SHARED"), *bin = getenv("CKPT_BIN");
-    if (shared)
-        check_corpus(shared);
+    const char *bin = getenv("CKPT_BIN");
+    check_corpus(check_data_dir());
+    if (bin)
+        check_cli(bin, check_data_dir());
     else
-        fprintf(stderr, "CKPT_SHARED not set: corpus scan checks skipped\n");
-    if (shared && bin)
-        check_cli(bin, shared);
-    else
-        fprintf(stderr, "CKPT_BIN or CKPT_SHARED not set: command-line checks skipped\n");
+        fprintf(stderr, "CKPT_BIN not set: command-line checks skipped\n");
     return check_exit();
 }

@@ -1,6 +1,6 @@
 /* test_write.c - the writers (issue 4): dtype conversion against values PyTorch 1.13 gave, the
- * .pth pickle and zip layout against PTH_FORMAT.md (the golden 302-byte data.pkl of §6.1, the
- * _metadata pickle of §4.2, the record layout of §1.3 with and without ZIP64), the safetensors
+ * .pth pickle and zip layout against docs/FORMAT.md (the golden 302-byte data.pkl of §11, the
+ * _metadata pickle of §4.2, the record layout of §2.3 with and without ZIP64), the safetensors
  * header against the reference serializer's rules, tensor streaming of strided views, and the
  * safe output file: no overwrite without force, never an input, nothing left after a failure
  * (a cancelled write, a file size limit). End-to-end checks with torch are in test_extract.py. */
@@ -235,7 +235,7 @@ static void test_stream(void)
 
 /* ---- the .pth writer ----------------------------------------------------------------- */
 
-/* PTH_FORMAT.md §6.1: OrderedDict(weight=arange(6.).reshape(2,3), bias=tensor([1.,2.])). */
+/* docs/FORMAT.md §11: OrderedDict(weight=arange(6.).reshape(2,3), bias=tensor([1.,2.])). */
 static const char golden_pkl[] =
     "800263636f6c6c656374696f6e730a4f726465726564446963740a295228580600000077656967687463746f7263"
     "682e5f7574696c730a5f72656275696c645f74656e736f725f76320a2828580700000073746f7261676563746f72"
@@ -311,7 +311,7 @@ static void test_pth_golden(void)
     const ckpt__zip_entry *d0 = ckpt__zip_find(&f->zip, "two/data/0");
     CHECK(d0 && d0->usize == 24 && !memcmp(f->map + d0->data_offset, two_w, 24));
 
-    /* §1.3: first local header, its FB padding, descriptor; the three end records */
+    /* §2.3: first local header, its FB padding, descriptor; the three end records */
     const uint8_t *m = f->map;
     CHECK_EQ_INT(rd32(m), 0x04034B50);
     CHECK_EQ_INT(rd16(m + 6), 0x0808);

@@ -1,8 +1,9 @@
 /* test_zip.c - the zip reader (src/zip.c) against archives written by Python's zipfile
- * (zip_cases/cases.h, made by zip_cases/gen_cases.py), by torch (the spec's vectors and the
+ * (zip_cases/cases.h, made by zip_cases/gen_cases.py), by torch (tests/data/vectors and the
  * corpus), and built here byte by byte to be broken on purpose: truncation at every offset,
  * random byte flips, offsets and sizes past the end or overflowing, overlaps, deflate bombs,
- * bad CRCs, encryption. Expected values come from Python, the spec, or the bytes built here. */
+ * bad CRCs, encryption. Expected values come from Python, docs/FORMAT.md, or the bytes built
+ * here. */
 #include "check.h"
 #include "internal.h"
 #include "zip_cases/cases.h"
@@ -17,10 +18,10 @@ static ckpt__alloc std_alloc;
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static uint8_t *shared_file(const char *rel, size_t *len)
+static uint8_t *data_file(const char *rel, size_t *len)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", check_shared_dir(), rel);
+    snprintf(path, sizeof path, "%s/%s", check_data_dir(), rel);
     uint8_t *p = check_slurp(path, len);
     if (!p)
         fprintf(stderr, "cannot read %s\n", path);
@@ -358,12 +359,12 @@ static void test_python_cases(void)
 
 /* ---- archives written by torch ------------------------------------------------------------ */
 
-/* Spec §1.3/§7: two.pt holds two/data.pkl@64 (235 B), two/data/0@384 (24 B),
+/* docs/FORMAT.md §2.3, §10: two.pt holds two/data.pkl@64 (235 B), two/data/0@384 (24 B),
  * two/data/1@512 (8 B), two/version@640 ("3\n"). */
 static void test_two_pt(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/two.pt", &len);
+    uint8_t *map = data_file("vectors/two.pt", &len);
     CHECK(map != NULL);
     if (!map)
         return;
@@ -386,7 +387,7 @@ static void test_two_pt(void)
         CHECK_EQ_INT(z.entries[i].method, 0);
         CHECK_EQ_INT(z.entries[i].flags, 0x0808);
     }
-    /* The data descriptor after data.pkl records its CRC (§1.3 worked example). */
+    /* The data descriptor after data.pkl records its CRC (docs/FORMAT.md §2.3). */
     CHECK_EQ_INT(z.entries[0].crc32, 0x03852647);
     const ckpt__zip_entry *v = ckpt__zip_find(&z, "TWO/Version");
     CHECK(v == &z.entries[3]);
@@ -405,18 +406,18 @@ static void test_two_pt(void)
     free(map);
 }
 
-/* Every torch-written zip in the spec's vectors and the corpus: opens, every record is 64-byte
- * aligned (§1.3), STORED, and readable. Torch zips are told apart by their first record,
- * "<root>/data.pkl". */
+/* Every torch-written zip in tests/data (vectors and corpus): opens, every record is 64-byte
+ * aligned (docs/FORMAT.md §2.3), STORED, and readable. Torch zips are told apart by their first
+ * record, "<root>/data.pkl". */
 static void test_torch_files(void)
 {
-    static const char *const dirs[] = {"spec/vectors", "corpus/burn_pytorch_tests",
+    static const char *const dirs[] = {"vectors", "corpus/burn_pytorch_tests",
                                        "corpus/burn_reader", "corpus/candle", "corpus/modelscan",
                                        "corpus/picklescan", "corpus/safetensors"};
     int seen = 0;
     for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", check_shared_dir(), dirs[d]);
+        snprintf(path, sizeof path, "%s/%s", check_data_dir(), dirs[d]);
         DIR *dir = opendir(path);
         CHECK(dir != NULL);
         if (!dir)
@@ -428,7 +429,7 @@ static void test_torch_files(void)
             if (de->d_name[0] == '.' || strstr(de->d_name, ".dis"))
                 continue;
             size_t len;
-            uint8_t *map = shared_file(rel, &len);
+            uint8_t *map = data_file(rel, &len);
             if (!map || len < 4 || memcmp(map, "PK\3\4", 4) != 0) {
                 free(map);
                 continue;
@@ -483,7 +484,7 @@ static void test_picklescan_zips(void)
         char rel[256];
         snprintf(rel, sizeof rel, "corpus/picklescan/%s", cases[i].file);
         size_t len;
-        uint8_t *map = shared_file(rel, &len);
+        uint8_t *map = data_file(rel, &len);
         CHECK(map != NULL);
         if (!map)
             continue;
@@ -835,7 +836,7 @@ static void test_deflate(void)
 static void test_arena_limit(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/views.pt", &len);
+    uint8_t *map = data_file("vectors/views.pt", &len);
     if (!map)
         return;
     ckpt__arena *ar = ckpt__arena_new(&std_alloc, 1024);
@@ -893,7 +894,7 @@ static void test_empty_and_many(void)
 static void test_truncation(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/two.pt", &len);
+    uint8_t *map = data_file("vectors/two.pt", &len);
     if (!map)
         return;
     int ok = 0;
@@ -960,7 +961,7 @@ static void flip_test(const uint8_t *orig, size_t len, int rounds, const char *w
 static void test_flips(void)
 {
     size_t len;
-    uint8_t *map = shared_file("spec/vectors/two.pt", &len);
+    uint8_t *map = data_file("vectors/two.pt", &len);
     if (map)
         flip_test(map, len, 3000, "two.pt");
     free(map);

@@ -3379,7 +3379,7 @@ static const struct pickle_case {
      "pace, ()).state({'lr': 0.10000000000000001, 'arch': 'lin'}), 'device': <torch.device>call(@"
      "torch.device, ('cpu')), 'size': <torch.Size>(2, 3), 'raw': b'\134x00\134xff', 'tags': set{1"
      ", 2}, 'z': complex(1, 2)}"},
-    /* data.pkl of spec/vectors/checkpoint.pt */
+    /* data.pkl of tests/data/vectors/checkpoint.pt */
     {"vec_checkpoint",
      "\200\002}q\000(X\005\000\000\000epochq\001K\005X\004\000\000\000archq\002X\010\000\000\000r"
      "esnet18q\003X\012\000\000\000state_dictq\004ccollections\012OrderedDict\012q\005)Rq\006(X"
@@ -3455,7 +3455,7 @@ static const struct pickle_case {
      ".device, ('cuda', 0)), 'dtype': @torch.float16, 'size': <torch.Size>(2, 3), 'lr': 0.1000000"
      "0000000001, 'big': 1099511627776, 'neg': -5, 'flags': [True, None, False], 'bytes': b'abc',"
      " 'set': set{1, 2}, 'tup': (1, 2, 3, 4)}"},
-    /* data.pkl of spec/vectors/views.pt */
+    /* data.pkl of tests/data/vectors/views.pt */
     {"vec_views",
      "\200\002ccollections\012OrderedDict\012q\000)Rq\001(X\004\000\000\000baseq\002ctorch._utils"
      "\012_rebuild_tensor_v2\012q\003((X\007\000\000\000storageq\004ctorch\012FloatStorage\012q"
@@ -3510,7 +3510,7 @@ static const struct pickle_case {
      "', True, True), 'same_again': tensor(float32, [12], [1], 0, '0', False, False), 'expand': t"
      "ensor(float32, [4, 3], [0, 1], 0, '17', False, False), 'big': tensor(uint8, [35000], [2], 0"
      ", '18', False, False)}"},
-    /* data.pkl of spec/vectors/module_sd.pt */
+    /* data.pkl of tests/data/vectors/module_sd.pt */
     {"vec_module_sd",
      "\200\002ccollections\012OrderedDict\012q\000)Rq\001(X\011\000\000\000fc.weightq\002ctorch._"
      "utils\012_rebuild_tensor_v2\012q\003((X\007\000\000\000storageq\004ctorch\012FloatStorage"
@@ -3535,7 +3535,7 @@ static const struct pickle_case {
      "nsor(float32, [2], [1], 0, '5', False, False), 'bn.num_batches_tracked': tensor(int64, [], "
      "[], 0, '6', False, False)}@{'_metadata': <collections.OrderedDict>{'': {'version': 1}, 'fc'"
      ": {'version': 1}, 'bn': {'version': 2}}}"},
-    /* data.pkl of spec/vectors/two.pt */
+    /* data.pkl of tests/data/vectors/two.pt */
     {"vec_two",
      "\200\002ccollections\012OrderedDict\012q\000)Rq\001(X\006\000\000\000weightq\002ctorch._uti"
      "ls\012_rebuild_tensor_v2\012q\003((X\007\000\000\000storageq\004ctorch\012FloatStorage\012q"
@@ -3546,7 +3546,7 @@ static const struct pickle_case {
      235,
      "<collections.OrderedDict>{'weight': tensor(float32, [2, 3], [3, 1], 0, '0', False, False), "
      "'bias': tensor(float32, [2], [1], 0, '1', False, False)}"},
-    /* data.pkl of spec/vectors/cwriter_2x_layout.pt */
+    /* data.pkl of tests/data/vectors/cwriter_2x_layout.pt */
     {"vec_cwriter_2x_layout",
      "\200\002ccollections\012OrderedDict\012)R(X\006\000\000\000weightctorch._utils\012_rebuild_"
      "tensor_v2\012((X\007\000\000\000storagectorch\012FloatStorage\012X\001\000\000\0000X\003"
