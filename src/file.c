@@ -275,8 +275,12 @@ static int legacy_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **
             return CKPT_CORRUPT(err, "view '%s' runs past the end of storage '%s'", vkey, key);
         if (!(vs = storage_new(f, vkey, root->dtype, vn, err)))
             return err ? err->status : CKPT_ECORRUPT;
-        vs->base = root;
+        /* A view of a view is a view of the same root, its offsets added: a chain of them,
+         * which a hostile file can make as long as it likes, never needs walking. */
+        vs->base = root->base ? root->base : root;
         vs->base_offset = off * ckpt_dtype_size(root->dtype);
+        if (root->base) /* inside root, so inside root->base: no overflow */
+            vs->base_offset += root->base_offset;
         if ((rc = ckpt__storage_register(f, vs, err)))
             return rc;
     }
@@ -639,8 +643,10 @@ int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err)
     }
     ckpt_file *f = s->file;
     int rc;
-    if (s->base) {
+    if (s->base) { /* a root: views of views are flattened when they are made */
         const uint8_t *b = NULL;
+        if (s->base->base)
+            return CKPT_CORRUPT(err, "storage '%s' is a view of a view", s->key);
         if ((rc = ckpt__storage_bytes(s->base, &b, err)))
             return rc;
         s->data = b + s->base_offset;

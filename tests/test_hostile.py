@@ -1,0 +1,214 @@
+#!/usr/bin/python3
+"""
+test_hostile.py - hostile files whose cost is chosen by the attacker (issue 9): each one must end
+in the right answer or in the exit-2 contract (nothing on stdout, one `ckpt: error: FILE: ...`
+line), within a generous time limit and under a 1 GiB address-space limit.
+
+Every file is made here, with Python's pickle/zipfile (and torch where torch decides what the
+right answer is):
+
+  * a legacy checkpoint whose view storages form a chain of 3*10^5 views (each a view of the
+    previous one): reading the last view must not recurse once per link; a short chain is
+    checked against torch.load for the values;
+  * dict keys chosen to collide in an unkeyed hash, against a control of random keys;
+  * DEFLATE bombs: a data.pkl or data/N record whose inflated size is far beyond what the
+    tensors need or the --max-alloc limit;
+  * a safetensors header with a million tensors;
+  * zips with duplicate entry names (data.pkl, data/0);
+  * FIFOs and directories as file arguments, and extract onto a non-regular destination;
+  * empty tensors whose other sizes multiply past 2^63.
+
+The address-space limit is set in a preexec_fn; sanitizer builds reserve terabytes of shadow
+memory, so there the peak RSS reported by wait4 is checked instead.
+"""
+
+import collections
+import hashlib
+import io
+import os
+import pickle
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import zipfile
+import zlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckpt_testlib as L  # noqa: E402
+
+LIMIT_AS = 1 << 30      # bytes of address space a hostile file may make ckpt use
+TIMEOUT = 20.0          # seconds: generous, the point is "not minutes, not forever"
+
+
+def _sanitized():
+    try:
+        p = subprocess.run(["ldd", L.CKPT_BIN], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        return b"libasan" in p.stdout or b"libubsan" in p.stdout
+    except OSError:
+        return False
+
+
+SANITIZED = _sanitized()
+
+
+def _limit():
+    if not SANITIZED:
+        resource.setrlimit(resource.RLIMIT_AS, (LIMIT_AS, LIMIT_AS))
+
+
+def run_limited(args, timeout=TIMEOUT, stdin=subprocess.DEVNULL):
+    """Run ckpt under the limits. Returns (rc, stdout, stderr, seconds, max_rss_bytes)."""
+    cmd = [L.CKPT_BIN] + [str(a) for a in args]
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin,
+                         env=L.RUN_ENV, preexec_fn=_limit)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return L.TIMED_OUT, out.decode(errors="replace"), err.decode(errors="replace"), \
+            time.time() - t0, 0
+    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN's running maximum,
+    # which is an upper bound for this child (every earlier child passed the same bound).
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return p.returncode, out.decode("utf-8", "surrogateescape"), \
+        err.decode("utf-8", "surrogateescape"), time.time() - t0, rss
+
+
+class HostileCase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        L.require_bin()
+        cls.tmp = tempfile.mkdtemp(prefix="ckpt-hostile-")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def run_ok(self, args, what=""):
+        rc, out, err, secs, rss = run_limited(args)
+        self.assertEqual(rc, 0, "%s ckpt %s: exit %r in %.1f s, stderr: %s"
+                         % (what, " ".join(map(str, args)), rc, secs, err[:600]))
+        self.assertLess(rss, LIMIT_AS, "%s: peak RSS %d bytes" % (what, rss))
+        return out, err, secs
+
+    def run_error(self, args, path, what="", expect=None):
+        """The exit-2 contract; expect: a substring the one error line must contain."""
+        rc, out, err, secs, rss = run_limited(args)
+        L.check_clean_error(self, rc, out, err, path, "%s (ckpt %s)" % (what, " ".join(
+            map(str, args))))
+        self.assertLess(rss, LIMIT_AS, "%s: peak RSS %d bytes" % (what, rss))
+        if expect:
+            self.assertIn(expect, err, what)
+        return err, secs
+
+
+# ---- pickles with persistent ids -----------------------------------------------------------
+
+class StorageRef(object):
+    """A persistent id to write: pickled as BINPERSID of `pid`."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+
+class Rebuild(object):
+    """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, tuple(size), tuple(stride), False,
+                     collections.OrderedDict())
+
+    def __reduce__(self):
+        import torch._utils
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class PidPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return obj.pid if isinstance(obj, StorageRef) else None
+
+
+def dumps_pid(obj, protocol=2):
+    b = io.BytesIO()
+    PidPickler(b, protocol=protocol).dump(obj)
+    return b.getvalue()
+
+
+LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+def legacy_file(path, obj, blobs):
+    """torch's legacy format: magic, protocol 1001, sys_info, obj, key list, then per key an
+    int64 element count and the bytes. blobs: [(key, numel, bytes)] in file order."""
+    sys_info = dict(protocol_version=1001, little_endian=True,
+                    type_sizes=dict(short=2, int=4, long=4))
+    with open(path, "wb") as fh:
+        for part in (LEGACY_MAGIC, 1001, sys_info):
+            fh.write(pickle.dumps(part, protocol=2))
+        fh.write(dumps_pid(obj))
+        fh.write(pickle.dumps([k for k, _, _ in blobs], protocol=2))
+        for _, numel, data in blobs:
+            fh.write(struct.pack("<q", numel))
+            fh.write(data)
+
+
+def view_chain(path, links, numel=4):
+    """A float32 root of links + numel elements (value i at index i); view k (1..links) is
+    elements [1, ...) of view k-1 (view 0 is the root), so view `links` starts at element
+    `links`. The object: {'chain': [every view], 'w': a tensor of numel elements over the last
+    view}. Returns the expected float values of 'w'."""
+    import torch
+    total = links + numel
+    refs = []
+    for k in range(1, links + 1):
+        refs.append(StorageRef(("storage", torch.FloatStorage, "v%d" % (k - 1), "cpu",
+                                total - (k - 1), ("v%d" % k, 1, total - k))))
+    obj = collections.OrderedDict()
+    obj["chain"] = refs
+    obj["w"] = Rebuild(refs[-1], 0, (numel,), (1,))
+    legacy_file(path, obj, [("v0", total, struct.pack("<%df" % total, *range(total)))])
+    return [float(links + i) for i in range(numel)]
+
+
+class TestViewChains(HostileCase):
+    def test_short_chain_agrees_with_torch(self):
+        import torch
+        p = self.path("chain_short.pt")
+        want = view_chain(p, 50)
+        got = torch.load(p)["w"]
+        self.assertEqual(got.tolist(), want)          # the construction means what torch says
+        doc = L.parse_json(self, self.run_ok(["tensors", "--json", "--sha256", p])[0], p)
+        (w,) = [t for t in doc["tensors"] if t["path"] == ["w"]]
+        self.assertEqual(w["sha256"], L.tensor_sha256(got))
+
+    def test_long_chain(self):
+        import torch
+        p = self.path("chain_long.pt")
+        links = 300000
+        want = view_chain(p, links)
+        sha = L.tensor_sha256(torch.tensor(want, dtype=torch.float32))
+        doc = L.parse_json(self, self.run_ok(["tensors", "--json", "--sha256", p])[0], p)
+        (w,) = [t for t in doc["tensors"] if t["path"] == ["w"]]
+        self.assertEqual(w["sha256"], sha)
+        out = self.path("chain_long_out.safetensors")
+        for args in (["check", p], ["extract", p, "-o", out, "--no-check", "--force"],
+                     ["diff", p, p], ["inspect", p], ["scan", p]):
+            rc, so, se, secs, rss = run_limited(args)
+            self.assertIn(rc, (0, 1, 2), "ckpt %s: exit %r, stderr: %s" % (args, rc, se[:600]))
+            self.assertLess(rss, LIMIT_AS)
+            if rc == 2:
+                L.check_clean_error(self, rc, so, se, p, " ".join(args))
+
+
+if __name__ == "__main__":
+    L.main("test_hostile")
