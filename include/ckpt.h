@@ -174,6 +174,11 @@ CKPT_API const char *ckpt_format_name(ckpt_format fmt);
  * opt may be NULL for the defaults. */
 CKPT_API int ckpt_open(const char *path, const ckpt_options *opt, ckpt_file **out,
                        ckpt_error *err);
+/* Open path for reading the way ckpt_open does, for the other files a program reads (label
+ * lists, ...): anything but a regular file is refused without blocking on it (CKPT_EIO, "is a
+ * FIFO, not a regular file", "is a directory"). On success *fd is the caller's to close and
+ * *size is the file's size. */
+CKPT_API int ckpt_open_input(const char *path, int *fd, uint64_t *size, ckpt_error *err);
 /* Free everything parsed from f and unmap it. NULL is a no-op. */
 CKPT_API void ckpt_close(ckpt_file *f);
 

@@ -496,9 +496,27 @@ static int open_pickle(ckpt_file *f, ckpt_error *err)
 
 /* ---- open and close ---------------------------------------------------------------------- */
 
+/* Why a file that is not regular cannot be read: "is a FIFO, not a regular file". */
+static const char *not_regular(mode_t m)
+{
+    if (S_ISDIR(m))
+        return "is a directory";
+    if (S_ISFIFO(m))
+        return "is a FIFO, not a regular file";
+    if (S_ISCHR(m))
+        return "is a character device, not a regular file";
+    if (S_ISBLK(m))
+        return "is a block device, not a regular file";
+    if (S_ISSOCK(m))
+        return "is a socket, not a regular file";
+    return "is not a regular file";
+}
+
 int ckpt__open_regular(const char *path, int *fd_out, uint64_t *size, ckpt_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever,
+     * before fstat could say what it is (and a tty's open could take the terminal). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(errno));
     struct stat st;
@@ -509,12 +527,24 @@ int ckpt__open_regular(const char *path, int *fd_out, uint64_t *size, ckpt_error
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return CKPT_FAIL(err, CKPT_EIO, S_ISDIR(st.st_mode) ? "is a directory"
-                                                            : "not a regular file");
+        return CKPT_FAIL(err, CKPT_EIO, "%s", not_regular(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(e));
     }
     *fd_out = fd;
     *size = (uint64_t)st.st_size;
     return CKPT_OK;
+}
+
+int ckpt_open_input(const char *path, int *fd, uint64_t *size, ckpt_error *err)
+{
+    if (!path || !fd || !size)
+        return CKPT_FAIL(err, CKPT_EINVAL, "no path or no place for the result");
+    return ckpt__open_regular(path, fd, size, err);
 }
 
 int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err)
