@@ -210,5 +210,77 @@ class TestViewChains(HostileCase):
                 L.check_clean_error(self, rc, so, se, p, " ".join(args))
 
 
+# ---- FIFOs, directories and devices as file arguments ---------------------------------------
+
+class TestNotRegular(HostileCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        import torch
+        import torchvision
+        torch.manual_seed(0)
+        cls.small = os.path.join(cls.tmp, "small.pt")
+        torch.save({"w": torch.arange(6, dtype=torch.float32)}, cls.small)
+        cls.r18 = os.path.join(cls.tmp, "r18.pth")
+        torch.save(torchvision.models.resnet18().state_dict(), cls.r18)
+        cls.fifo = os.path.join(cls.tmp, "fifo.pt")
+        os.mkfifo(cls.fifo)
+        cls.dir = os.path.join(cls.tmp, "adir.pt")
+        os.mkdir(cls.dir)
+        from PIL import Image
+        cls.img = os.path.join(cls.tmp, "img.png")
+        Image.new("RGB", (32, 32), (200, 10, 10)).save(cls.img)
+
+    def test_checkpoint_fifo(self):
+        for cmd in (["inspect"], ["tensors", "--sha256"], ["scan"], ["check"]):
+            self.run_error(cmd + [self.fifo], self.fifo, " ".join(cmd),
+                           expect="is a FIFO, not a regular file")
+
+    def test_checkpoint_directory(self):
+        self.run_error(["inspect", self.dir], self.dir, "inspect", expect="is a directory")
+
+    def test_checkpoint_device(self):
+        self.run_error(["inspect", "/dev/zero"], "/dev/zero", "inspect",
+                       expect="is a character device, not a regular file")
+
+    def test_against_fifo(self):
+        self.run_error(["check", self.small, "--against", self.fifo], self.fifo, "--against",
+                       expect="is a FIFO, not a regular file")
+
+    def test_image_fifo(self):
+        rc, out, err, secs, rss = run_limited(["run", self.r18, self.fifo])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("is a FIFO, not a regular file", err)
+        # the same run with a real image works: the FIFO is what was refused
+        self.run_ok(["run", self.r18, self.img])
+
+    def test_labels_fifo(self):
+        rc, out, err, secs, rss = run_limited(["run", self.r18, self.img, "--labels", self.fifo])
+        L.check_clean_error(self, rc, out, err, self.fifo, "--labels")
+        self.assertIn("is a FIFO, not a regular file", err)
+        rc, out, err, secs, rss = run_limited(["run", self.r18, self.img, "--labels", self.dir])
+        L.check_clean_error(self, rc, out, err, self.dir, "--labels")
+        self.assertIn("is a directory", err)
+
+    def test_extract_onto_fifo(self):
+        out_fifo = self.path("out_fifo.safetensors")
+        os.mkfifo(out_fifo)
+        rc, out, err, secs, rss = run_limited(["extract", self.small, "-o", out_fifo,
+                                               "--no-check", "--force"])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("not a regular file", err)
+        self.assertTrue(stat_is_fifo(out_fifo), "the FIFO was replaced")
+        # a regular file is still replaced with --force
+        reg = self.path("out_reg.safetensors")
+        open(reg, "wb").close()
+        self.run_ok(["extract", self.small, "-o", reg, "--no-check", "--force"])
+        self.assertGreater(os.path.getsize(reg), 0)
+
+
+def stat_is_fifo(p):
+    import stat
+    return stat.S_ISFIFO(os.lstat(p).st_mode)
+
+
 if __name__ == "__main__":
     L.main("test_hostile")
