@@ -188,7 +188,7 @@ static int index_data_records(ckpt_file *f, ckpt_error *err)
         if (strncmp(name, f->zip_root, root_len) != 0 || strncmp(name + root_len, "/data/", 6))
             continue;
         long long k = decimal_key(name + root_len + 6, n);
-        if (k >= 0 && !f->data_by_num[k]) /* the first of duplicate names, as ckpt__zip_find */
+        if (k >= 0 && !f->data_by_num[k]) /* (duplicate names were refused by the zip layer) */
             f->data_by_num[k] = &f->zip.entries[i];
     }
     return CKPT_OK;

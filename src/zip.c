@@ -217,8 +217,15 @@ static int index_build(ckpt__arena *ar, ckpt__zip *z, ckpt_error *err)
                 s->entry = (uint32_t)i + 1;
                 break;
             }
-            if (s->hash == (uint32_t)h && names_equal(z->entries[s->entry - 1].name, name))
-                break; /* a duplicate: the first one stays */
+            if (s->hash == (uint32_t)h && names_equal(z->entries[s->entry - 1].name, name)) {
+                /* torch 1.13 reads one copy or the other depending on the layout: refuse
+                 * rather than show weights that are not the ones torch.load would use */
+                shown_name b;
+                return CKPT_CORRUPT(err, "zip: entry '%s' appears more than once%s", show(&b, name),
+                                    strcmp(z->entries[s->entry - 1].name, name)
+                                        ? " (names differing only in case are the same name)"
+                                        : "");
+            }
         }
     }
     z->index = ix;

@@ -282,5 +282,48 @@ def stat_is_fifo(p):
     return stat.S_ISFIFO(os.lstat(p).st_mode)
 
 
+# ---- duplicate zip entry names --------------------------------------------------------------
+
+class TestDuplicateEntries(HostileCase):
+    def make(self, name, dup_of, data):
+        """A torch.save zip with a second entry named like `dup_of` (root/...) appended."""
+        import torch
+        import warnings
+        p = self.path(name)
+        torch.save({"w": torch.arange(4, dtype=torch.float32)}, p)
+        with zipfile.ZipFile(p) as z:
+            root = z.namelist()[0].split("/")[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # "Duplicate name": allowed, on purpose
+            with zipfile.ZipFile(p, "a") as z:
+                z.writestr(root + "/" + dup_of, data)
+        with zipfile.ZipFile(p) as z:              # the duplicate is really there
+            names = z.namelist()
+            self.assertEqual(sum(n.lower() == (root + "/" + dup_of).lower() for n in names), 2)
+        return p, root
+
+    def test_duplicate_data_pkl(self):
+        p, root = self.make("dup_pkl.pt", "data.pkl", pickle.dumps({"w": 1}, protocol=2))
+        for cmd in (["inspect"], ["tensors", "--sha256"], ["scan"], ["check"]):
+            self.run_error(cmd + [p], p, " ".join(cmd),
+                           expect="entry '%s/data.pkl' appears more than once" % root)
+
+    def test_duplicate_data_0(self):
+        p, root = self.make("dup_data0.pt", "data/0", struct.pack("<4f", 9, 9, 9, 9))
+        for cmd in (["inspect"], ["tensors", "--sha256"], ["scan"]):
+            self.run_error(cmd + [p], p, " ".join(cmd),
+                           expect="entry '%s/data/0' appears more than once" % root)
+
+    def test_duplicate_in_case_only(self):
+        p, root = self.make("dup_case.pt", "DATA.PKL", pickle.dumps({"w": 1}, protocol=2))
+        self.run_error(["inspect", p], p, "inspect", expect="appears more than once")
+
+    def test_control_without_duplicate(self):
+        import torch
+        p = self.path("nodup.pt")
+        torch.save({"w": torch.arange(4, dtype=torch.float32)}, p)
+        self.run_ok(["tensors", "--sha256", p])
+
+
 if __name__ == "__main__":
     L.main("test_hostile")

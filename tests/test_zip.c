@@ -296,6 +296,14 @@ static void test_python_cases(void)
         ckpt__zip z;
         ckpt_error err;
         int rc = open_zip(map, k->len, &ar, &z, &err);
+        if (strcmp(k->what, "duplicates") == 0) {
+            /* names alike (up to ASCII case): torch 1.13 may read another copy than ckpt */
+            CHECK_EQ_INT(rc, CKPT_ECORRUPT);
+            check_msg(&err, "zip: entry 'dup/X' appears more than once");
+            ckpt__arena_free(ar);
+            free(map);
+            continue;
+        }
         CHECK_OK(rc, err);
         if (rc != CKPT_OK) {
             fprintf(stderr, "  in case %s\n", k->what);
