@@ -25,64 +25,38 @@
 #define ZIP_VERSION_MAX 10
 #define MAX_KEY_LEN 4096   /* a storage key longer than this is not something torch wrote */
 
-/* ---- storage index: key -> storage (open addressing, arena-backed) ---------------------- */
+/* ---- storage index: key -> storage (the keyed hash index over f->storages) -------------- */
 
-typedef struct storage_index {
-    size_t cap; /* power of two */
-    ckpt_storage **slots;
-} storage_index;
-
-static uint64_t key_hash(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ull;
-    }
-    return h ^ (h >> 29);
-}
+#define SEED_STORAGE_KEY 0x5354
 
 static ckpt_storage *storage_find(const ckpt_file *f, const char *key)
 {
-    const storage_index *ix = f->storage_index;
-    if (!ix)
-        return NULL;
-    for (size_t j = key_hash(key) & (ix->cap - 1); ix->slots[j]; j = (j + 1) & (ix->cap - 1))
-        if (strcmp(ix->slots[j]->key, key) == 0)
-            return ix->slots[j];
+    uint64_t h = ckpt__hash(key, strlen(key), SEED_STORAGE_KEY);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&f->storage_index, h, &pos); it;
+         it = ckpt__hindex_next(&f->storage_index, h, &pos))
+        if (strcmp(f->storages[it - 1]->key, key) == 0)
+            return f->storages[it - 1];
     return NULL;
-}
-
-static void index_put(storage_index *ix, ckpt_storage *s)
-{
-    size_t j = key_hash(s->key) & (ix->cap - 1);
-    while (ix->slots[j])
-        j = (j + 1) & (ix->cap - 1);
-    ix->slots[j] = s;
 }
 
 /* Add a new storage (the key must not be present). */
 int ckpt__storage_register(ckpt_file *f, ckpt_storage *s, ckpt_error *err)
 {
-    storage_index *ix = f->storage_index;
     if (f->n_storages == f->cap_storages) {
         size_t ncap = f->cap_storages ? f->cap_storages * 2 : 16;
         ckpt_storage **v = ckpt__arena_grow(f->arena, f->storages,
                                             f->cap_storages * sizeof *v, ncap * sizeof *v);
-        storage_index *nix = v ? ckpt__arena_alloc(f->arena, sizeof *nix) : NULL;
-        ckpt_storage **slots = nix ? ckpt__arena_alloc(f->arena, ncap * 2 * sizeof *slots) : NULL;
-        if (!slots)
+        if (!v)
             return ckpt__arena_error(f->arena, err);
         f->storages = v;
         f->cap_storages = ncap;
-        nix->cap = ncap * 2;
-        nix->slots = slots;
-        for (size_t k = 0; k < f->n_storages; k++)
-            index_put(nix, f->storages[k]);
-        f->storage_index = ix = nix;
     }
+    if (ckpt__hindex_add(f->arena, &f->storage_index,
+                         ckpt__hash(s->key, strlen(s->key), SEED_STORAGE_KEY),
+                         f->n_storages) != 0)
+        return ckpt__arena_error(f->arena, err);
     f->storages[f->n_storages++] = s;
-    index_put(ix, s);
     return CKPT_OK;
 }
 

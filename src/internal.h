@@ -30,6 +30,24 @@ int ckpt__error_set(ckpt_error *err, int status, const char *src_file, int src_l
 #define ckpt__mul_overflow(a, b, out) __builtin_mul_overflow((a), (b), (out))
 #define ckpt__add_overflow(a, b, out) __builtin_add_overflow((a), (b), (out))
 
+/* Products of sizes that are known not to overflow would still be UB in int64_t when they
+ * do: the checked product of n int64 sizes, false on overflow (or a negative size). */
+static inline bool ckpt__mul_sizes(const int64_t *sizes, int n, int64_t *out)
+{
+    int64_t p = 1;
+    bool zero = false;
+    for (int k = 0; k < n; k++) {
+        if (sizes[k] < 0)
+            return false;
+        if (sizes[k] == 0)
+            zero = true;
+        else if (!zero && ckpt__mul_overflow(p, sizes[k], &p))
+            return false;
+    }
+    *out = zero ? 0 : p;
+    return true;
+}
+
 /* ---- allocation --------------------------------------------------------------------------- */
 
 typedef struct ckpt__alloc {
@@ -60,6 +78,40 @@ bool ckpt__arena_over_limit(const ckpt__arena *ar); /* the last NULL was the lim
 /* The right error for an arena allocation that returned NULL. */
 int ckpt__arena_error(const ckpt__arena *ar, ckpt_error *err);
 
+/* ---- keyed hashing and the hash index (hash.c) --------------------------------------------- */
+
+/* SipHash-1-3 under a per-process random key: what a file's author cannot aim collisions at.
+ * seed separates kinds of keys. Streaming: init, add bytes, end (end does not consume). */
+typedef struct ckpt__hasher {
+    uint64_t v[4], m;
+    size_t n;
+} ckpt__hasher;
+void ckpt__hasher_init(ckpt__hasher *h, uint64_t seed);
+void ckpt__hasher_byte(ckpt__hasher *h, uint8_t b);
+void ckpt__hasher_add(ckpt__hasher *h, const void *p, size_t n);
+void ckpt__hasher_u64(ckpt__hasher *h, uint64_t x);
+uint64_t ckpt__hasher_end(const ckpt__hasher *h);
+uint64_t ckpt__hash(const void *p, size_t n, uint64_t seed);
+uint64_t ckpt__hash_u64(uint64_t x, uint64_t seed);
+
+/* An index over items kept in the caller's array (item i is stored as i + 1): open addressing,
+ * at most half full, slots from the arena. Zero-initialised is empty. */
+typedef struct ckpt__hslot {
+    uint32_t hash; /* low bits of the item's hash */
+    uint32_t item; /* index + 1; 0: an empty slot */
+} ckpt__hslot;
+typedef struct ckpt__hindex {
+    ckpt__hslot *slots;
+    size_t mask, len;
+} ckpt__hindex;
+/* Candidates for hash h, as item index + 1 (0: no more); the caller compares the keys. */
+size_t ckpt__hindex_first(const ckpt__hindex *ix, uint64_t h, size_t *pos);
+size_t ckpt__hindex_next(const ckpt__hindex *ix, uint64_t h, size_t *pos);
+/* Add item (not already present) with hash h; 0, or -1 when the arena is out (its error). */
+int ckpt__hindex_add(ckpt__arena *ar, ckpt__hindex *ix, uint64_t h, size_t item);
+/* Make room for n items in all, so that adding them does not grow the table. */
+int ckpt__hindex_reserve(ckpt__arena *ar, ckpt__hindex *ix, size_t n);
+
 /* ---- values ------------------------------------------------------------------------------- */
 
 ckpt_value *ckpt__value_new(ckpt__arena *ar, ckpt_type t);
@@ -82,8 +134,7 @@ bool ckpt__global_is(const ckpt_value *v, const char *module, const char *name);
 typedef struct ckpt__globals {
     ckpt_global_ref *items;
     size_t len, cap;
-    uint32_t *slots; /* hash index over items: 0 empty, else index + 1 */
-    size_t n_slots;  /* power of two, at least twice len */
+    ckpt__hindex index; /* over items */
 } ckpt__globals;
 
 /* Record one occurrence; module is normalised to Python 3 spelling by the caller. */
@@ -205,7 +256,7 @@ struct ckpt_file {
     ckpt__globals globals;
     ckpt_storage **storages; /* distinct storages, in order of first reference */
     size_t n_storages, cap_storages;
-    void *storage_index;     /* internal: key -> storage */
+    ckpt__hindex storage_index; /* key -> storage */
     /* zip: <root>/data/<n> records by n, for the decimal keys torch writes ("0".."N-1"), so
      * that binding a storage needs no name formatting or hashing; others use ckpt__zip_find */
     const ckpt__zip_entry **data_by_num;

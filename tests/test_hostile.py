@@ -325,5 +325,54 @@ class TestDuplicateEntries(HostileCase):
         self.run_ok(["tensors", "--sha256", p])
 
 
+# ---- keys chosen to collide ----------------------------------------------------------------
+
+M64 = (1 << 64) - 1
+FMIX_C1, FMIX_C2 = 0xff51afd7ed558ccd, 0xc4ceb9fe1a85ec53
+
+
+def unfmix64(h):
+    """Inverse of MurmurHash3's fmix64 (the unkeyed int hash ckpt's dicts used)."""
+    h ^= h >> 33
+    h = (h * pow(FMIX_C2, -1, 1 << 64)) & M64
+    h ^= h >> 33
+    h = (h * pow(FMIX_C1, -1, 1 << 64)) & M64
+    h ^= h >> 33
+    return h
+
+
+def as_int64(u):
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+class TestCollidingKeys(HostileCase):
+    N = 150000
+
+    def dict_file(self, name, keys):
+        p = self.path(name)
+        with open(p, "wb") as fh:
+            fh.write(pickle.dumps(dict.fromkeys(keys, 0), protocol=2))
+        return p
+
+    def test_int_keys(self):
+        # fmix64(k ^ 0x1234567) has its low 20 bits zero: one probe chain in any table of up
+        # to 2^20 slots under the old hash
+        bad = [as_int64(unfmix64(j << 20) ^ 0x1234567) for j in range(1, self.N + 1)]
+        self.assertEqual(len(set(bad)), self.N)
+        import random
+        rnd = random.Random(9)
+        good = [as_int64(rnd.getrandbits(64)) for _ in range(self.N)]
+        p_bad, p_good = self.dict_file("keys_bad.pkl", bad), self.dict_file("keys_good.pkl", good)
+        for cmd in (["inspect", "--json"], ["scan"]):
+            _, _, t_good = self.run_ok(cmd + [p_good], "control")
+            out, _, t_bad = self.run_ok(cmd + [p_bad], "colliding keys")
+            # generous: the point is linear, not quadratic (which took > 20 s)
+            self.assertLess(t_bad, 10 * t_good + 3.0,
+                            "%s: colliding keys %.1f s, random keys %.1f s" % (cmd, t_bad, t_good))
+        doc = L.parse_json(self, self.run_ok(["inspect", "--json", p_bad])[0], p_bad)
+        got = [it["key_node"]["value"] for it in doc["root"]["items"]]
+        self.assertEqual(got, bad)                    # every key kept, in order
+
+
 if __name__ == "__main__":
     L.main("test_hostile")
