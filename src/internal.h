@@ -75,6 +75,8 @@ char *ckpt__arena_strdup(ckpt__arena *ar, const char *s);
 char *ckpt__arena_printf(ckpt__arena *ar, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t ckpt__arena_used(const ckpt__arena *ar);
 bool ckpt__arena_over_limit(const ckpt__arena *ar); /* the last NULL was the limit, not malloc */
+/* "1 GiB", "3 MiB", "1000 bytes": a limit or a claimed size, for messages (buf: 32 bytes). */
+const char *ckpt__size_str(char buf[32], uint64_t n);
 /* The right error for an arena allocation that returned NULL. */
 int ckpt__arena_error(const ckpt__arena *ar, ckpt_error *err);
 
@@ -201,7 +203,8 @@ int ckpt__zip_place(const uint8_t *map, uint64_t size, ckpt__zip_entry *e, ckpt_
 const ckpt__zip_entry *ckpt__zip_find(const ckpt__zip *z, const char *name);
 /* The entry's bytes: STORED ones in place (*owned = NULL), DEFLATE ones inflated with zlib into
  * a buffer from `a` (*owned = it; free with ckpt__free(a, owned, e->usize)), refusing more
- * than max_inflate bytes or a size other than usize. */
+ * than max_inflate bytes (CKPT_ELIMIT naming --max-inflate), a size DEFLATE cannot expand
+ * csize to, or a size other than usize -- before allocating. */
 int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
                    const ckpt__alloc *a, uint64_t max_inflate, const uint8_t **data,
                    void **owned, ckpt_error *err);
