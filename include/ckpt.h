@@ -135,7 +135,7 @@ CKPT_API int ckpt_dtype_from_safetensors(const char *st_name); /* "F32" -> CKPT_
 #define CKPT_DEFAULT_MAX_DEPTH 1000              /* nesting of containers in a pickle */
 #define CKPT_DEFAULT_MAX_MEMO (1u << 22)         /* memo entries in one pickle */
 #define CKPT_DEFAULT_MAX_ALLOC (1024ull << 20)   /* bytes of parsed values, names and shapes */
-#define CKPT_DEFAULT_MAX_INFLATE (64ull << 30)   /* bytes of one decompressed zip entry */
+#define CKPT_DEFAULT_MAX_INFLATE (1024ull << 20) /* bytes of one decompressed zip entry */
 
 /* ---- opening a file ----------------------------------------------------------------------- */
 

@@ -192,6 +192,14 @@ static int zip_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **out
         }
         if (!s->entry)
             return CKPT_CORRUPT(err, "zip: storage '%s' has no record '%s'", key, name);
+        /* torch writes records of exactly the storage's size; a compressed one that would
+         * inflate to more than the storage holds can only be a decompression bomb */
+        if (s->entry->method != 0 && s->entry->usize > s->nbytes) {
+            char have[32], need[32];
+            return CKPT_CORRUPT(err, "zip: compressed record '%s' inflates to %s, more than the "
+                                "%s of storage '%s'", name, ckpt__size_str(have, s->entry->usize),
+                                ckpt__size_str(need, s->nbytes), key);
+        }
         /* torch does not check this and reads out of bounds (PTH_FORMAT.md §1.4); we do. */
         if (s->entry->usize < s->nbytes)
             return CKPT_CORRUPT(err,
@@ -354,6 +362,13 @@ static int open_zip(ckpt_file *f, ckpt_error *err)
     const ckpt__zip_entry *pe = ckpt__zip_find(&f->zip, pname);
     if (!pe)
         return CKPT_CORRUPT(err, "zip: no '%s' record", pname);
+    /* The pickle becomes values in the arena: it may inflate as far as they may grow. */
+    if (pe->method != 0 && pe->usize > f->opt.max_alloc) {
+        char have[32], lim[32];
+        return CKPT_FAIL(err, CKPT_ELIMIT, "zip: '%s' inflates to %s, more than the limit of %s "
+                         "(raise it with --max-alloc)", pe->name, ckpt__size_str(have, pe->usize),
+                         ckpt__size_str(lim, f->opt.max_alloc));
+    }
     if ((rc = ckpt__zip_read(f->map, f->size, pe, &f->alloc, f->opt.max_inflate, &data,
                              &f->pickle_owned, err)))
         return rc;

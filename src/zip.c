@@ -47,6 +47,9 @@
 
 /* ---- limits and record sizes -------------------------------------------------------------- */
 
+#define ZIP_DEFLATE_MAX_RATIO 1032 /* the most DEFLATE can expand, asymptotically */
+#define ZIP_DEFLATE_SLACK 1024     /* and what a short stream may add to that */
+
 #define CKPT__ZIP_MAX_ENTRIES (1u << 20) /* entries in one archive */
 #define ZIP_MAX_COMMENT 65535u           /* the EOCD comment length is a u16 */
 #define ZIP_NAME_SHOWN 120               /* bytes of an entry name quoted in a message */
@@ -579,13 +582,23 @@ int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
         return CKPT_OK;
     }
 
+    /* DEFLATE expands at most 1032:1 (a 258-byte match per two bits): a claim beyond that is
+     * a lie, refused before a byte is allocated for it. */
+    uint64_t most;
+    if (!ckpt__mul_overflow(e->csize, (uint64_t)ZIP_DEFLATE_MAX_RATIO, &most) &&
+        e->usize > most + ZIP_DEFLATE_SLACK)
+        return CKPT_CORRUPT(err, "zip: entry '%s' claims %" PRIu64 " bytes from %" PRIu64
+                            " compressed bytes, more than DEFLATE can expand to",
+                            show(&sn, e->name), e->usize, e->csize);
+    char lim[32], want[32];
     if (e->usize > max_inflate || e->usize > SIZE_MAX)
-        return CKPT_FAIL(err, CKPT_ELIMIT, "zip: entry '%s' inflates to %" PRIu64
-                         " bytes, more than the limit of %" PRIu64,
-                         show(&sn, e->name), e->usize, max_inflate);
+        return CKPT_FAIL(err, CKPT_ELIMIT, "zip: entry '%s' inflates to %s, more than the "
+                         "limit of %s (raise it with --max-inflate)", show(&sn, e->name),
+                         ckpt__size_str(want, e->usize), ckpt__size_str(lim, max_inflate));
     uint8_t *buf = NULL;
     if (e->usize && !(buf = ckpt__malloc(a, (size_t)e->usize)))
-        return CKPT_NOMEM(err);
+        return CKPT_FAIL(err, CKPT_ENOMEM, "zip: out of memory for the %s entry '%s' inflates to",
+                         ckpt__size_str(want, e->usize), show(&sn, e->name));
     int rc = inflate_entry(src, e, buf, err);
     if (rc == CKPT_OK) {
         uint32_t crc = crc32_of(buf, e->usize);

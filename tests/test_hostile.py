@@ -374,5 +374,98 @@ class TestCollidingKeys(HostileCase):
         self.assertEqual(got, bad)                    # every key kept, in order
 
 
+# ---- DEFLATE bombs ----------------------------------------------------------------------------
+
+def bomb_zip(path, entries):
+    """entries: [(name, bytes or (prefix, n_zero_bytes), compress)] written with zipfile;
+    (prefix, n) streams prefix then n zero bytes through DEFLATE (a bomb of n / 1000 bytes)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data, comp in entries:
+            ztype = zipfile.ZIP_DEFLATED if comp else zipfile.ZIP_STORED
+            if isinstance(data, bytes):
+                z.writestr(zipfile.ZipInfo(name), data, compress_type=ztype)
+                continue
+            prefix, n = data
+            zi = zipfile.ZipInfo(name)
+            zi.compress_type = ztype
+            with z.open(zi, "w", force_zip64=True) as w:
+                w.write(prefix)
+                chunk = bytes(16 << 20)
+                while n > 0:
+                    w.write(chunk[:min(n, len(chunk))])
+                    n -= len(chunk)
+
+
+def small_pickle():
+    """data.pkl of {'w': a float32 tensor of 4 elements over storage '0'}."""
+    import torch
+    obj = collections.OrderedDict(w=Rebuild(StorageRef(("storage", torch.FloatStorage, "0", "cpu",
+                                                         4)), 0, (4,), (1,)))
+    return dumps_pid(obj)
+
+
+class TestInflateBounds(HostileCase):
+    def test_pickle_bomb_default_limit(self):
+        p = self.path("bomb_pkl.pt")
+        bomb_zip(p, [("a/data.pkl", (small_pickle(), (1 << 30) + (64 << 20)), True),
+                     ("a/data/0", struct.pack("<4f", 1, 2, 3, 4), False),
+                     ("a/version", b"3\n", False)])
+        self.assertLess(os.path.getsize(p), 2 << 20)        # a 1 MB file
+        for cmd in (["inspect"], ["tensors", "--sha256"], ["check"]):
+            self.run_error(cmd + [p], p, " ".join(cmd), expect="--max-alloc")
+
+    def test_pickle_bomb_lower_limit(self):
+        p = self.path("bomb_pkl_small.pt")
+        bomb_zip(p, [("a/data.pkl", (small_pickle(), 8 << 20), True),
+                     ("a/data/0", struct.pack("<4f", 1, 2, 3, 4), False),
+                     ("a/version", b"3\n", False)])
+        self.run_error(["inspect", "--max-alloc", "4M", p], p, "--max-alloc 4M",
+                       expect="more than the limit of 4 MiB (raise it with --max-alloc)")
+        # raised, it is read (the zeros after STOP are not looked at)
+        self.run_ok(["inspect", "--max-alloc", "64M", p])
+
+    def test_record_bomb(self):
+        # storage '0' holds 16 bytes; its compressed record inflates to 512 MiB
+        p = self.path("bomb_record.pt")
+        bomb_zip(p, [("a/data.pkl", small_pickle(), False),
+                     ("a/data/0", (struct.pack("<4f", 1, 2, 3, 4), 512 << 20), True),
+                     ("a/version", b"3\n", False)])
+        for cmd in (["inspect"], ["tensors", "--sha256"], ["diff", p]):
+            self.run_error(cmd + [p], p, " ".join(cmd),
+                           expect="compressed record 'a/data/0' inflates to")
+
+    def test_lying_size(self):
+        # a compressed record whose directory claims far more than DEFLATE can expand to
+        p = self.path("bomb_lie.pt")
+        bomb_zip(p, [("a/data.pkl", small_pickle(), True),
+                     ("a/data/0", struct.pack("<4f", 1, 2, 3, 4), False),
+                     ("a/version", b"3\n", False)])
+        with open(p, "rb") as fh:
+            data = bytearray(fh.read())
+        with zipfile.ZipFile(p) as z:
+            zi = z.getinfo("a/data.pkl")
+        claimed = zi.compress_size * 2000
+        # local header: usize at +22; central directory entry (name at +46): usize at +24
+        struct.pack_into("<I", data, zi.header_offset + 22, claimed)
+        cd = data.index(b"PK\x01\x02")
+        while data[cd + 46:cd + 46 + len(zi.filename)] != zi.filename.encode():
+            cd = data.index(b"PK\x01\x02", cd + 4)
+        struct.pack_into("<I", data, cd + 24, claimed)
+        with open(p, "wb") as fh:
+            fh.write(bytes(data))
+        self.run_error(["inspect", p], p, "inspect", expect="more than DEFLATE can expand to")
+
+    def test_compressed_control(self):
+        # the same file, compressed honestly, reads with torch's values
+        import torch
+        p = self.path("deflated_ok.pt")
+        bomb_zip(p, [("a/data.pkl", small_pickle(), True),
+                     ("a/data/0", struct.pack("<4f", 1, 2, 3, 4), True),
+                     ("a/version", b"3\n", False)])
+        want = L.tensor_sha256(torch.load(p)["w"])
+        doc = L.parse_json(self, self.run_ok(["tensors", "--json", "--sha256", p])[0], p)
+        self.assertEqual([t["sha256"] for t in doc["tensors"]], [want])
+
+
 if __name__ == "__main__":
     L.main("test_hostile")
