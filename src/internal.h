@@ -26,26 +26,16 @@ int ckpt__error_set(ckpt_error *err, int status, const char *src_file, int src_l
 
 /* ---- checked arithmetic ------------------------------------------------------------------- */
 
-/* Return true on overflow, like the builtins they wrap. */
+/* Return true on overflow, like the builtins they wrap; *out then holds the result modulo
+ * 2^64 (torch's int64 arithmetic wraps so, e.g. for the strides of an empty [0, 2^40, 2^40]:
+ * ckpt__mul_wrap gives that result without signed-overflow UB). */
 #define ckpt__mul_overflow(a, b, out) __builtin_mul_overflow((a), (b), (out))
 #define ckpt__add_overflow(a, b, out) __builtin_add_overflow((a), (b), (out))
-
-/* Products of sizes that are known not to overflow would still be UB in int64_t when they
- * do: the checked product of n int64 sizes, false on overflow (or a negative size). */
-static inline bool ckpt__mul_sizes(const int64_t *sizes, int n, int64_t *out)
+static inline int64_t ckpt__mul_wrap(int64_t a, int64_t b)
 {
-    int64_t p = 1;
-    bool zero = false;
-    for (int k = 0; k < n; k++) {
-        if (sizes[k] < 0)
-            return false;
-        if (sizes[k] == 0)
-            zero = true;
-        else if (!zero && ckpt__mul_overflow(p, sizes[k], &p))
-            return false;
-    }
-    *out = zero ? 0 : p;
-    return true;
+    int64_t r;
+    (void)ckpt__mul_overflow(a, b, &r);
+    return r;
 }
 
 /* ---- allocation --------------------------------------------------------------------------- */

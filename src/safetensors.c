@@ -73,7 +73,9 @@ static int parse_tensor(ckpt_file *f, const char *name, json_t *info, uint64_t d
     int64_t st = 1;
     for (size_t k = ndim; k-- > 0;) {
         stride[k] = st;
-        st *= shape[k] ? shape[k] : 1; /* no overflow: the product of sizes fits */
+        /* as torch computes it: the sizes of an empty tensor may multiply past 2^63, and
+         * torch's strides wrap then ([0, 2^40, 2^40] has strides (0, 2^40, 1)) */
+        st = ckpt__mul_wrap(st, shape[k] ? shape[k] : 1);
     }
     uint64_t nbytes, begin, end;
     if (!json_u64(json_array_get(jo, 0), &begin) || !json_u64(json_array_get(jo, 1), &end) ||
