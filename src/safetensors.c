@@ -15,6 +15,10 @@
 #include <stdlib.h>
 
 #define ST_MAX_HEADER (100u << 20) /* the reference implementation's limit */
+/* Parsing costs up to this many bytes of memory per header byte (jansson's objects: "{}," is
+ * 3 bytes and ~200 bytes once parsed; then ckpt's values). The header may therefore be at most
+ * max_alloc / CKPT_ST_HEADER_COST bytes (8 MiB by default; a header of 10^5 tensors is ~7 MB),
+ * checked before parsing: a 72 MB header of 1.2 M tensors took 3 GB. */
 
 typedef struct st_range {
     uint64_t begin, end;
@@ -117,6 +121,13 @@ int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err)
     if (n > ST_MAX_HEADER || n > f->size - 8)
         return CKPT_CORRUPT(err, "safetensors: header length %llu does not fit the file",
                             (unsigned long long)n);
+    if (n > f->opt.max_alloc / CKPT_ST_HEADER_COST) {
+        char have[32], lim[32];
+        return CKPT_FAIL(err, CKPT_ELIMIT, "safetensors: the header is %s; parsing it may take "
+                         "%llu times that, more than the limit of %s (raise it with --max-alloc)",
+                         ckpt__size_str(have, n), (unsigned long long)CKPT_ST_HEADER_COST,
+                         ckpt__size_str(lim, f->opt.max_alloc));
+    }
     json_error_t jerr;
     json_t *hdr = json_loadb((const char *)f->map + 8, (size_t)n,
                              JSON_REJECT_DUPLICATES, &jerr);

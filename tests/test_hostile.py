@@ -467,5 +467,88 @@ class TestInflateBounds(HostileCase):
         self.assertEqual([t["sha256"] for t in doc["tensors"]], [want])
 
 
+# ---- safetensors headers ------------------------------------------------------------------------
+
+def st_file(path, hdr_bytes, data=b""):
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(hdr_bytes)) + hdr_bytes + data)
+
+
+class TestSafetensorsHeader(HostileCase):
+    def test_million_tensors(self):
+        # 1.2 M empty tensors: a 70 MB header (3 GB of parsed objects before the limit)
+        p = self.path("many.safetensors")
+        one = '"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+        hdr = "{" + ",".join(one % i for i in range(1200000)) + "}"
+        st_file(p, hdr.encode())
+        for cmd in (["inspect"], ["tensors"], ["check"]):
+            self.run_error(cmd + [p], p, " ".join(cmd),
+                           expect="more than the limit of 1 GiB (raise it with --max-alloc)")
+
+    def test_worst_objects_under_limit(self):
+        # just under the default bound, the densest JSON for the parser: 2.8 M empty objects
+        p = self.path("objs.safetensors")
+        n = (8 << 20) // 3 - 10
+        st_file(p, b'{"x":[' + b"{}," * (n - 1) + b"{}]}")
+        self.run_error(["inspect", p], p, "inspect", expect="tensor 'x' lacks dtype")
+
+    def test_ordinary_header_and_limit_option(self):
+        import json
+        import torch
+        p = self.path("ok.safetensors")
+        tensors = {"t%d" % i: torch.full((2,), float(i)) for i in range(2000)}
+        hdr = {k: {"dtype": "F32", "shape": [2], "data_offsets": [8 * i, 8 * i + 8]}
+               for i, k in enumerate(tensors)}
+        st_file(p, json.dumps(hdr).encode(),
+                b"".join(t.numpy().tobytes() for t in tensors.values()))
+        doc = L.parse_json(self, self.run_ok(["tensors", "--json", "--sha256", p])[0], p)
+        self.assertEqual(len(doc["tensors"]), 2000)
+        got = {"/".join(t["path"]): t["sha256"] for t in doc["tensors"]}
+        self.assertEqual(got["t1999"], L.tensor_sha256(tensors["t1999"]))
+        # the same header under a lower limit is refused, naming the option
+        self.run_error(["inspect", "--max-alloc", "1M", p], p, "--max-alloc 1M",
+                       expect="(raise it with --max-alloc)")
+
+
+# ---- sizes whose product overflows --------------------------------------------------------------
+
+class TestEmptyHugeDims(HostileCase):
+    SHAPE = (0, 1 << 40, 1 << 40)
+
+    def check_written(self, src):
+        import torch
+        want = torch.empty(self.SHAPE)
+        for ext in ("pth", "safetensors"):
+            out = self.path("empty_out_%s.%s" % (os.path.basename(src), ext))
+            self.run_ok(["extract", src, "-o", out, "--no-check", "--force"])
+            if ext == "pth":
+                got = torch.load(out)["w"]
+                self.assertEqual(tuple(got.shape), self.SHAPE)
+                self.assertEqual(got.stride(), want.stride())   # torch's (wrapped) strides
+            else:
+                import json
+                with open(out, "rb") as fh:
+                    n = struct.unpack("<Q", fh.read(8))[0]
+                    hdr = json.loads(fh.read(n))
+                self.assertEqual(hdr["w"]["shape"], list(self.SHAPE))
+                self.assertEqual(hdr["w"]["data_offsets"], [0, 0])
+        doc = L.parse_json(self, self.run_ok(["tensors", "--json", "--sha256", src])[0], src)
+        self.assertEqual([t["shape"] for t in doc["tensors"]], [list(self.SHAPE)])
+        self.assertEqual(doc["tensors"][0]["sha256"], L.tensor_sha256(want))
+
+    def test_safetensors(self):
+        p = self.path("empty_huge.safetensors")
+        hdr = {"w": {"dtype": "F32", "shape": list(self.SHAPE), "data_offsets": [0, 0]}}
+        import json
+        st_file(p, json.dumps(hdr).encode())
+        self.check_written(p)
+
+    def test_pth(self):
+        import torch
+        p = self.path("empty_huge.pt")
+        torch.save({"w": torch.empty(self.SHAPE)}, p)
+        self.check_written(p)
+
+
 if __name__ == "__main__":
     L.main("test_hostile")
