@@ -597,8 +597,9 @@ int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
                          ckpt__size_str(want, e->usize), ckpt__size_str(lim, max_inflate));
     uint8_t *buf = NULL;
     if (e->usize && !(buf = ckpt__malloc(a, (size_t)e->usize)))
-        return CKPT_FAIL(err, CKPT_ENOMEM, "zip: out of memory for the %s entry '%s' inflates to",
-                         ckpt__size_str(want, e->usize), show(&sn, e->name));
+        return CKPT_FAIL(err, CKPT_ENOMEM, "zip: entry '%s' inflates to %s, and that much "
+                         "memory cannot be allocated", show(&sn, e->name),
+                         ckpt__size_str(want, e->usize));
     int rc = inflate_entry(src, e, buf, err);
     if (rc == CKPT_OK) {
         uint32_t crc = crc32_of(buf, e->usize);

@@ -434,6 +434,25 @@ class TestInflateBounds(HostileCase):
             self.run_error(cmd + [p], p, " ".join(cmd),
                            expect="compressed record 'a/data/0' inflates to")
 
+    def test_large_record(self):
+        # a storage of 1.1 GiB whose record is honestly compressed (1 MB): over the default
+        # max_inflate, and, raised, more than the address space ckpt is given here
+        import torch
+        n = (1 << 30) + (128 << 20)
+        obj = collections.OrderedDict(w=Rebuild(StorageRef(("storage", torch.ByteStorage, "0",
+                                                             "cpu", n)), 0, (n,), (1,)))
+        p = self.path("large_record.pt")
+        bomb_zip(p, [("a/data.pkl", dumps_pid(obj), False),
+                     ("a/data/0", (b"", n), True),
+                     ("a/version", b"3\n", False)])
+        self.run_error(["tensors", "--sha256", p], p, "default limit",
+                       expect="inflates to 1152 MiB, more than the limit of 1 GiB (raise it "
+                              "with --max-inflate)")
+        if not SANITIZED:
+            self.run_error(["tensors", "--sha256", "--max-inflate", "2G", p], p, "raised",
+                           expect="inflates to 1152 MiB, and that much memory cannot be "
+                                  "allocated")
+
     def test_lying_size(self):
         # a compressed record whose directory claims far more than DEFLATE can expand to
         p = self.path("bomb_lie.pt")
