@@ -57,6 +57,10 @@ typedef struct cli_opt {
  * help, 2 after reporting a usage error. */
 int cli_parse_args(const cli_command *cmd, int argc, char **argv, const cli_opt *opts,
                    const char **pos, int min_pos, int max_pos, int *npos);
+/* The library's limits from --max-alloc, --max-inflate, --max-depth, --max-memo (accepted by
+ * every command through cli_parse_args; 0 fields are the defaults). Pass to ckpt_open and
+ * ckpt_scan. */
+extern ckpt_options cli_limits;
 /* "ckpt: error: MESSAGE" and the usage line on stderr; returns CLI_EXIT_ERROR. */
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cmd_run(int argc, char **argv, const cli_command *self);
 extern const char cmd_run_help[];
@@ -81,9 +82,16 @@ static bool parse_int(const char *s, long min, long max, long *out)
 /* Class names, one per line; a missing file is an error, fewer lines than classes is not. */
 static int read_labels(const char *path, char ***out, size_t *n)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
+    ckpt_error err;
+    int fd;
+    uint64_t size;
+    if (ckpt_open_input(path, &fd, &size, &err) != CKPT_OK) /* no FIFO, device or directory */
+        return cli_error(path, "%s", err.message);
+    FILE *fp = fdopen(fd, "rb");
+    if (!fp) {
+        close(fd);
         return cli_error(path, "cannot open: %s", strerror(errno));
+    }
     char **v = NULL;
     size_t len = 0, cap = 0, total = 0;
     char *line = NULL;

@@ -134,7 +134,7 @@ int cmd_scan(int argc, char **argv, const cli_command *self)
 
     ckpt_scan_result *r = NULL;
     ckpt_error err = {0};
-    if (ckpt_scan(path, NULL, &r, &err) != CKPT_OK)
+    if (ckpt_scan(path, &cli_limits, &r, &err) != CKPT_OK)
         return cli_error_ckpt(path, &err);
 
     bool unsafe = false;

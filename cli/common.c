@@ -13,12 +13,81 @@
 
 /* ---- arguments -------------------------------------------------------------------------- */
 
+ckpt_options cli_limits;
+
+/* The library's limits, accepted by every command (docs/CLI.md): one table, one parser. */
+typedef struct limit_opt {
+    const char *name;
+    const char *arg;
+    uint64_t max;
+    uint64_t dflt;
+} limit_opt;
+
+static const limit_opt limit_opts[] = {
+    {"max-alloc", "SIZE", UINT64_MAX, CKPT_DEFAULT_MAX_ALLOC},
+    {"max-inflate", "SIZE", UINT64_MAX, CKPT_DEFAULT_MAX_INFLATE},
+    {"max-depth", "N", UINT32_MAX, CKPT_DEFAULT_MAX_DEPTH},
+    {"max-memo", "N", UINT32_MAX, CKPT_DEFAULT_MAX_MEMO},
+    {NULL, NULL, 0, 0},
+};
+
+static void set_limit(size_t which, uint64_t v)
+{
+    switch (which) {
+    case 0: cli_limits.max_alloc = v; break;
+    case 1: cli_limits.max_inflate = v; break;
+    case 2: cli_limits.max_depth = (uint32_t)v; break;
+    case 3: cli_limits.max_memo = (uint32_t)v; break;
+    }
+}
+
+/* "64M", "2G", "1048576", "1GiB": binary multiples. */
+static int parse_limit(const cli_command *cmd, const limit_opt *o, const char *s)
+{
+    uint64_t v = 0, mul = 1;
+    const char *p = s;
+    if (!isdigit((unsigned char)*p))
+        return cli_usage_error(cmd, "--%s takes a number, not '%s'", o->name, s);
+    bool over = false;
+    for (; isdigit((unsigned char)*p); p++)
+        over |= __builtin_mul_overflow(v, 10, &v) |
+                __builtin_add_overflow(v, (uint64_t)(*p - '0'), &v);
+    if (*p && o->arg[0] == 'S') {
+        const char *units = "KMGTPE";
+        const char *u = strchr(units, toupper((unsigned char)*p));
+        if (!u)
+            return cli_usage_error(cmd, "--%s: unknown unit in '%s' (K, M, G or T)", o->name, s);
+        for (int k = 0; k <= (int)(u - units); k++)
+            mul *= 1024;
+        p++;
+        if (*p == 'i' || *p == 'I')
+            p++;
+        if (*p == 'B' || *p == 'b')
+            p++;
+    }
+    if (*p)
+        return cli_usage_error(cmd, "--%s takes a number, not '%s'", o->name, s);
+    if (v == 0)
+        return cli_usage_error(cmd, "--%s must be at least 1", o->name);
+    if (over || __builtin_mul_overflow(v, mul, &v) || v > o->max)
+        return cli_usage_error(cmd, "--%s value '%s' is too large (at most %llu)", o->name, s,
+                               (unsigned long long)o->max);
+    set_limit((size_t)(o - limit_opts), v);
+    return -1;
+}
+
 void cli_print_help(const cli_command *cmd, FILE *to)
 {
     fprintf(to, "usage: %s\n\n%c%s.\n", cmd->usage, toupper((unsigned char)cmd->summary[0]),
             cmd->summary + 1);
     if (cmd->help && *cmd->help)
         fprintf(to, "\n%s", cmd->help);
+    fputs("\nLimits on what a file may make ckpt do (every command; SIZE takes K, M, G):\n", to);
+    for (const limit_opt *o = limit_opts; o->name; o++)
+        fprintf(to, "  --%s %s%*s default %llu%s\n", o->name, o->arg,
+                (int)(16 - strlen(o->name) - strlen(o->arg)), "",
+                (unsigned long long)(o->arg[0] == 'S' ? o->dflt >> 30 : o->dflt),
+                o->arg[0] == 'S' ? "G" : "");
 }
 
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
@@ -57,6 +126,18 @@ int cli_parse_args(const cli_command *cmd, int argc, char **argv, const cli_opt 
             return cli_usage_error(cmd, "unknown option '%s'", a);
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const limit_opt *lo = limit_opts;
+        while (lo->name && !(strlen(lo->name) == len && strncmp(lo->name, name, len) == 0))
+            lo++;
+        if (lo->name) {
+            if (!eq && i + 1 >= argc)
+                return cli_usage_error(cmd, "option '--%s' needs a value (%s)", lo->name,
+                                       lo->arg);
+            int rc = parse_limit(cmd, lo, eq ? eq + 1 : argv[++i]);
+            if (rc >= 0)
+                return rc;
+            continue;
+        }
         const cli_opt *o = opts;
         while (o->name && !(strlen(o->name) == len && strncmp(o->name, name, len) == 0))
             o++;
@@ -128,7 +209,7 @@ ckpt_file *cli_open(const char *path)
 {
     ckpt_file *f = NULL;
     ckpt_error err = {0};
-    if (ckpt_open(path, NULL, &f, &err) != CKPT_OK) {
+    if (ckpt_open(path, &cli_limits, &f, &err) != CKPT_OK) {
         cli_error_ckpt(path, &err);
         return NULL;
     }

@@ -135,7 +135,8 @@ CKPT_API int ckpt_dtype_from_safetensors(const char *st_name); /* "F32" -> CKPT_
 #define CKPT_DEFAULT_MAX_DEPTH 1000              /* nesting of containers in a pickle */
 #define CKPT_DEFAULT_MAX_MEMO (1u << 22)         /* memo entries in one pickle */
 #define CKPT_DEFAULT_MAX_ALLOC (1024ull << 20)   /* bytes of parsed values, names and shapes */
-#define CKPT_DEFAULT_MAX_INFLATE (64ull << 30)   /* bytes of one decompressed zip entry */
+#define CKPT_DEFAULT_MAX_INFLATE (1024ull << 20) /* bytes of one decompressed zip entry */
+#define CKPT_ST_HEADER_COST 128                  /* a safetensors header: at most max_alloc/128 */
 
 /* ---- opening a file ----------------------------------------------------------------------- */
 
@@ -152,8 +153,10 @@ typedef void *(*ckpt_alloc_fn)(void *ud, void *ptr, size_t osize, size_t nsize);
 typedef struct ckpt_options {
     uint32_t max_depth;   /* 0: CKPT_DEFAULT_MAX_DEPTH */
     uint32_t max_memo;    /* 0: CKPT_DEFAULT_MAX_MEMO */
-    uint64_t max_alloc;   /* 0: CKPT_DEFAULT_MAX_ALLOC */
-    uint64_t max_inflate; /* 0: CKPT_DEFAULT_MAX_INFLATE */
+    uint64_t max_alloc;   /* 0: CKPT_DEFAULT_MAX_ALLOC; also bounds an inflated data.pkl and,
+                           * divided by CKPT_ST_HEADER_COST, a safetensors header */
+    uint64_t max_inflate; /* 0: CKPT_DEFAULT_MAX_INFLATE; a compressed data/N record is also
+                           * bounded by its storage's size */
     ckpt_alloc_fn alloc;  /* NULL: the C library's realloc/free */
     void *alloc_ud;
 } ckpt_options;
@@ -174,6 +177,11 @@ CKPT_API const char *ckpt_format_name(ckpt_format fmt);
  * opt may be NULL for the defaults. */
 CKPT_API int ckpt_open(const char *path, const ckpt_options *opt, ckpt_file **out,
                        ckpt_error *err);
+/* Open path for reading the way ckpt_open does, for the other files a program reads (label
+ * lists, ...): anything but a regular file is refused without blocking on it (CKPT_EIO, "is a
+ * FIFO, not a regular file", "is a directory"). On success *fd is the caller's to close and
+ * *size is the file's size. */
+CKPT_API int ckpt_open_input(const char *path, int *fd, uint64_t *size, ckpt_error *err);
 /* Free everything parsed from f and unmap it. NULL is a no-op. */
 CKPT_API void ckpt_close(ckpt_file *f);
 

@@ -172,9 +172,24 @@ bool ckpt__arena_over_limit(const ckpt__arena *ar)
 
 int ckpt__arena_error(const ckpt__arena *ar, ckpt_error *err)
 {
+    char lim[32];
     if (ar->over_limit)
         return CKPT_FAIL(err, CKPT_ELIMIT,
-                         "parsed data exceeds the %llu MB allocation limit",
-                         (unsigned long long)(ar->limit >> 20));
+                         "parsed data exceeds the limit of %s (raise it with --max-alloc)",
+                         ckpt__size_str(lim, ar->limit));
     return CKPT_NOMEM(err);
+}
+
+const char *ckpt__size_str(char buf[32], uint64_t n)
+{
+    static const char *const unit[] = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    int u = 0;
+    uint64_t v = n;
+    while (u < 6 && v >= 1024 && v % 1024 == 0)
+        v /= 1024, u++;
+    if (u == 0 && n >= 1024 * 1024) /* not a round number: say roughly how much, exactly too */
+        snprintf(buf, 32, "%llu bytes", (unsigned long long)n);
+    else
+        snprintf(buf, 32, "%llu %s", (unsigned long long)v, unit[u]);
+    return buf;
 }

@@ -25,64 +25,38 @@
 #define ZIP_VERSION_MAX 10
 #define MAX_KEY_LEN 4096   /* a storage key longer than this is not something torch wrote */
 
-/* ---- storage index: key -> storage (open addressing, arena-backed) ---------------------- */
+/* ---- storage index: key -> storage (the keyed hash index over f->storages) -------------- */
 
-typedef struct storage_index {
-    size_t cap; /* power of two */
-    ckpt_storage **slots;
-} storage_index;
-
-static uint64_t key_hash(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ull;
-    }
-    return h ^ (h >> 29);
-}
+#define SEED_STORAGE_KEY 0x5354
 
 static ckpt_storage *storage_find(const ckpt_file *f, const char *key)
 {
-    const storage_index *ix = f->storage_index;
-    if (!ix)
-        return NULL;
-    for (size_t j = key_hash(key) & (ix->cap - 1); ix->slots[j]; j = (j + 1) & (ix->cap - 1))
-        if (strcmp(ix->slots[j]->key, key) == 0)
-            return ix->slots[j];
+    uint64_t h = ckpt__hash(key, strlen(key), SEED_STORAGE_KEY);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&f->storage_index, h, &pos); it;
+         it = ckpt__hindex_next(&f->storage_index, h, &pos))
+        if (strcmp(f->storages[it - 1]->key, key) == 0)
+            return f->storages[it - 1];
     return NULL;
-}
-
-static void index_put(storage_index *ix, ckpt_storage *s)
-{
-    size_t j = key_hash(s->key) & (ix->cap - 1);
-    while (ix->slots[j])
-        j = (j + 1) & (ix->cap - 1);
-    ix->slots[j] = s;
 }
 
 /* Add a new storage (the key must not be present). */
 int ckpt__storage_register(ckpt_file *f, ckpt_storage *s, ckpt_error *err)
 {
-    storage_index *ix = f->storage_index;
     if (f->n_storages == f->cap_storages) {
         size_t ncap = f->cap_storages ? f->cap_storages * 2 : 16;
         ckpt_storage **v = ckpt__arena_grow(f->arena, f->storages,
                                             f->cap_storages * sizeof *v, ncap * sizeof *v);
-        storage_index *nix = v ? ckpt__arena_alloc(f->arena, sizeof *nix) : NULL;
-        ckpt_storage **slots = nix ? ckpt__arena_alloc(f->arena, ncap * 2 * sizeof *slots) : NULL;
-        if (!slots)
+        if (!v)
             return ckpt__arena_error(f->arena, err);
         f->storages = v;
         f->cap_storages = ncap;
-        nix->cap = ncap * 2;
-        nix->slots = slots;
-        for (size_t k = 0; k < f->n_storages; k++)
-            index_put(nix, f->storages[k]);
-        f->storage_index = ix = nix;
     }
+    if (ckpt__hindex_add(f->arena, &f->storage_index,
+                         ckpt__hash(s->key, strlen(s->key), SEED_STORAGE_KEY),
+                         f->n_storages) != 0)
+        return ckpt__arena_error(f->arena, err);
     f->storages[f->n_storages++] = s;
-    index_put(ix, s);
     return CKPT_OK;
 }
 
@@ -188,7 +162,7 @@ static int index_data_records(ckpt_file *f, ckpt_error *err)
         if (strncmp(name, f->zip_root, root_len) != 0 || strncmp(name + root_len, "/data/", 6))
             continue;
         long long k = decimal_key(name + root_len + 6, n);
-        if (k >= 0 && !f->data_by_num[k]) /* the first of duplicate names, as ckpt__zip_find */
+        if (k >= 0 && !f->data_by_num[k]) /* (duplicate names were refused by the zip layer) */
             f->data_by_num[k] = &f->zip.entries[i];
     }
     return CKPT_OK;
@@ -218,6 +192,14 @@ static int zip_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **out
         }
         if (!s->entry)
             return CKPT_CORRUPT(err, "zip: storage '%s' has no record '%s'", key, name);
+        /* torch writes records of exactly the storage's size; a compressed one that would
+         * inflate to more than the storage holds can only be a decompression bomb */
+        if (s->entry->method != 0 && s->entry->usize > s->nbytes) {
+            char have[32], need[32];
+            return CKPT_CORRUPT(err, "zip: compressed record '%s' inflates to %s, more than the "
+                                "%s of storage '%s'", name, ckpt__size_str(have, s->entry->usize),
+                                ckpt__size_str(need, s->nbytes), key);
+        }
         /* torch does not check this and reads out of bounds (docs/FORMAT.md §2.4); we do. */
         if (s->entry->usize < s->nbytes)
             return CKPT_CORRUPT(err,
@@ -275,8 +257,12 @@ static int legacy_persistent_load(void *ud, const ckpt_value *pid, ckpt_value **
             return CKPT_CORRUPT(err, "view '%s' runs past the end of storage '%s'", vkey, key);
         if (!(vs = storage_new(f, vkey, root->dtype, vn, err)))
             return err ? err->status : CKPT_ECORRUPT;
-        vs->base = root;
+        /* A view of a view is a view of the same root, its offsets added: a chain of them,
+         * which a hostile file can make as long as it likes, never needs walking. */
+        vs->base = root->base ? root->base : root;
         vs->base_offset = off * ckpt_dtype_size(root->dtype);
+        if (root->base) /* inside root, so inside root->base: no overflow */
+            vs->base_offset += root->base_offset;
         if ((rc = ckpt__storage_register(f, vs, err)))
             return rc;
     }
@@ -381,6 +367,13 @@ static int open_zip(ckpt_file *f, ckpt_error *err)
     const ckpt__zip_entry *pe = ckpt__zip_find(&f->zip, pname);
     if (!pe)
         return CKPT_CORRUPT(err, "zip: no '%s' record", pname);
+    /* The pickle becomes values in the arena: it may inflate as far as they may grow. */
+    if (pe->method != 0 && pe->usize > f->opt.max_alloc) {
+        char have[32], lim[32];
+        return CKPT_FAIL(err, CKPT_ELIMIT, "zip: '%s' inflates to %s, more than the limit of %s "
+                         "(raise it with --max-alloc)", pe->name, ckpt__size_str(have, pe->usize),
+                         ckpt__size_str(lim, f->opt.max_alloc));
+    }
     if ((rc = ckpt__zip_read(f->map, f->size, pe, &f->alloc, f->opt.max_inflate, &data,
                              &f->pickle_owned, err)))
         return rc;
@@ -496,9 +489,27 @@ static int open_pickle(ckpt_file *f, ckpt_error *err)
 
 /* ---- open and close ---------------------------------------------------------------------- */
 
+/* Why a file that is not regular cannot be read: "is a FIFO, not a regular file". */
+static const char *not_regular(mode_t m)
+{
+    if (S_ISDIR(m))
+        return "is a directory";
+    if (S_ISFIFO(m))
+        return "is a FIFO, not a regular file";
+    if (S_ISCHR(m))
+        return "is a character device, not a regular file";
+    if (S_ISBLK(m))
+        return "is a block device, not a regular file";
+    if (S_ISSOCK(m))
+        return "is a socket, not a regular file";
+    return "is not a regular file";
+}
+
 int ckpt__open_regular(const char *path, int *fd_out, uint64_t *size, ckpt_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever,
+     * before fstat could say what it is (and a tty's open could take the terminal). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(errno));
     struct stat st;
@@ -509,12 +520,24 @@ int ckpt__open_regular(const char *path, int *fd_out, uint64_t *size, ckpt_error
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return CKPT_FAIL(err, CKPT_EIO, S_ISDIR(st.st_mode) ? "is a directory"
-                                                            : "not a regular file");
+        return CKPT_FAIL(err, CKPT_EIO, "%s", not_regular(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(e));
     }
     *fd_out = fd;
     *size = (uint64_t)st.st_size;
     return CKPT_OK;
+}
+
+int ckpt_open_input(const char *path, int *fd, uint64_t *size, ckpt_error *err)
+{
+    if (!path || !fd || !size)
+        return CKPT_FAIL(err, CKPT_EINVAL, "no path or no place for the result");
+    return ckpt__open_regular(path, fd, size, err);
 }
 
 int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err)
@@ -643,8 +666,10 @@ int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err)
     }
     ckpt_file *f = s->file;
     int rc;
-    if (s->base) {
+    if (s->base) { /* a root: views of views are flattened when they are made */
         const uint8_t *b = NULL;
+        if (s->base->base)
+            return CKPT_CORRUPT(err, "storage '%s' is a view of a view", s->key);
         if ((rc = ckpt__storage_bytes(s->base, &b, err)))
             return rc;
         s->data = b + s->base_offset;

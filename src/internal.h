@@ -26,9 +26,17 @@ int ckpt__error_set(ckpt_error *err, int status, const char *src_file, int src_l
 
 /* ---- checked arithmetic ------------------------------------------------------------------- */
 
-/* Return true on overflow, like the builtins they wrap. */
+/* Return true on overflow, like the builtins they wrap; *out then holds the result modulo
+ * 2^64 (torch's int64 arithmetic wraps so, e.g. for the strides of an empty [0, 2^40, 2^40]:
+ * ckpt__mul_wrap gives that result without signed-overflow UB). */
 #define ckpt__mul_overflow(a, b, out) __builtin_mul_overflow((a), (b), (out))
 #define ckpt__add_overflow(a, b, out) __builtin_add_overflow((a), (b), (out))
+static inline int64_t ckpt__mul_wrap(int64_t a, int64_t b)
+{
+    int64_t r;
+    (void)ckpt__mul_overflow(a, b, &r);
+    return r;
+}
 
 /* ---- allocation --------------------------------------------------------------------------- */
 
@@ -57,8 +65,44 @@ char *ckpt__arena_strdup(ckpt__arena *ar, const char *s);
 char *ckpt__arena_printf(ckpt__arena *ar, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t ckpt__arena_used(const ckpt__arena *ar);
 bool ckpt__arena_over_limit(const ckpt__arena *ar); /* the last NULL was the limit, not malloc */
+/* "1 GiB", "3 MiB", "1000 bytes": a limit or a claimed size, for messages (buf: 32 bytes). */
+const char *ckpt__size_str(char buf[32], uint64_t n);
 /* The right error for an arena allocation that returned NULL. */
 int ckpt__arena_error(const ckpt__arena *ar, ckpt_error *err);
+
+/* ---- keyed hashing and the hash index (hash.c) --------------------------------------------- */
+
+/* SipHash-1-3 under a per-process random key: what a file's author cannot aim collisions at.
+ * seed separates kinds of keys. Streaming: init, add bytes, end (end does not consume). */
+typedef struct ckpt__hasher {
+    uint64_t v[4], m;
+    size_t n;
+} ckpt__hasher;
+void ckpt__hasher_init(ckpt__hasher *h, uint64_t seed);
+void ckpt__hasher_byte(ckpt__hasher *h, uint8_t b);
+void ckpt__hasher_add(ckpt__hasher *h, const void *p, size_t n);
+void ckpt__hasher_u64(ckpt__hasher *h, uint64_t x);
+uint64_t ckpt__hasher_end(const ckpt__hasher *h);
+uint64_t ckpt__hash(const void *p, size_t n, uint64_t seed);
+uint64_t ckpt__hash_u64(uint64_t x, uint64_t seed);
+
+/* An index over items kept in the caller's array (item i is stored as i + 1): open addressing,
+ * at most half full, slots from the arena. Zero-initialised is empty. */
+typedef struct ckpt__hslot {
+    uint32_t hash; /* low bits of the item's hash */
+    uint32_t item; /* index + 1; 0: an empty slot */
+} ckpt__hslot;
+typedef struct ckpt__hindex {
+    ckpt__hslot *slots;
+    size_t mask, len;
+} ckpt__hindex;
+/* Candidates for hash h, as item index + 1 (0: no more); the caller compares the keys. */
+size_t ckpt__hindex_first(const ckpt__hindex *ix, uint64_t h, size_t *pos);
+size_t ckpt__hindex_next(const ckpt__hindex *ix, uint64_t h, size_t *pos);
+/* Add item (not already present) with hash h; 0, or -1 when the arena is out (its error). */
+int ckpt__hindex_add(ckpt__arena *ar, ckpt__hindex *ix, uint64_t h, size_t item);
+/* Make room for n items in all, so that adding them does not grow the table. */
+int ckpt__hindex_reserve(ckpt__arena *ar, ckpt__hindex *ix, size_t n);
 
 /* ---- values ------------------------------------------------------------------------------- */
 
@@ -82,9 +126,8 @@ bool ckpt__global_is(const ckpt_value *v, const char *module, const char *name);
 typedef struct ckpt__globals {
     ckpt_global_ref *items;
     size_t len, cap;
-    uint32_t *slots; /* hash index over items: 0 empty, else index + 1 */
-    size_t n_slots;  /* power of two, at least twice len */
-    uint64_t named;  /* occurrences recorded, distinct or not */
+    ckpt__hindex index; /* over items */
+    uint64_t named;     /* occurrences recorded, distinct or not */
 } ckpt__globals;
 
 /* Record one occurrence; module is normalised to Python 3 spelling by the caller. */
@@ -152,7 +195,8 @@ int ckpt__zip_place(const uint8_t *map, uint64_t size, ckpt__zip_entry *e, ckpt_
 const ckpt__zip_entry *ckpt__zip_find(const ckpt__zip *z, const char *name);
 /* The entry's bytes: STORED ones in place (*owned = NULL), DEFLATE ones inflated with zlib into
  * a buffer from `a` (*owned = it; free with ckpt__free(a, owned, e->usize)), refusing more
- * than max_inflate bytes or a size other than usize. */
+ * than max_inflate bytes (CKPT_ELIMIT naming --max-inflate), a size DEFLATE cannot expand
+ * csize to, or a size other than usize -- before allocating. */
 int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
                    const ckpt__alloc *a, uint64_t max_inflate, const uint8_t **data,
                    void **owned, ckpt_error *err);
@@ -207,7 +251,7 @@ struct ckpt_file {
     ckpt__globals globals;
     ckpt_storage **storages; /* distinct storages, in order of first reference */
     size_t n_storages, cap_storages;
-    void *storage_index;     /* internal: key -> storage */
+    ckpt__hindex storage_index; /* key -> storage */
     /* zip: <root>/data/<n> records by n, for the decimal keys torch writes ("0".."N-1"), so
      * that binding a storage needs no name formatting or hashing; others use ckpt__zip_find */
     const ckpt__zip_entry **data_by_num;

@@ -101,12 +101,12 @@ static const char *op_name(unsigned op)
 /* ---- evaluator state ------------------------------------------------------------------------ */
 
 typedef struct memo_slot {
-    uint32_t key1; /* key + 1; 0: empty slot */
+    uint32_t key1; /* key + 1 */
     ckpt_value *v;
 } memo_slot;
 
 typedef struct depth_slot {
-    const ckpt_value *v; /* NULL: empty slot */
+    const ckpt_value *v;
     uint64_t depth;
 } depth_slot;
 
@@ -128,12 +128,14 @@ typedef struct pk {
      * hash table, so that a hostile LONG_BINPUT 4000000 does not cost 32 MB. */
     ckpt_value **dense;
     size_t dense_cap;
-    memo_slot *memo;
-    size_t memo_len, memo_cap; /* entries and slots of the hash table */
+    memo_slot *memo;           /* the keys past the array, indexed by memo_index */
+    size_t memo_len, memo_cap;
+    ckpt__hindex memo_index;
     size_t memo_count;         /* distinct keys: MEMOIZE's next key */
     /* Nesting depth of containers that hold containers; absent means 1 (a container) or 0. */
     depth_slot *deep;
     size_t deep_len, deep_cap;
+    ckpt__hindex deep_index;
     ckpt_value *none, *yes, *no, *empty_tuple;
     ckpt_value **small_ints; /* PK_SMALL_INTS shared ints, for large pickles only */
     const ckpt_value *named_fn; /* the callable whose "module.name" is in fn_name */
@@ -283,9 +285,22 @@ static int pop_mark(pk *p, ckpt_value ***items, size_t *n)
  * changes after being put into another (only possible through the memo, and how cycles are
  * made) does not update its parents: code walking values must still bound its recursion. */
 
-static size_t ptr_hash(const void *v, size_t cap)
+#define SEED_DEPTH 0x64657074
+
+static uint64_t ptr_hash(const void *v)
 {
-    return (size_t)((((uint64_t)(uintptr_t)v >> 4) * 0x9e3779b97f4a7c15ull) >> 32) & (cap - 1);
+    return ckpt__hash_u64((uint64_t)(uintptr_t)v, SEED_DEPTH);
+}
+
+static depth_slot *depth_find(const pk *p, const ckpt_value *v)
+{
+    uint64_t h = ptr_hash(v);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&p->deep_index, h, &pos); it;
+         it = ckpt__hindex_next(&p->deep_index, h, &pos))
+        if (p->deep[it - 1].v == v)
+            return &p->deep[it - 1];
+    return NULL;
 }
 
 static bool is_container(const ckpt_value *v)
@@ -304,11 +319,8 @@ static uint64_t depth_of(const pk *p, const ckpt_value *v)
 {
     if (!is_container(v))
         return 0;
-    if (p->deep_cap)
-        for (size_t j = ptr_hash(v, p->deep_cap); p->deep[j].v; j = (j + 1) & (p->deep_cap - 1))
-            if (p->deep[j].v == v)
-                return p->deep[j].depth;
-    return 1;
+    const depth_slot *d = depth_find(p, v);
+    return d ? d->depth : 1;
 }
 
 static int set_depth(pk *p, const ckpt_value *v, uint64_t depth)
@@ -317,30 +329,25 @@ static int set_depth(pk *p, const ckpt_value *v, uint64_t depth)
         return too_deep(p);
     if (depth <= 1)
         return CKPT_OK;
-    if ((p->deep_len + 1) * 2 > p->deep_cap) {
+    depth_slot *d = depth_find(p, v);
+    if (d) {
+        d->depth = depth;
+        return CKPT_OK;
+    }
+    if (p->deep_len == p->deep_cap) {
         size_t ncap = p->deep_cap ? p->deep_cap * 2 : 64;
-        depth_slot *t = ckpt__arena_alloc(p->ar, ncap * sizeof *t);
+        depth_slot *t = ckpt__arena_grow(p->ar, p->deep, p->deep_cap * sizeof *t,
+                                         ncap * sizeof *t);
         if (!t)
             return PK_OOM(p);
-        for (size_t k = 0; k < p->deep_cap; k++) {
-            if (!p->deep[k].v)
-                continue;
-            size_t j = ptr_hash(p->deep[k].v, ncap);
-            while (t[j].v)
-                j = (j + 1) & (ncap - 1);
-            t[j] = p->deep[k];
-        }
         p->deep = t;
         p->deep_cap = ncap;
     }
-    size_t j = ptr_hash(v, p->deep_cap);
-    while (p->deep[j].v && p->deep[j].v != v)
-        j = (j + 1) & (p->deep_cap - 1);
-    if (!p->deep[j].v) {
-        p->deep[j].v = v;
-        p->deep_len++;
-    }
-    p->deep[j].depth = depth;
+    if (ckpt__hindex_add(p->ar, &p->deep_index, ptr_hash(v), p->deep_len))
+        return PK_OOM(p);
+    p->deep[p->deep_len].v = v;
+    p->deep[p->deep_len].depth = depth;
+    p->deep_len++;
     return CKPT_OK;
 }
 
@@ -355,48 +362,41 @@ static int nest(pk *p, const ckpt_value *parent, const ckpt_value *child)
 
 /* ---- memo ----------------------------------------------------------------------------------- */
 
-static size_t key_hash(uint32_t key1, size_t cap)
-{
-    return (size_t)(((uint64_t)key1 * 0x9e3779b97f4a7c15ull) >> 32) & (cap - 1);
-}
+#define SEED_MEMO 0x6d656d6f
 
 static memo_slot *hash_find(const pk *p, uint32_t key1)
 {
-    if (!p->memo_cap)
-        return NULL;
-    for (size_t j = key_hash(key1, p->memo_cap); p->memo[j].key1; j = (j + 1) & (p->memo_cap - 1))
-        if (p->memo[j].key1 == key1)
-            return &p->memo[j];
+    uint64_t h = ckpt__hash_u64(key1, SEED_MEMO);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&p->memo_index, h, &pos); it;
+         it = ckpt__hindex_next(&p->memo_index, h, &pos))
+        if (p->memo[it - 1].key1 == key1)
+            return &p->memo[it - 1];
     return NULL;
 }
 
 static int hash_put(pk *p, uint32_t key1, ckpt_value *v)
 {
-    if ((p->memo_len + 1) * 2 > p->memo_cap) {
+    memo_slot *s = hash_find(p, key1);
+    if (s) {
+        s->v = v;
+        return CKPT_OK;
+    }
+    if (p->memo_len == p->memo_cap) {
         size_t ncap = p->memo_cap ? p->memo_cap * 2 : 64;
-        memo_slot *t = ckpt__arena_alloc(p->ar, ncap * sizeof *t);
+        memo_slot *t = ckpt__arena_grow(p->ar, p->memo, p->memo_cap * sizeof *t,
+                                        ncap * sizeof *t);
         if (!t)
             return PK_OOM(p);
-        for (size_t k = 0; k < p->memo_cap; k++) {
-            if (!p->memo[k].key1)
-                continue;
-            size_t j = key_hash(p->memo[k].key1, ncap);
-            while (t[j].key1)
-                j = (j + 1) & (ncap - 1);
-            t[j] = p->memo[k];
-        }
         p->memo = t;
         p->memo_cap = ncap;
     }
-    size_t j = key_hash(key1, p->memo_cap);
-    while (p->memo[j].key1 && p->memo[j].key1 != key1)
-        j = (j + 1) & (p->memo_cap - 1);
-    if (!p->memo[j].key1) {
-        p->memo[j].key1 = key1;
-        p->memo_len++;
-        p->memo_count++;
-    }
-    p->memo[j].v = v;
+    if (ckpt__hindex_add(p->ar, &p->memo_index, ckpt__hash_u64(key1, SEED_MEMO), p->memo_len))
+        return PK_OOM(p);
+    p->memo[p->memo_len].key1 = key1;
+    p->memo[p->memo_len].v = v;
+    p->memo_len++;
+    p->memo_count++;
     return CKPT_OK;
 }
 

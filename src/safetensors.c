@@ -15,6 +15,10 @@
 #include <stdlib.h>
 
 #define ST_MAX_HEADER (100u << 20) /* the reference implementation's limit */
+/* Parsing costs up to this many bytes of memory per header byte (jansson's objects: "{}," is
+ * 3 bytes and ~200 bytes once parsed; then ckpt's values). The header may therefore be at most
+ * max_alloc / CKPT_ST_HEADER_COST bytes (8 MiB by default; a header of 10^5 tensors is ~7 MB),
+ * checked before parsing: a 72 MB header of 1.2 M tensors took 3 GB. */
 
 typedef struct st_range {
     uint64_t begin, end;
@@ -73,7 +77,9 @@ static int parse_tensor(ckpt_file *f, const char *name, json_t *info, uint64_t d
     int64_t st = 1;
     for (size_t k = ndim; k-- > 0;) {
         stride[k] = st;
-        st *= shape[k] ? shape[k] : 1; /* no overflow: the product of sizes fits */
+        /* as torch computes it: the sizes of an empty tensor may multiply past 2^63, and
+         * torch's strides wrap then ([0, 2^40, 2^40] has strides (0, 2^40, 1)) */
+        st = ckpt__mul_wrap(st, shape[k] ? shape[k] : 1);
     }
     uint64_t nbytes, begin, end;
     if (!json_u64(json_array_get(jo, 0), &begin) || !json_u64(json_array_get(jo, 1), &end) ||
@@ -115,6 +121,13 @@ int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err)
     if (n > ST_MAX_HEADER || n > f->size - 8)
         return CKPT_CORRUPT(err, "safetensors: header length %llu does not fit the file",
                             (unsigned long long)n);
+    if (n > f->opt.max_alloc / CKPT_ST_HEADER_COST) {
+        char have[32], lim[32];
+        return CKPT_FAIL(err, CKPT_ELIMIT, "safetensors: the header is %s; parsing it may take "
+                         "%llu times that, more than the limit of %s (raise it with --max-alloc)",
+                         ckpt__size_str(have, n), (unsigned long long)CKPT_ST_HEADER_COST,
+                         ckpt__size_str(lim, f->opt.max_alloc));
+    }
     json_error_t jerr;
     json_t *hdr = json_loadb((const char *)f->map + 8, (size_t)n,
                              JSON_REJECT_DUPLICATES, &jerr);

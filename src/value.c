@@ -159,25 +159,9 @@ int ckpt__seq_push(ckpt__arena *ar, ckpt_value *seq, ckpt_value *item, ckpt_erro
 
 #define HASH_MAX_DEPTH 32 /* tuples nested deeper are hashed and compared by identity */
 
-static uint64_t mix64(uint64_t h)
-{
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint64_t hash_bytes(const char *s, size_t n, uint64_t seed)
-{
-    uint64_t h = 0xcbf29ce484222325ull ^ seed;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ull;
-    }
-    return mix64(h);
-}
+/* Seeds of ckpt__hash per kind of key: "1" and b"1" and 1 hash apart. */
+enum { SEED_INT = 1, SEED_FLOAT, SEED_STR, SEED_BYTES, SEED_BIGINT, SEED_TUPLE, SEED_NONE,
+       SEED_OTHER, SEED_GLOBAL };
 
 /* Is v a number equal to an int64 (so that 1, True and 1.0 hash alike)? */
 static bool as_int(const ckpt_value *v, int64_t *out)
@@ -199,27 +183,29 @@ static uint64_t value_hash(const ckpt_value *v, int depth)
 {
     int64_t i;
     if (as_int(v, &i))
-        return mix64((uint64_t)i ^ 0x1234567ull);
+        return ckpt__hash_u64((uint64_t)i, SEED_INT);
     switch (v->type) {
-    case CKPT_T_NONE: return 0x9e3779b97f4a7c15ull;
+    case CKPT_T_NONE: return ckpt__hash_u64(0, SEED_NONE);
     case CKPT_T_FLOAT: {
         uint64_t bits;
         double f = v->u.f;
         memcpy(&bits, &f, sizeof bits);
-        return mix64(bits);
+        return ckpt__hash_u64(bits, SEED_FLOAT);
     }
-    case CKPT_T_STR: return hash_bytes(v->u.str.data, v->u.str.len, 1);
-    case CKPT_T_BYTES: return hash_bytes(v->u.str.data, v->u.str.len, 2);
-    case CKPT_T_BIGINT: return hash_bytes(v->u.str.data, v->u.str.len, 3);
+    case CKPT_T_STR: return ckpt__hash(v->u.str.data, v->u.str.len, SEED_STR);
+    case CKPT_T_BYTES: return ckpt__hash(v->u.str.data, v->u.str.len, SEED_BYTES);
+    case CKPT_T_BIGINT: return ckpt__hash(v->u.str.data, v->u.str.len, SEED_BIGINT);
     case CKPT_T_TUPLE:
         if (depth < HASH_MAX_DEPTH) {
-            uint64_t h = 0x345678ull + v->u.seq.len;
+            ckpt__hasher h;
+            ckpt__hasher_init(&h, SEED_TUPLE);
+            ckpt__hasher_u64(&h, v->u.seq.len);
             for (size_t k = 0; k < v->u.seq.len; k++)
-                h = mix64(h ^ value_hash(v->u.seq.items[k], depth + 1));
-            return h;
+                ckpt__hasher_u64(&h, value_hash(v->u.seq.items[k], depth + 1));
+            return ckpt__hasher_end(&h);
         }
         /* fall through */
-    default: return mix64((uint64_t)(uintptr_t)v);
+    default: return ckpt__hash_u64((uint64_t)(uintptr_t)v, SEED_OTHER);
     }
 }
 
@@ -254,66 +240,12 @@ static bool value_eq(const ckpt_value *a, const ckpt_value *b, int depth)
 
 /* ---- dicts ----------------------------------------------------------------------------- */
 
-typedef struct dict_index {
-    size_t cap;      /* power of two */
-    uint32_t *slots; /* 0 empty, else item index + 1 */
-} dict_index;
-
 #define DICT_MAX_ITEMS (UINT32_MAX / 2)
-
-static int index_insert(dict_index *ix, const ckpt_value *d, size_t item)
-{
-    uint64_t h = value_hash(d->u.dict.keys[item], 0);
-    for (size_t j = h & (ix->cap - 1);; j = (j + 1) & (ix->cap - 1)) {
-        if (ix->slots[j] == 0) {
-            ix->slots[j] = (uint32_t)item + 1;
-            return 0;
-        }
-    }
-}
-
-static int index_rebuild(ckpt__arena *ar, ckpt_value *d, size_t cap)
-{
-    dict_index *ix = d->u.dict.index;
-    if (!ix) {
-        ix = ckpt__arena_alloc(ar, sizeof *ix);
-        if (!ix)
-            return -1;
-        d->u.dict.index = ix;
-    }
-    uint32_t *slots = ckpt__arena_alloc(ar, cap * sizeof *slots);
-    if (!slots)
-        return -1;
-    ix->cap = cap;
-    ix->slots = slots;
-    for (size_t k = 0; k < d->u.dict.len; k++)
-        index_insert(ix, d, k);
-    return 0;
-}
-
-ckpt_value *ckpt__dict_lookup(const ckpt_value *d, const ckpt_value *key)
-{
-    if (!d || d->type != CKPT_T_DICT)
-        return NULL;
-    const dict_index *ix = d->u.dict.index;
-    if (!ix) {
-        for (size_t k = 0; k < d->u.dict.len; k++)
-            if (value_eq(d->u.dict.keys[k], key, 0))
-                return d->u.dict.vals[k];
-        return NULL;
-    }
-    uint64_t h = value_hash(key, 0);
-    for (size_t j = h & (ix->cap - 1); ix->slots[j]; j = (j + 1) & (ix->cap - 1)) {
-        size_t k = ix->slots[j] - 1;
-        if (value_eq(d->u.dict.keys[k], key, 0))
-            return d->u.dict.vals[k];
-    }
-    return NULL;
-}
+#define DICT_INDEX_FROM 16 /* smaller dicts are scanned */
 
 static size_t dict_find(const ckpt_value *d, const ckpt_value *key)
 {
-    const dict_index *ix = d->u.dict.index;
+    const ckpt__hindex *ix = d->u.dict.index;
     if (!ix) {
         for (size_t k = 0; k < d->u.dict.len; k++)
             if (value_eq(d->u.dict.keys[k], key, 0))
@@ -321,12 +253,19 @@ static size_t dict_find(const ckpt_value *d, const ckpt_value *key)
         return SIZE_MAX;
     }
     uint64_t h = value_hash(key, 0);
-    for (size_t j = h & (ix->cap - 1); ix->slots[j]; j = (j + 1) & (ix->cap - 1)) {
-        size_t k = ix->slots[j] - 1;
-        if (value_eq(d->u.dict.keys[k], key, 0))
-            return k;
-    }
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(ix, h, &pos); it; it = ckpt__hindex_next(ix, h, &pos))
+        if (value_eq(d->u.dict.keys[it - 1], key, 0))
+            return it - 1;
     return SIZE_MAX;
+}
+
+ckpt_value *ckpt__dict_lookup(const ckpt_value *d, const ckpt_value *key)
+{
+    if (!d || d->type != CKPT_T_DICT)
+        return NULL;
+    size_t k = dict_find(d, key);
+    return k == SIZE_MAX ? NULL : d->u.dict.vals[k];
 }
 
 int ckpt__dict_set(ckpt__arena *ar, ckpt_value *d, ckpt_value *key, ckpt_value *val,
@@ -356,19 +295,19 @@ int ckpt__dict_set(ckpt__arena *ar, ckpt_value *d, ckpt_value *key, ckpt_value *
     d->u.dict.keys[d->u.dict.len] = key;
     d->u.dict.vals[d->u.dict.len] = val;
     d->u.dict.len++;
-    /* Small dicts are scanned; from 16 items on, an index at most half full. */
-    dict_index *ix = d->u.dict.index;
-    if (d->u.dict.len >= 16) {
-        if (!ix || d->u.dict.len * 2 > ix->cap) {
-            size_t cap = 64;
-            while (cap < d->u.dict.len * 4)
-                cap *= 2;
-            if (index_rebuild(ar, d, cap) != 0)
+    /* Small dicts are scanned; from DICT_INDEX_FROM items on, a keyed index. */
+    ckpt__hindex *ix = d->u.dict.index;
+    size_t n = d->u.dict.len;
+    if (!ix && n >= DICT_INDEX_FROM) {
+        if (!(ix = ckpt__arena_alloc(ar, sizeof *ix)))
+            return ckpt__arena_error(ar, err);
+        for (size_t j = 0; j + 1 < n; j++)
+            if (ckpt__hindex_add(ar, ix, value_hash(d->u.dict.keys[j], 0), j) != 0)
                 return ckpt__arena_error(ar, err);
-        } else {
-            index_insert(ix, d, d->u.dict.len - 1);
-        }
+        d->u.dict.index = ix;
     }
+    if (ix && ckpt__hindex_add(ar, ix, value_hash(key, 0), n - 1) != 0)
+        return ckpt__arena_error(ar, err);
     return CKPT_OK;
 }
 
@@ -413,33 +352,26 @@ bool ckpt__global_is(const ckpt_value *v, const char *module, const char *name)
 
 static uint64_t global_hash(const char *module, const char *name)
 {
-    return hash_bytes(name, strlen(name), hash_bytes(module, strlen(module), 7));
-}
-
-static void globals_index(ckpt__globals *g, size_t k)
-{
-    ckpt_global_ref *r = &g->items[k];
-    for (size_t j = global_hash(r->module, r->name) & (g->n_slots - 1);;
-         j = (j + 1) & (g->n_slots - 1))
-        if (!g->slots[j]) {
-            g->slots[j] = (uint32_t)k + 1;
-            return;
-        }
+    ckpt__hasher h;
+    ckpt__hasher_init(&h, SEED_GLOBAL);
+    ckpt__hasher_add(&h, module, strlen(module) + 1); /* with its NUL: "a.b" "c" != "a" "b.c" */
+    ckpt__hasher_add(&h, name, strlen(name));
+    return ckpt__hasher_end(&h);
 }
 
 int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, const char *name,
                       const char *where, uint64_t offset, ckpt_error *err)
 {
     g->named++;
-    if (g->n_slots) {
-        for (size_t j = global_hash(module, name) & (g->n_slots - 1); g->slots[j];
-             j = (j + 1) & (g->n_slots - 1)) {
-            ckpt_global_ref *r = &g->items[g->slots[j] - 1];
-            if (strcmp(r->name, name) == 0 && strcmp(r->module, module) == 0) {
-                if (r->count < UINT32_MAX)
-                    r->count++;
-                return CKPT_OK;
-            }
+    uint64_t h = global_hash(module, name);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&g->index, h, &pos); it;
+         it = ckpt__hindex_next(&g->index, h, &pos)) {
+        ckpt_global_ref *r = &g->items[it - 1];
+        if (strcmp(r->name, name) == 0 && strcmp(r->module, module) == 0) {
+            if (r->count < UINT32_MAX)
+                r->count++;
+            return CKPT_OK;
         }
     }
     if (g->len >= GLOBALS_MAX)
@@ -449,15 +381,10 @@ int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, con
         size_t ncap = g->cap ? g->cap * 2 : 16;
         ckpt_global_ref *items = ckpt__arena_grow(ar, g->items, g->cap * sizeof *items,
                                                   ncap * sizeof *items);
-        uint32_t *slots = items ? ckpt__arena_alloc(ar, ncap * 2 * sizeof *slots) : NULL;
-        if (!slots)
+        if (!items)
             return ckpt__arena_error(ar, err);
         g->items = items;
         g->cap = ncap;
-        g->slots = slots;
-        g->n_slots = ncap * 2;
-        for (size_t k = 0; k < g->len; k++)
-            globals_index(g, k);
     }
     ckpt_global_ref *r = &g->items[g->len];
     r->module = ckpt__arena_strdup(ar, module);
@@ -468,7 +395,8 @@ int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, con
     r->where = where;
     r->offset = offset;
     r->count = 1;
-    globals_index(g, g->len);
+    if (ckpt__hindex_add(ar, &g->index, h, g->len) != 0)
+        return ckpt__arena_error(ar, err);
     g->len++;
     return CKPT_OK;
 }

@@ -153,6 +153,11 @@ static int check_target(const ckpt_write_file *w, bool force, ckpt_error *err)
                          "disk): writing it would destroy what is being read");
     if (S_ISDIR(st.st_mode))
         return CKPT_FAIL(err, CKPT_EINVAL, "the output is a directory");
+    if (!S_ISREG(st.st_mode)) /* even with force: replacing /dev/null is never what was meant */
+        return CKPT_FAIL(err, CKPT_EINVAL, "the output is %s, not a regular file; ckpt only "
+                         "replaces regular files", S_ISFIFO(st.st_mode) ? "a FIFO"
+                         : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                         : "a socket or other special file");
     if (!force)
         return CKPT_FAIL(err, CKPT_EEXIST, "the output already exists");
     return CKPT_OK;

@@ -171,7 +171,7 @@ static void pk_tensor(pk *p, const plan_entry *pe, size_t storage)
     int64_t st = 1;
     for (int k = t->ndim; k-- > 0;) { /* contiguous, as torch computes it for empty dims too */
         stride[k] = st;
-        st *= t->shape[k] > 1 ? t->shape[k] : 1;
+        st = ckpt__mul_wrap(st, t->shape[k] > 1 ? t->shape[k] : 1); /* [0, 2^40, 2^40] */
     }
     pk_str(p, "ctorch._utils\n_rebuild_tensor_v2\n");
     pk_byte(p, '(');

@@ -1,7 +1,7 @@
 /*
- * zip.c - the zip container of torch.save files (docs/FORMAT.md §2), read the way torch's miniz
+ * zip.c - the zip container of torch.save files (PTH_FORMAT.md §1), read the way torch's miniz
  * reads it: through the central directory only. torch writes local headers with zero sizes and
- * CRCs followed by data descriptors (§2.3), so the local header is used for nothing but the
+ * CRCs followed by data descriptors (§1.3), so the local header is used for nothing but the
  * length of its name and extra field, which place the data.
  *
  * Layout parsed (integers little-endian, offsets from the start of the file):
@@ -45,11 +45,10 @@
 #include <time.h>
 #include <zlib.h>
 
-#if defined(__linux__)
-#include <sys/random.h>
-#endif
-
 /* ---- limits and record sizes -------------------------------------------------------------- */
+
+#define ZIP_DEFLATE_MAX_RATIO 1032 /* the most DEFLATE can expand, asymptotically */
+#define ZIP_DEFLATE_SLACK 1024     /* and what a short stream may add to that */
 
 #define CKPT__ZIP_MAX_ENTRIES (1u << 20) /* entries in one archive */
 #define ZIP_MAX_COMMENT 65535u           /* the EOCD comment length is a u16 */
@@ -118,20 +117,11 @@ static const char *show(shown_name *b, const char *name)
 
 /* ---- the name index ----------------------------------------------------------------------- */
 
-/* Open addressing over the entries, hashed with SipHash-1-3 under a key drawn at each open:
- * names come from the file, and a fixed hash would let a hostile archive put its million
- * entries in one chain. ASCII case folding only, as miniz's MZ_TOLOWER. */
+/* The keyed hash index (hash.c) over the entries: names come from the file, and a hash its
+ * author could compute would let a hostile archive put its million entries in one chain.
+ * ASCII case folding only, as miniz's MZ_TOLOWER. */
 
-typedef struct zip_slot {
-    uint32_t hash;  /* low bits of the full hash, to skip most string compares */
-    uint32_t entry; /* index + 1; 0 is an empty slot */
-} zip_slot;
-
-typedef struct zip_index {
-    uint64_t k0, k1;
-    size_t mask;
-    zip_slot *slots;
-} zip_index;
+#define SEED_ZIP_NAME 0x7a6970
 
 static unsigned char fold(unsigned char c)
 {
@@ -146,80 +136,37 @@ static bool names_equal(const char *a, const char *b)
     return *a == *b;
 }
 
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-
-static void sipround(uint64_t v[4])
+static uint64_t name_hash(const char *s)
 {
-    v[0] += v[1], v[1] = ROTL(v[1], 13), v[1] ^= v[0], v[0] = ROTL(v[0], 32);
-    v[2] += v[3], v[3] = ROTL(v[3], 16), v[3] ^= v[2];
-    v[0] += v[3], v[3] = ROTL(v[3], 21), v[3] ^= v[0];
-    v[2] += v[1], v[1] = ROTL(v[1], 17), v[1] ^= v[2], v[2] = ROTL(v[2], 32);
-}
-
-static uint64_t name_hash(const zip_index *ix, const char *s)
-{
-    uint64_t v[4] = {ix->k0 ^ 0x736f6d6570736575ull, ix->k1 ^ 0x646f72616e646f6dull,
-                     ix->k0 ^ 0x6c7967656e657261ull, ix->k1 ^ 0x7465646279746573ull};
-    uint64_t m = 0;
-    size_t i;
-    for (i = 0; s[i]; i++) {
-        m |= (uint64_t)fold((unsigned char)s[i]) << (8 * (i & 7));
-        if ((i & 7) == 7) {
-            v[3] ^= m, sipround(v), v[0] ^= m;
-            m = 0;
-        }
-    }
-    m |= (uint64_t)(i & 0xff) << 56;
-    v[3] ^= m, sipround(v), v[0] ^= m;
-    v[2] ^= 0xff;
-    sipround(v), sipround(v), sipround(v);
-    return v[0] ^ v[1] ^ v[2] ^ v[3];
-}
-
-static void index_key(zip_index *ix)
-{
-    uint64_t k[2] = {0, 0};
-#if defined(__linux__)
-    if (getrandom(k, sizeof k, GRND_NONBLOCK) == (ssize_t)sizeof k) {
-        ix->k0 = k[0], ix->k1 = k[1];
-        return;
-    }
-#endif
-    /* No entropy source: addresses (ASLR) and the clock still keep the key from being known
-     * when the file was made. */
-    struct timespec ts;
-    timespec_get(&ts, TIME_UTC);
-    ix->k0 = (uint64_t)(uintptr_t)ix * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_nsec;
-    ix->k1 = (uint64_t)(uintptr_t)&ts * 0xc2b2ae3d27d4eb4full ^ (uint64_t)ts.tv_sec;
+    ckpt__hasher h;
+    ckpt__hasher_init(&h, SEED_ZIP_NAME);
+    for (; *s; s++)
+        ckpt__hasher_byte(&h, fold((unsigned char)*s));
+    return ckpt__hasher_end(&h);
 }
 
 static int index_build(ckpt__arena *ar, ckpt__zip *z, ckpt_error *err)
 {
-    zip_index *ix = ckpt__arena_alloc(ar, sizeof *ix);
-    if (!ix)
-        return ckpt__arena_error(ar, err);
-    index_key(ix);
-    size_t cap = 8;
-    while (cap < 2 * z->n_entries) /* n <= CKPT__ZIP_MAX_ENTRIES: no overflow */
-        cap *= 2;
-    ix->mask = cap - 1;
-    ix->slots = ckpt__arena_alloc(ar, cap * sizeof *ix->slots);
-    if (!ix->slots)
+    ckpt__hindex *ix = ckpt__arena_alloc(ar, sizeof *ix);
+    if (!ix || ckpt__hindex_reserve(ar, ix, z->n_entries) != 0)
         return ckpt__arena_error(ar, err);
     for (size_t i = 0; i < z->n_entries; i++) {
         const char *name = z->entries[i].name;
-        uint64_t h = name_hash(ix, name);
-        size_t j = (size_t)h & ix->mask;
-        for (;; j = (j + 1) & ix->mask) {
-            zip_slot *s = &ix->slots[j];
-            if (!s->entry) {
-                s->hash = (uint32_t)h;
-                s->entry = (uint32_t)i + 1;
-                break;
+        uint64_t h = name_hash(name);
+        size_t pos;
+        for (size_t it = ckpt__hindex_first(ix, h, &pos); it; it = ckpt__hindex_next(ix, h, &pos)) {
+            const char *other = z->entries[it - 1].name;
+            if (names_equal(other, name)) {
+                /* torch 1.13 reads one copy or the other depending on the layout: refuse
+                 * rather than show weights that are not the ones torch.load would use */
+                shown_name b;
+                return CKPT_CORRUPT(err, "zip: entry '%s' appears more than once%s",
+                                    show(&b, name), strcmp(other, name) == 0 ? "" :
+                                    " (names differing only in case are the same name)");
             }
-            if (s->hash == (uint32_t)h && names_equal(z->entries[s->entry - 1].name, name))
-                break; /* a duplicate: the first one stays */
         }
+        if (ckpt__hindex_add(ar, ix, h, i) != 0)
+            return ckpt__arena_error(ar, err);
     }
     z->index = ix;
     return CKPT_OK;
@@ -229,21 +176,19 @@ const ckpt__zip_entry *ckpt__zip_find(const ckpt__zip *z, const char *name)
 {
     if (!z || !name)
         return NULL;
-    const zip_index *ix = z->index;
+    const ckpt__hindex *ix = z->index;
     if (!ix) {
         for (size_t i = 0; i < z->n_entries; i++)
             if (names_equal(z->entries[i].name, name))
                 return &z->entries[i];
         return NULL;
     }
-    uint64_t h = name_hash(ix, name);
-    for (size_t j = (size_t)h & ix->mask;; j = (j + 1) & ix->mask) {
-        const zip_slot *s = &ix->slots[j];
-        if (!s->entry)
-            return NULL;
-        if (s->hash == (uint32_t)h && names_equal(z->entries[s->entry - 1].name, name))
-            return &z->entries[s->entry - 1];
-    }
+    uint64_t h = name_hash(name);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(ix, h, &pos); it; it = ckpt__hindex_next(ix, h, &pos))
+        if (names_equal(z->entries[it - 1].name, name))
+            return &z->entries[it - 1];
+    return NULL;
 }
 
 /* ---- end records -------------------------------------------------------------------------- */
@@ -637,13 +582,24 @@ int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
         return CKPT_OK;
     }
 
+    /* DEFLATE expands at most 1032:1 (a 258-byte match per two bits): a claim beyond that is
+     * a lie, refused before a byte is allocated for it. */
+    uint64_t most;
+    if (!ckpt__mul_overflow(e->csize, (uint64_t)ZIP_DEFLATE_MAX_RATIO, &most) &&
+        e->usize > most + ZIP_DEFLATE_SLACK)
+        return CKPT_CORRUPT(err, "zip: entry '%s' claims %" PRIu64 " bytes from %" PRIu64
+                            " compressed bytes, more than DEFLATE can expand to",
+                            show(&sn, e->name), e->usize, e->csize);
+    char lim[32], want[32];
     if (e->usize > max_inflate || e->usize > SIZE_MAX)
-        return CKPT_FAIL(err, CKPT_ELIMIT, "zip: entry '%s' inflates to %" PRIu64
-                         " bytes, more than the limit of %" PRIu64,
-                         show(&sn, e->name), e->usize, max_inflate);
+        return CKPT_FAIL(err, CKPT_ELIMIT, "zip: entry '%s' inflates to %s, more than the "
+                         "limit of %s (raise it with --max-inflate)", show(&sn, e->name),
+                         ckpt__size_str(want, e->usize), ckpt__size_str(lim, max_inflate));
     uint8_t *buf = NULL;
     if (e->usize && !(buf = ckpt__malloc(a, (size_t)e->usize)))
-        return CKPT_NOMEM(err);
+        return CKPT_FAIL(err, CKPT_ENOMEM, "zip: entry '%s' inflates to %s, and that much "
+                         "memory cannot be allocated", show(&sn, e->name),
+                         ckpt__size_str(want, e->usize));
     int rc = inflate_entry(src, e, buf, err);
     if (rc == CKPT_OK) {
         uint32_t crc = crc32_of(buf, e->usize);

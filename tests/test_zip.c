@@ -297,6 +297,14 @@ static void test_python_cases(void)
         ckpt__zip z;
         ckpt_error err;
         int rc = open_zip(map, k->len, &ar, &z, &err);
+        if (strcmp(k->what, "duplicates") == 0) {
+            /* names alike (up to ASCII case): torch 1.13 may read another copy than ckpt */
+            CHECK_EQ_INT(rc, CKPT_ECORRUPT);
+            check_msg(&err, "zip: entry 'dup/X' appears more than once");
+            ckpt__arena_free(ar);
+            free(map);
+            continue;
+        }
         CHECK_OK(rc, err);
         if (rc != CKPT_OK) {
             fprintf(stderr, "  in case %s\n", k->what);
@@ -588,9 +596,14 @@ static void test_handmade_zip64(void)
     set64(x + 16, UINT64_MAX - 29);
     CHECK_EQ_INT(try_open(&t, &err), CKPT_ECORRUPT);
     set64(x + 16, 0);
-    set64(x, UINT64_MAX); /* usize: only the read notices, against max_inflate */
+    set64(x, UINT64_MAX); /* usize: only the read notices, more than DEFLATE can give */
     CHECK_OK(try_open(&t, &err), err);
-    CHECK_EQ_INT(try_read(&t, 0, MB, &err), CKPT_ELIMIT);
+    CHECK_EQ_INT(try_read(&t, 0, MB, &err), CKPT_ECORRUPT);
+    check_msg(&err, "more than DEFLATE can expand to");
+    set64(x, es[0].csize * 1000); /* possible, but more than max_inflate */
+    CHECK_OK(try_open(&t, &err), err);
+    CHECK_EQ_INT(try_read(&t, 0, 16, &err), CKPT_ELIMIT);
+    check_msg(&err, "more than the limit of 16 bytes (raise it with --max-inflate)");
     set64(x, 5000);
     /* A zip64 field too short for the three values it must hold. */
     set16(x - 2, 16);

@@ -117,7 +117,7 @@ def handmade_zip64():
 
 
 def duplicates():
-    """Two entries named alike (one differs only in case); lookups keep the first."""
+    """Two entries named alike (one differs only in case): refused as ambiguous."""
     b = io.BytesIO()
     import warnings
     with warnings.catch_warnings():
