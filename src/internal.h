@@ -177,6 +177,8 @@ typedef struct ckpt__zip {
     ckpt__zip_entry *entries; /* in central-directory order */
     size_t n_entries;
     void *index; /* internal: case-insensitive name lookup */
+    const char *duplicate; /* a name that appears twice (only ckpt__zip_open_scan allows it) */
+    bool duplicate_case;   /* ... differing from its twin in case only */
 } ckpt__zip;
 
 /* Parse the central directory of the zip held in map[0..size) (end records, ZIP64 records,
@@ -188,6 +190,10 @@ int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip
  * its first ckpt__zip_read (or ckpt__zip_place). Opening a checkpoint then touches the central
  * directory only, not one page per storage record of a file of hundreds of MB. */
 int ckpt__zip_open_lazy(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
+                        ckpt_error *err);
+/* The same as ckpt__zip_open_lazy, but an archive holding a name twice is accepted (with
+ * z->duplicate set), for the scanner, which reads every copy: torch reads one or the other. */
+int ckpt__zip_open_scan(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
                         ckpt_error *err);
 /* Find e's data through its local header and check it against the file (sets data_offset). */
 int ckpt__zip_place(const uint8_t *map, uint64_t size, ckpt__zip_entry *e, ckpt_error *err);

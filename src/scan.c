@@ -265,9 +265,12 @@ static int scan_zip(scan *s, const char **format, ckpt_error *err)
     ckpt_file *f = s->f;
     /* Lazily, as ckpt_open does: one bad local header (of a tensor record, say) must not hide
      * the other entries' pickles, which torch.load would still run. */
-    int rc = ckpt__zip_open_lazy(f->arena, f->map, f->size, &f->zip, err);
+    int rc = ckpt__zip_open_scan(f->arena, f->map, f->size, &f->zip, err);
     if (rc)
         return rc;
+    if (f->zip.duplicate)
+        note(s, "entry '%s' appears more than once: torch reads one copy or another, so every "
+             "copy was scanned (other ckpt commands refuse the file)", f->zip.duplicate);
     /* torch takes the archive's name from its first entry and refuses one outside a folder */
     const char *first = f->zip.n_entries ? f->zip.entries[0].name : "";
     const char *slash = strchr(first, '/');

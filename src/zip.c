@@ -1,7 +1,7 @@
 /*
- * zip.c - the zip container of torch.save files (PTH_FORMAT.md §1), read the way torch's miniz
+ * zip.c - the zip container of torch.save files (docs/FORMAT.md §2), read the way torch's miniz
  * reads it: through the central directory only. torch writes local headers with zero sizes and
- * CRCs followed by data descriptors (§1.3), so the local header is used for nothing but the
+ * CRCs followed by data descriptors (§2.3), so the local header is used for nothing but the
  * length of its name and extra field, which place the data.
  *
  * Layout parsed (integers little-endian, offsets from the start of the file):
@@ -156,13 +156,9 @@ static int index_build(ckpt__arena *ar, ckpt__zip *z, ckpt_error *err)
         size_t pos;
         for (size_t it = ckpt__hindex_first(ix, h, &pos); it; it = ckpt__hindex_next(ix, h, &pos)) {
             const char *other = z->entries[it - 1].name;
-            if (names_equal(other, name)) {
-                /* torch 1.13 reads one copy or the other depending on the layout: refuse
-                 * rather than show weights that are not the ones torch.load would use */
-                shown_name b;
-                return CKPT_CORRUPT(err, "zip: entry '%s' appears more than once%s",
-                                    show(&b, name), strcmp(other, name) == 0 ? "" :
-                                    " (names differing only in case are the same name)");
+            if (names_equal(other, name) && !z->duplicate) {
+                z->duplicate = name;
+                z->duplicate_case = strcmp(other, name) != 0;
             }
         }
         if (ckpt__hindex_add(ar, ix, h, i) != 0)
@@ -353,9 +349,13 @@ int ckpt__zip_place(const uint8_t *map, uint64_t size, ckpt__zip_entry *e, ckpt_
     return CKPT_OK;
 }
 
+#define ZIP_LAZY 1             /* local headers are read on first use */
+#define ZIP_ALLOW_DUPLICATES 2 /* for the scanner, which reads every copy */
+
 static int zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
-                    bool lazy, ckpt_error *err)
+                    int flags, ckpt_error *err)
 {
+    bool lazy = (flags & ZIP_LAZY) != 0;
     memset(out, 0, sizeof *out);
     zip_dir d;
     int rc = read_end_records(map, size, &d, err);
@@ -420,6 +420,13 @@ static int zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zi
     }
     if ((rc = index_build(ar, &z, err)))
         return rc;
+    if (z.duplicate && !(flags & ZIP_ALLOW_DUPLICATES)) {
+        /* torch 1.13 reads one copy or the other depending on the layout: refuse rather than
+         * show weights that are not the ones torch.load would use */
+        return CKPT_CORRUPT(err, "zip: entry '%s' appears more than once%s",
+                            show(&sn, z.duplicate), z.duplicate_case ?
+                            " (names differing only in case are the same name)" : "");
+    }
     *out = z;
     return CKPT_OK;
 }
@@ -427,13 +434,19 @@ static int zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zi
 int ckpt__zip_open(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
                    ckpt_error *err)
 {
-    return zip_open(ar, map, size, out, false, err);
+    return zip_open(ar, map, size, out, 0, err);
 }
 
 int ckpt__zip_open_lazy(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
                         ckpt_error *err)
 {
-    return zip_open(ar, map, size, out, true, err);
+    return zip_open(ar, map, size, out, ZIP_LAZY, err);
+}
+
+int ckpt__zip_open_scan(ckpt__arena *ar, const uint8_t *map, uint64_t size, ckpt__zip *out,
+                        ckpt_error *err)
+{
+    return zip_open(ar, map, size, out, ZIP_LAZY | ZIP_ALLOW_DUPLICATES, err);
 }
 
 /* ---- reading an entry --------------------------------------------------------------------- */

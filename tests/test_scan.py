@@ -492,6 +492,39 @@ class TorchRoute(unittest.TestCase):
                 self.assertEqual(rc, want_rc, "bare: exit %r: %s" % (rc, err.strip()))
                 self.assertEqual(doc.get("format"), "pickle")
 
+    def test_duplicate_entries_all_scanned(self):
+        """A zip holding data.pkl twice: torch reads one copy or the other by layout, so scan
+        lists the globals of every copy, while other commands refuse the file."""
+        import warnings
+        import zipfile
+        import os as os_mod
+        L.require_bin(self)
+        clean = self._write_torch("dup_clean.pt", {"a": 1})
+        with zipfile.ZipFile(clean) as z:
+            names = z.namelist()
+            entries = {n: z.read(n) for n in names}
+        pkl = [n for n in names if n.endswith("/data.pkl")][0]
+        evil = pickle.dumps(Reduce(os_mod.system, "true"), protocol=2)
+        for first in (True, False):
+            with self.subTest(evil_first=first):
+                p = os.path.join(self.tmp, "dup.pt")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    with zipfile.ZipFile(p, "w") as z:
+                        for n in names:
+                            z.writestr(n, entries[n])
+                            if n == pkl:
+                                z.writestr(n, evil if first else entries[n])
+                        if not first:
+                            z.writestr(pkl, evil)
+                rc, doc, err = self._scan(p)
+                self.assertEqual(rc, 1, "exit %r: %s" % (rc, err.strip()))
+                self.assertEqual(dict(_names(doc)).get("posix.system"), "dangerous")
+                self.assertTrue(any("more than once" in n for n in doc.get("notes", [])))
+                rc, out, err = L.run_ckpt(["inspect", p])
+                self.assertEqual((rc, out), (2, ""), err)
+                self.assertIn("appears more than once", err)
+
     def test_legacy_tar(self):
         """A torch 0.1.x tar with benign pickles: scanned member by member, safe; torch.load
         itself reads the same file (so the fixture has the real layout)."""
