@@ -25,6 +25,7 @@ memory, so there the peak RSS reported by wait4 is checked instead.
 import collections
 import hashlib
 import io
+import json
 import os
 import pickle
 import resource
@@ -307,15 +308,25 @@ class TestDuplicateEntries(HostileCase):
 
     def test_duplicate_data_pkl(self):
         p, root = self.make("dup_pkl.pt", "data.pkl", pickle.dumps({"w": 1}, protocol=2))
-        for cmd in (["inspect"], ["tensors", "--sha256"], ["scan"], ["check"]):
+        for cmd in (["inspect"], ["tensors", "--sha256"], ["check"]):
             self.run_error(cmd + [p], p, " ".join(cmd),
                            expect="entry '%s/data.pkl' appears more than once" % root)
+        self.scan_reads_every_copy(p, "%s/data.pkl" % root)
+
+    def scan_reads_every_copy(self, p, name):
+        """scan is the one command that reads such a file: every copy, with a note (a payload
+        in either copy is flagged: test_scan.TorchRoute.test_duplicate_entries_all_scanned)."""
+        rc, out, err = L.run_ckpt(["scan", "--json", p])
+        self.assertEqual(rc, 0, err)
+        notes = json.loads(out)["notes"]
+        self.assertTrue(any("'%s' appears more than once" % name in n for n in notes), notes)
 
     def test_duplicate_data_0(self):
         p, root = self.make("dup_data0.pt", "data/0", struct.pack("<4f", 9, 9, 9, 9))
-        for cmd in (["inspect"], ["tensors", "--sha256"], ["scan"]):
+        for cmd in (["inspect"], ["tensors", "--sha256"]):
             self.run_error(cmd + [p], p, " ".join(cmd),
                            expect="entry '%s/data/0' appears more than once" % root)
+        self.scan_reads_every_copy(p, "%s/data/0" % root)
 
     def test_duplicate_in_case_only(self):
         p, root = self.make("dup_case.pt", "DATA.PKL", pickle.dumps({"w": 1}, protocol=2))
