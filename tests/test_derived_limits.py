@@ -1,0 +1,252 @@
+#!/usr/bin/python3
+"""
+test_derived_limits.py - issue 9, class 5 (CLI side): what the CLI derives from a file is
+bounded by the file, and every limit names the option that raises it.
+
+  * Shared subtrees (the pickle memo makes a DAG): `tensors` and `inspect` expand each
+    container once and refer to it afterwards; the references are checked against a walk over
+    torch.load's result that tracks object identity. Shared leaves and long paths: the output
+    is bounded relative to the file (--max-output), with the exit-2 contract.
+  * Broadcast views (stride 0): `extract` and `diff` refuse to expand them past the limit
+    (--max-expanded), and write or read nothing before refusing.
+  * --labels: a bounded read of a regular file; a directory, /dev/zero or an oversized file
+    is an error (exit 2), never a run without labels.
+  * `run --resize/--crop` beyond the image limit are refused before anything is allocated.
+
+Every hostile file is made here with torch or pickle. Every ckpt run is bounded: 1 GiB of
+address space (RLIMIT_AS; not under a sanitizer, whose shadow memory needs more) and a
+generous timeout, so a regression shows as a failure instead of a stuck machine.
+"""
+
+import collections
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckpt_testlib as L  # noqa: E402
+
+TIMEOUT = 120.0
+AS_LIMIT = 1 << 30
+
+
+def sanitized():
+    build = os.path.dirname(L.CKPT_BIN)
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            for line in f:
+                if line.startswith("CKPT_SANITIZE:") and line.split("=", 1)[1].strip():
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+SANITIZED = sanitized()
+
+
+def limit():
+    if not SANITIZED:
+        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+
+
+def run(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL):
+    """ckpt ARGS under the address-space limit: (rc, stdout bytes, stderr str)."""
+    p = subprocess.run([L.CKPT_BIN] + [str(a) for a in args], stdout=stdout,
+                       stderr=subprocess.PIPE, stdin=stdin, preexec_fn=limit, timeout=TIMEOUT,
+                       env=L.RUN_ENV)
+    return p.returncode, p.stdout if p.stdout is not None else b"", p.stderr.decode("utf-8",
+                                                                                    "replace")
+
+
+def check_error(tc, args, path, *words):
+    rc, out, err = run(args)
+    L.check_clean_error(tc, rc, out.decode("utf-8", "replace"), err, path,
+                        "ckpt " + " ".join(map(str, args)))
+    for w in words:
+        tc.assertIn(w, err)
+    return err
+
+
+class Tmp(unittest.TestCase):
+    def setUp(self):
+        L.require_bin(self)
+        self.tmp = tempfile.mkdtemp(prefix="ckpt-limits-")
+
+    def tearDown(self):
+        import shutil
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+
+# ---- shared subtrees and output size ---------------------------------------------------------
+
+def is_container(x):
+    import torch
+    return isinstance(x, (dict, list, tuple, set, frozenset)) and not isinstance(x, torch.Size)
+
+
+def expected_tensor_rows(root):
+    """What `tensors --json` must list for torch.load's result: every tensor by path, each
+    container walked once (by identity), a container met again as a reference to its first
+    path when tensors were found under it."""
+    import torch
+    rows, first, has = [], {}, {}
+
+    def walk(v, path):
+        if isinstance(v, torch.Tensor):
+            rows.append({"path": path})
+            return True
+        if not is_container(v):
+            return False
+        if id(v) in first:
+            if has[id(v)]:
+                rows.append({"path": path, "ref": first[id(v)]})
+            return has[id(v)]
+        first[id(v)] = path
+        if isinstance(v, dict):
+            items = [(str(k), x) for k, x in v.items()]
+        else:
+            items = [(str(i), x) for i, x in enumerate(v)]
+        found = False
+        for k, x in items:
+            found = walk(x, path + [k]) or found
+        has[id(v)] = found
+        return found
+
+    walk(root, [])
+    return rows
+
+
+class Shared(Tmp):
+    def dag(self):
+        """2^40 paths to one tensor in 2 KB."""
+        import torch
+        d = {"w": torch.arange(3.0), "name": "x" * 100}
+        for i in range(40):
+            d = {"a": d, "b": d, "k%d" % i: [1, 2, 3]}
+        p = self.path("dag.pt")
+        torch.save({"model": d}, p)
+        return p
+
+    def test_tensors_refer_to_shared_containers(self):
+        import torch
+        p = self.dag()
+        rc, out, err = run(["tensors", "--json", p])
+        self.assertEqual(rc, 0, err)
+        self.assertLess(len(out), 64 << 10)
+        doc = json.loads(out)
+        got = [{k: t[k] for k in ("path", "ref") if k in t} for t in doc["tensors"]]
+        self.assertEqual(got, expected_tensor_rows(torch.load(p)))
+        rc, out, err = run(["tensors", p])
+        self.assertEqual(rc, 0, err)
+        lines = out.decode().splitlines()
+        self.assertEqual(len(lines), 41)
+        self.assertEqual(sum("<same as model/a" in ln for ln in lines), 40)
+
+    def test_tied_weights_and_shared_state_dicts(self):
+        import torch
+        m = torch.nn.Linear(2, 2)
+        sd = m.state_dict()
+        p = self.path("tied.pt")
+        obj = {"model": sd, "best": sd, "tied": {"a.weight": m.weight, "b.weight": m.weight}}
+        torch.save(obj, p)
+        rc, out, err = run(["tensors", "--json", p])
+        self.assertEqual(rc, 0, err)
+        got = [{k: t[k] for k in ("path", "ref") if k in t} for t in json.loads(out)["tensors"]]
+        want = expected_tensor_rows(torch.load(p))
+        self.assertEqual(got, want)
+        # a tied tensor (one object under two keys) is still listed under both
+        self.assertIn({"path": ["tied", "b.weight"]}, want)
+        self.assertIn({"path": ["best"], "ref": ["model"]}, want)
+        rc, out, err = run(["inspect", "--depth", "3", p])
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out.decode(), r"\n  best: +<same as model>\n")
+
+    def test_inspect_json_refs_resolve(self):
+        import torch
+        p = self.dag()
+        rc, out, err = run(["inspect", "--json", p])
+        self.assertEqual(rc, 0, err)
+        self.assertLess(len(out), 256 << 10)
+        doc = json.loads(out)
+
+        def at(node, path):
+            for comp in path:
+                node = next(it["value"] for it in node["items"] if it["key"] == comp)
+            return node
+
+        refs = []
+
+        def find(node, path):
+            if "ref" in node:
+                refs.append((path, node["ref"]))
+                return
+            for it in node.get("items", []):
+                if isinstance(it, dict) and "key" in it:
+                    find(it["value"], path + [it["key"]])
+
+        find(doc["root"], [])
+        self.assertEqual(len(refs), 40)
+        obj = torch.load(p)
+
+        def py_at(path):
+            x = obj
+            for comp in path:
+                x = x[comp]
+            return x
+
+        for path, ref in refs:
+            self.assertEqual(at(doc["root"], ref)["type"], "dict")
+            self.assertIs(py_at(path), py_at(ref), (path, ref))
+
+    def test_shared_leaf_output_limit(self):
+        # a 100 KB string referenced 700 times: 70 MB of JSON from a 100 KB file
+        p = self.path("leaf.pkl")
+        s = "x" * 100000
+        with open(p, "wb") as f:
+            pickle.dump({"a": [s] * 700}, f, protocol=2)
+        self.assertLess(os.path.getsize(p), 110000)
+        check_error(self, ["inspect", "--json", p], p, "--max-output")
+        rc, out, err = run(["inspect", "--json", "--max-output", "100M", p])
+        self.assertEqual(rc, 0, err)
+        doc = json.loads(out)
+        items = doc["root"]["items"][0]["value"]["items"]
+        self.assertEqual(len(items), 700)
+        self.assertEqual(items[699], {"type": "str", "value": s})
+        check_error(self, ["inspect", "--json", "--max-output", "1M", p], p,
+                    "--max-output limit of 1.0 MB")
+
+    def test_long_paths_output_limit(self):
+        # a chain of 400 dicts with 2000-character keys, a tensor at each level: 160 MB of
+        # paths from a 1 MB file
+        import torch
+        sys.setrecursionlimit(10000)
+        t = torch.zeros(1)
+        d = {"w": t}
+        for i in range(400):
+            d = {("%03d" % i) * 667: d, "w": t}
+        p = self.path("deep.pt")
+        torch.save(d, p)
+        self.assertLess(os.path.getsize(p), 2 << 20)
+        for args in (["tensors"], ["tensors", "--json"], ["tensors", "--sha256"]):
+            check_error(self, args + [p], p, "--max-output")
+        rc, out, err = run(["inspect", "--depth", "2", p])
+        self.assertEqual(rc, 0, err)
+
+    def test_bad_max_output(self):
+        p = self.dag()
+        rc, out, err = run(["tensors", "--max-output", "lots", p])
+        self.assertEqual((rc, out), (2, b""))
+        self.assertIn("--max-output wants a byte count", err)
+
+
+if __name__ == "__main__":
+    unittest.main()
