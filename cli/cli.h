@@ -79,6 +79,26 @@ void cli_write_stdout(const char *buf, size_t len);
  * or 2 after an error line (out of memory). */
 int cli_emit_json(const char *path, json_t *doc);
 
+/* ---- broadcast views (common.c) ---------------------------------------------------------- */
+
+/* A view with stride 0 makes a few stored bytes stand for any number of elements. Commands that
+ * expand tensors (extract writes them contiguous, diff reads both sides whole) bound their
+ * logical bytes by the inputs' size, as ckpt_tensor_sha256 does with CKPT_HASH_MAX_EXPANSION:
+ * refused above CLI_EXPAND_PER_INPUT_BYTE times the input bytes, at least CLI_EXPAND_MIN_*,
+ * unless --max-expanded BYTES says otherwise. */
+#define CLI_EXPAND_PER_INPUT_BYTE 64
+#define CLI_EXPAND_MIN_WRITE (2ull << 30) /* extract: written in chunks, costs disk and time */
+#define CLI_EXPAND_MIN_READ (1ull << 30)  /* diff: each pair of tensors is held in memory */
+
+/* The bytes of sd's tensors once expanded, each element as `to` when that is larger than its
+ * own dtype (CKPT_DT_COUNT: as stored); saturates at UINT64_MAX. */
+uint64_t cli_sd_expanded_bytes(const ckpt_sd *sd, ckpt_dtype to);
+/* -1 when `bytes` fits the limit for input_size bytes of input (opt: the --max-expanded value,
+ * already validated with cli_parse_size, or NULL); else the exit status after an error line
+ * naming path, the limit and the option, followed by `tail` ("; nothing written" or ""). */
+int cli_check_expanded(const char *path, uint64_t bytes, uint64_t input_size, uint64_t min,
+                       const char *opt, const char *tail);
+
 /* ---- text buffer (format.c) ------------------------------------------------------------- */
 
 typedef struct cli_sb {

@@ -19,10 +19,12 @@
     X(check, "ckpt check FILE [--arch NAME] [--num-classes N] [--against TEMPLATE] "         \
              "[--key PATH] [--strip-prefix P] [--json]",                                       \
       "say whether model.load_state_dict(sd, strict=True) would succeed, and why not")         \
-    X(diff, "ckpt diff A B [--key-a PATH] [--key-b PATH] [--atol X] [--json]",                \
+    X(diff, "ckpt diff A B [--key-a PATH] [--key-b PATH] [--atol X] [--json] "               \
+            "[--max-expanded BYTES]",                                                          \
       "compare two checkpoints' state dicts tensor by tensor")                                 \
     X(extract, "ckpt extract FILE -o OUT [--dtype D] [--format F] [--key PATH] "            \
-               "[--strip-prefix P] [--arch NAME] [--against T] [--no-check] [--force] [--json]", \
+               "[--strip-prefix P] [--arch NAME] [--against T] [--no-check] [--force] [--json] " \
+               "[--max-expanded BYTES]",                                                     \
       "write the weights alone as a clean .pth or .safetensors file")                          \
     X(run, "ckpt run FILE IMAGE... [--arch NAME] [--topk K] [--labels FILE] [--json] "       \
            "[--logits] [--features] [--resize S] [--crop C] [--threads N] [--repeat N]",     \

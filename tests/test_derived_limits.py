@@ -248,5 +248,63 @@ class Shared(Tmp):
         self.assertIn("--max-output wants a byte count", err)
 
 
+# ---- broadcast views ----------------------------------------------------------------------------
+
+class Broadcast(Tmp):
+    def save(self, name, obj):
+        import torch
+        p = self.path(name)
+        torch.save(obj, p)
+        return p
+
+    def assert_nothing_written(self, out):
+        left = [f for f in os.listdir(os.path.dirname(out))
+                if f.startswith(os.path.basename(out)) or f.startswith(".")]
+        self.assertEqual(left, [], "files left next to %s" % out)
+
+    def test_extract_refuses_expansion(self):
+        import torch
+        one = self.save("bc.pt", {"w": torch.ones(1).expand(1 << 30)})  # 4 GiB from ~700 B
+        # 64 tensors of 1 GiB each, every one below the limit alone
+        many = self.save("many.pt", {"w%d" % i: torch.ones(1).expand(1 << 28) for i in range(64)})
+        self.assertLess(os.path.getsize(many), 32 << 10)
+        for src in (one, many):
+            for fmt in ("pth", "safetensors"):
+                out = self.path("out." + fmt)
+                check_error(self, ["extract", src, "-o", out, "--no-check"], src,
+                            "--max-expanded", "nothing written")
+                self.assert_nothing_written(out)
+
+    def test_extract_within_limit_and_option(self):
+        import torch
+        src = self.save("small.pt", {"w": torch.arange(4.0).expand(1 << 17, 4)})
+        out = self.path("small.pth")
+        check_error(self, ["extract", src, "-o", out, "--no-check", "--max-expanded", "1M"], src,
+                    "--max-expanded limit of 1.0 MB")
+        self.assert_nothing_written(out)
+        rc, so, se = run(["extract", src, "-o", out, "--no-check", "--max-expanded", "4M"])
+        self.assertEqual(rc, 0, se)
+        got = torch.load(out, weights_only=True)["w"]
+        self.assertTrue(torch.equal(got, torch.arange(4.0).expand(1 << 17, 4)))
+        rc, so, se = run(["extract", src, "-o", self.path("d.pth"), "--no-check"])
+        self.assertEqual(rc, 0, se)
+        rc, so, se = run(["extract", src, "-o", out, "--max-expanded", "2x"])
+        self.assertEqual((rc, so), (2, b""))
+        self.assertIn("--max-expanded wants a byte count", se)
+
+    def test_diff_refuses_expansion(self):
+        import torch
+        a = self.save("a.pt", {"w": torch.ones(1).expand(1 << 28)})  # 1 GiB each side
+        self.assertLess(os.path.getsize(a), 1000)
+        check_error(self, ["diff", a, a], a, "--max-expanded")
+        check_error(self, ["diff", a, a, "--json"], a, "--max-expanded")
+        b = self.save("b.pt", {"w": torch.ones(1).expand(1 << 16)})
+        c = self.save("c.pt", {"w": torch.ones(1 << 16)})
+        rc, so, se = run(["diff", b, c, "--json"])
+        self.assertEqual(rc, 0, se)
+        self.assertTrue(json.loads(so)["match"])
+        check_error(self, ["diff", b, c, "--max-expanded", "300K"], b, "--max-expanded limit")
+
+
 if __name__ == "__main__":
     unittest.main()
