@@ -10,6 +10,7 @@
  * batch or the thread count, and --repeat checks that claim on the spot.
  */
 #include "cli.h"
+#include "internal.h" /* ckpt__open_regular: the library's check that a path is a regular file */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cmd_run(int argc, char **argv, const cli_command *self);
 extern const char cmd_run_help[];
@@ -78,39 +80,66 @@ static bool parse_int(const char *s, long min, long max, long *out)
     return true;
 }
 
-/* Class names, one per line; a missing file is an error, fewer lines than classes is not. */
+/* Class names, one per line; a missing file is an error, fewer lines than classes is not.
+ * The file must be a regular file no larger than RUN_MAX_LABEL_BYTES, checked before reading:
+ * a directory, a device (/dev/zero never ends) or a huge file is an error, never a run with no
+ * labels. */
 static int read_labels(const char *path, char ***out, size_t *n)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return cli_error(path, "cannot open: %s", strerror(errno));
-    char **v = NULL;
-    size_t len = 0, cap = 0, total = 0;
-    char *line = NULL;
-    size_t lcap = 0;
-    ssize_t got;
-    while ((got = getline(&line, &lcap, fp)) >= 0) {
-        total += (size_t)got;
-        if (total > RUN_MAX_LABEL_BYTES) {
-            free(line);
-            fclose(fp);
-            for (size_t i = 0; i < len; i++)
-                free(v[i]);
-            free(v);
-            return cli_error(path, "label file larger than %u MB", RUN_MAX_LABEL_BYTES >> 20);
+    int fd;
+    uint64_t size;
+    ckpt_error err = {0};
+    if (ckpt__open_regular(path, &fd, &size, &err) != CKPT_OK)
+        return cli_error(path, "cannot read the labels: %s", err.message);
+    if (size > RUN_MAX_LABEL_BYTES) {
+        close(fd);
+        return cli_error(path, "the label file is larger than %u MB", RUN_MAX_LABEL_BYTES >> 20);
+    }
+    /* One byte more than fstat said, to notice a file that grew since. */
+    char *text = cli_xrealloc(NULL, (size_t)size + 2);
+    size_t len = 0;
+    while (len <= size) {
+        ssize_t got = read(fd, text + len, (size_t)size + 1 - len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            int e = errno;
+            free(text);
+            close(fd);
+            return cli_error(path, "cannot read the labels: %s", strerror(e));
         }
-        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
-            line[--got] = '\0';
-        if (len == cap) {
+        if (got == 0)
+            break;
+        len += (size_t)got;
+    }
+    close(fd);
+    if (len > size) {
+        free(text);
+        return cli_error(path, "the label file changed while it was read");
+    }
+    text[len] = '\0';
+    char **v = NULL;
+    size_t count = 0, cap = 0;
+    for (size_t start = 0; start < len;) {
+        size_t end = start;
+        while (end < len && text[end] != '\n')
+            end++;
+        size_t next = end + 1, stop = end;
+        while (stop > start && text[stop - 1] == '\r')
+            stop--;
+        if (count == cap) {
             cap = cap ? cap * 2 : 256;
             v = cli_xrealloc(v, cap * sizeof *v);
         }
-        v[len++] = strdup(line);
+        v[count] = cli_xrealloc(NULL, stop - start + 1);
+        memcpy(v[count], text + start, stop - start);
+        v[count][stop - start] = '\0';
+        count++;
+        start = next;
     }
-    free(line);
-    fclose(fp);
+    free(text);
     *out = v;
-    *n = len;
+    *n = count;
     return -1;
 }
 
