@@ -306,5 +306,83 @@ class Broadcast(Tmp):
         check_error(self, ["diff", b, c, "--max-expanded", "300K"], b, "--max-expanded limit")
 
 
+# ---- run: labels and image sizes ------------------------------------------------------------
+
+class RunLimits(Tmp):
+    @classmethod
+    def setUpClass(cls):
+        import numpy as np
+        import torch
+        import torchvision
+        from PIL import Image
+        L.require_bin()
+        cls.dir = tempfile.mkdtemp(prefix="ckpt-run-limits-")
+        torch.manual_seed(0)
+        cls.model = os.path.join(cls.dir, "r18.pth")
+        torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), cls.model)
+        cls.image = os.path.join(cls.dir, "img.png")
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(cls.image)
+        cls.labels = os.path.join(cls.dir, "labels.txt")
+        with open(cls.labels, "w") as f:
+            f.write("zero\r\none\ntwo")
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def run_json(self, *args):
+        rc, out, err = run(["run", "--json", self.model, self.image] + list(args))
+        self.assertEqual(rc, 0, err)
+        return json.loads(out)
+
+    def test_labels_read(self):
+        doc = self.run_json("--labels", self.labels, "--topk", "3")
+        got = {t["index"]: t["label"] for t in doc["results"][0]["topk"]}
+        self.assertEqual(got, {0: "zero", 1: "one", 2: "two"})
+
+    def test_labels_refused(self):
+        big = self.path("big.txt")
+        with open(big, "wb") as f:
+            f.truncate(3 << 30)  # sparse: 3 GB that cost no disk
+        for bad, words in ((big, ["larger than 64 MB"]), (self.tmp, ["is a directory"]),
+                           ("/dev/zero", ["not a regular file"]),
+                           (self.path("none.txt"), ["cannot"])):
+            check_error(self, ["run", self.model, self.image, "--labels", bad], bad, *words)
+
+    def test_sizes_refused_before_allocating(self):
+        for args, words in ((["--crop", "12000"], ["--crop 12000", "--max-side"]),
+                            (["--resize", "12000", "--crop", "12000"], ["--max-side"]),
+                            (["--resize", "12000"], ["--resize 12000", "--max-side"]),
+                            (["--crop", "2000", "--max-side", "1500"], ["--max-side"])):
+            rc, out, err = run(["run", self.model, self.image] + args)
+            self.assertEqual((rc, out), (2, b""), err)
+            for w in words:
+                self.assertIn(w, err)
+        # raised: a larger crop than the default limit runs (and pads the small image)
+        doc = self.run_json("--resize", "0", "--crop", "1100", "--max-side", "1100")
+        self.assertEqual(doc["model"]["crop"], 1100)
+
+    def test_input_npy_size_refused(self):
+        import numpy as np
+        x = self.path("x.npy")
+        np.save(x, np.zeros((1, 3, 1, 1100), dtype=np.float32))
+        rc, out, err = run(["run", self.model, "--input", x])
+        self.assertEqual((rc, out), (2, b""), err)
+        self.assertIn("--max-side", err)
+
+    def test_option_ranges_named(self):
+        for opt, value, words in (("--topk", "99999999999", "from 1 to"),
+                                  ("--batch", "5000", "from 1 to 1024"),
+                                  ("--repeat", "0", "from 1 to"),
+                                  ("--threads", "100000", "from 1 to 1024")):
+            rc, out, err = run(["run", self.model, self.image, opt, value])
+            self.assertEqual((rc, out), (2, b""), err)
+            self.assertIn(opt + " takes", err)
+            self.assertIn(words, err)
+            self.assertNotIn("at least 1", err)
+
+
 if __name__ == "__main__":
     unittest.main()
