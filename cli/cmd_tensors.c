@@ -31,6 +31,8 @@ const char cmd_tensors_help[] =
     "             as one byte): two files hold the same weights when the hashes match\n"
     "  --max-output BYTES  refuse to print more than this (default: 64 times the file's\n"
     "             size, at least 64M; K, M, G suffixes)\n"
+    "  --max-expanded BYTES  --sha256: refuse to hash more than this in all (broadcast views\n"
+    "             count whole; default: 64 times the file's size, at least 1G)\n"
     "\n"
     "Examples:\n"
     "  ckpt tensors model.pt\n"
@@ -61,6 +63,8 @@ typedef struct tensors_ctx {
         char hex[65];
     } *hashed;
     size_t n_hashed_slots, n_hashed;
+    uint64_t hashed_bytes, max_hashed; /* logical bytes hashed so far, and the limit */
+    const char *max_expanded;          /* --max-expanded, or NULL */
 } tensors_ctx;
 
 static bool tensor_sha256(tensors_ctx *c, const ckpt_tensor *t, char hex[65])
@@ -87,6 +91,23 @@ static bool tensor_sha256(tensors_ctx *c, const ckpt_tensor *t, char hex[65])
             memcpy(hex, c->hashed[j].hex, 65);
             return true;
         }
+    /* ckpt_tensor_sha256 bounds one broadcast view; the sum over many is bounded here. */
+    uint64_t nb = ckpt_tensor_nbytes(t);
+    c->hashed_bytes = nb > UINT64_MAX - c->hashed_bytes ? UINT64_MAX : c->hashed_bytes + nb;
+    if (c->hashed_bytes > c->max_hashed) {
+        cli_sb lim = {0};
+        cli_fmt_bytes(&lim, c->max_hashed);
+        c->err.status = CKPT_ELIMIT;
+        if (c->max_expanded)
+            snprintf(c->err.message, sizeof c->err.message, "the tensors to hash pass the "
+                     "--max-expanded limit of %s", sb_str(&lim));
+        else
+            snprintf(c->err.message, sizeof c->err.message, "the tensors to hash pass %s "
+                     "(broadcast views?), the limit for a file of this size; raise it with "
+                     "--max-expanded BYTES", sb_str(&lim));
+        sb_free(&lim);
+        return false;
+    }
     if (ckpt_tensor_sha256(t, hex, &c->err) != CKPT_OK)
         return false;
     c->hashed[j].t = t;
@@ -365,6 +386,7 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
     const cli_opt opts[] = {{"json", NULL, &c->json, NULL},
                             {"sha256", NULL, &c->sha256, NULL},
                             {"max-output", "BYTES", NULL, &max_output},
+                            {"max-expanded", "BYTES", NULL, &c->max_expanded},
                             {NULL, NULL, NULL, NULL}};
     const char *pos[1];
     int npos;
@@ -380,6 +402,12 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
         return cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
                                max_output);
     }
+    if (c->max_expanded && !cli_parse_size(c->max_expanded, &c->max_hashed)) {
+        const char *bad = c->max_expanded;
+        free(c);
+        return cli_usage_error(self, "--max-expanded wants a byte count (e.g. 8G), not '%s'",
+                               bad);
+    }
     ckpt_file *f = cli_open(path);
     if (!f) {
         free(c);
@@ -387,6 +415,14 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
     }
     cli_walk_init(&c->w, ckpt_root(f));
     cli_walk_limit_output(&c->w, max_output, ckpt_file_size(f));
+    if (!c->max_expanded) {
+        uint64_t size = ckpt_file_size(f);
+        c->max_hashed = size > UINT64_MAX / CLI_EXPAND_PER_INPUT_BYTE
+                            ? UINT64_MAX
+                            : size * CLI_EXPAND_PER_INPUT_BYTE;
+        if (c->max_hashed < CLI_EXPAND_MIN_READ)
+            c->max_hashed = CLI_EXPAND_MIN_READ;
+    }
     cli_walk_share(&c->w);
     json_t *doc = NULL;
     if (c->json) {

@@ -12,7 +12,8 @@
 #define CKPT_CLI_COMMANDS(X)                                                                   \
     X(inspect, "ckpt inspect FILE [--depth N] [--json] [--max-output BYTES]",                  \
       "show what a checkpoint holds, as a tree")                                               \
-    X(tensors, "ckpt tensors FILE [--json] [--sha256] [--max-output BYTES]",                   \
+    X(tensors, "ckpt tensors FILE [--json] [--sha256] [--max-output BYTES] "                  \
+               "[--max-expanded BYTES]",                                                       \
       "list every tensor with its path, dtype and shape")                                      \
     X(scan, "ckpt scan FILE [--json]",                                                         \
       "list the globals a file names and whether loading it in Python would run code")         \
