@@ -528,6 +528,14 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
         sb_free(&text);
         rc = CLI_EXIT_OK;
     }
+    /* OUT is complete and in place: removing it now could remove a file that --force
+     * replaced. A report that cannot be written is still an error (exit 2), in one line that
+     * says OUT was written; the stream is cleared so that main does not report it again. */
+    if (rc == CLI_EXIT_OK && (fflush(stdout) != 0 || ferror(stdout))) {
+        rc = cli_error(out, "written, but the report could not be written to standard "
+                       "output: %s", strerror(errno));
+        clearerr(stdout);
+    }
 
 done:
     ckpt_write_report_free(wr);

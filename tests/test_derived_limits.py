@@ -306,6 +306,69 @@ class Broadcast(Tmp):
         check_error(self, ["diff", b, c, "--max-expanded", "300K"], b, "--max-expanded limit")
 
 
+class HashBudget(Tmp):
+    def test_sha256_total_bounded(self):
+        # 40 broadcast views of 256 MiB each: 10 GiB to hash from 10 KB
+        import torch
+        p = self.path("many.pt")
+        torch.save({"w%d" % i: torch.ones(1).expand(1 << 26) for i in range(40)}, p)
+        self.assertLess(os.path.getsize(p), 16 << 10)
+        check_error(self, ["tensors", "--sha256", p], p, "--max-expanded")
+        check_error(self, ["tensors", "--sha256", "--json", "--max-expanded", "100M", p], p,
+                    "--max-expanded limit of 104.9 MB")
+        # without --sha256 nothing is hashed: the listing is immediate
+        rc, out, err = run(["tensors", p])
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(out.decode().splitlines()), 40)
+
+
+# ---- extract's outputs: special files and a stdout that cannot be written --------------------
+
+class ExtractOutputs(Tmp):
+    def src(self):
+        import torch
+        p = self.path("src.pt")
+        torch.save({"w": torch.arange(6.0).reshape(2, 3)}, p)
+        return p
+
+    def test_never_replaces_special_files(self):
+        src = self.src()
+        fifo = self.path("fifo")
+        os.mkfifo(fifo)
+        link = self.path("link.pth")
+        os.symlink("/dev/null", link)
+        for out in ("/dev/null", fifo, link):
+            before = os.lstat(out)
+            check_error(self, ["extract", src, "-o", out, "--format", "pth", "--no-check",
+                               "--force"], out, "not a regular file", "nothing written")
+            after = os.lstat(out)
+            self.assertEqual((before.st_mode, before.st_ino, before.st_rdev),
+                             (after.st_mode, after.st_ino, after.st_rdev))
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["fifo", "link.pth", "src.pt"])
+        # a regular file is still replaced with --force
+        out = self.path("old.pth")
+        with open(out, "w") as f:
+            f.write("old")
+        rc, so, se = run(["extract", src, "-o", out, "--no-check", "--force"])
+        self.assertEqual(rc, 0, se)
+
+    def test_stdout_full(self):
+        import torch
+        src = self.src()
+        for args in ([], ["--json"]):
+            out = self.path("full%d.pth" % len(args))
+            with open("/dev/full", "w") as full:
+                rc, so, se = run(["extract", src, "-o", out, "--no-check"] + args, stdout=full)
+            self.assertEqual(rc, 2, se)
+            lines = se.splitlines()
+            self.assertEqual(len(lines), 1, se)
+            self.assertTrue(lines[0].startswith("ckpt: error: %s: written, but" % out), se)
+            self.assertIn("No space left on device", se)
+            # the file is complete
+            self.assertTrue(torch.equal(torch.load(out, weights_only=True)["w"],
+                                        torch.arange(6.0).reshape(2, 3)))
+
+
 # ---- run: labels and image sizes ------------------------------------------------------------
 
 class RunLimits(Tmp):
