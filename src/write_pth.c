@@ -168,10 +168,13 @@ static void pk_tensor(pk *p, const plan_entry *pe, size_t storage)
     char key[24];
     snprintf(key, sizeof key, "%zu", storage);
     int64_t stride[CKPT_MAX_DIMS];
-    int64_t st = 1;
-    for (int k = t->ndim; k-- > 0;) { /* contiguous, as torch computes it for empty dims too */
-        stride[k] = st;
-        st *= t->shape[k] > 1 ? t->shape[k] : 1;
+    /* Contiguous, as torch computes it for empty dims too. An empty tensor's shape may
+     * multiply past int64 ([0, 2^40, 2^40]); torch's product wraps modulo 2^64 (its strides
+     * are then (0, 2^40, 1)), so the product is taken unsigned, where wrapping is defined. */
+    uint64_t st = 1;
+    for (int k = t->ndim; k-- > 0;) {
+        stride[k] = (int64_t)st;
+        st *= t->shape[k] > 1 ? (uint64_t)t->shape[k] : 1;
     }
     pk_str(p, "ctorch._utils\n_rebuild_tensor_v2\n");
     pk_byte(p, '(');

@@ -352,6 +352,21 @@ class ExtractOutputs(Tmp):
         rc, so, se = run(["extract", src, "-o", out, "--no-check", "--force"])
         self.assertEqual(rc, 0, se)
 
+    def test_empty_tensor_with_huge_dims(self):
+        # numel 0, but the product of the other dims passes int64: torch's strides wrap
+        import torch
+        t = torch.empty(0, 1 << 40, 1 << 40)
+        src = self.path("empty.pt")
+        torch.save({"e": t, "w": torch.ones(2)}, src)
+        for fmt in ("pth", "safetensors"):
+            out = self.path("empty." + fmt)
+            rc, so, se = run(["extract", src, "-o", out, "--no-check"])
+            self.assertEqual(rc, 0, se)
+            self.assertEqual(se, "")
+            if fmt == "pth":
+                got = torch.load(out, weights_only=True)["e"]
+                self.assertEqual((got.shape, got.stride()), (t.shape, t.stride()))
+
     def test_stdout_full(self):
         import torch
         src = self.src()
