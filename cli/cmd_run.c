@@ -113,13 +113,20 @@ typedef struct run_state {
     long differing_runs;
 } run_state;
 
+/* As cli_xrealloc does when memory runs out: report and exit 2. */
+static _Noreturn void out_of_memory(void)
+{
+    fputs("ckpt: error: out of memory\n", stderr);
+    exit(CLI_EXIT_ERROR);
+}
+
 /* n * size bytes, or exit 2 (out of memory) when the product does not fit: the operands are
  * bounded by the limits above, so this only fires when memory is truly short. */
 static void *alloc_array(size_t n, size_t size)
 {
     size_t bytes;
     if (ckpt__mul_overflow(n ? n : 1, size, &bytes))
-        return cli_xrealloc(NULL, SIZE_MAX);
+        out_of_memory();
     return cli_xrealloc(NULL, bytes);
 }
 
@@ -364,7 +371,7 @@ static bool prepare(const run_options *o, run_state *st, size_t i, float *dst)
         return true;
     it->error = strdup(err.message[0] ? err.message : ckpt_status_str(err.status));
     if (!it->error)
-        cli_xrealloc(NULL, SIZE_MAX); /* out of memory: exit */
+        out_of_memory();
     st->image_failed = true;
     cli_error_ckpt(it->name, &err);
     return false;
