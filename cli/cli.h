@@ -83,6 +83,26 @@ void cli_write_stdout(const char *buf, size_t len);
  * or 2 after an error line (out of memory). */
 int cli_emit_json(const char *path, json_t *doc);
 
+/* ---- broadcast views (common.c) ---------------------------------------------------------- */
+
+/* A view with stride 0 makes a few stored bytes stand for any number of elements. Commands that
+ * expand tensors (extract writes them contiguous, diff reads both sides whole) bound their
+ * logical bytes by the inputs' size, as ckpt_tensor_sha256 does with CKPT_HASH_MAX_EXPANSION:
+ * refused above CLI_EXPAND_PER_INPUT_BYTE times the input bytes, at least CLI_EXPAND_MIN_*,
+ * unless --max-expanded BYTES says otherwise. */
+#define CLI_EXPAND_PER_INPUT_BYTE 64
+#define CLI_EXPAND_MIN_WRITE (2ull << 30) /* extract: written in chunks, costs disk and time */
+#define CLI_EXPAND_MIN_READ (1ull << 30)  /* diff: each pair of tensors is held in memory */
+
+/* The bytes of sd's tensors once expanded, each element as `to` when that is larger than its
+ * own dtype (CKPT_DT_COUNT: as stored); saturates at UINT64_MAX. */
+uint64_t cli_sd_expanded_bytes(const ckpt_sd *sd, ckpt_dtype to);
+/* -1 when `bytes` fits the limit for input_size bytes of input (opt: the --max-expanded value,
+ * already validated with cli_parse_size, or NULL); else the exit status after an error line
+ * naming path, the limit and the option, followed by `tail` ("; nothing written" or ""). */
+int cli_check_expanded(const char *path, uint64_t bytes, uint64_t input_size, uint64_t min,
+                       const char *opt, const char *tail);
+
 /* ---- text buffer (format.c) ------------------------------------------------------------- */
 
 typedef struct cli_sb {
@@ -145,20 +165,55 @@ void cli_repr_str(cli_sb *sb, const char *s, size_t n, size_t max_chars);
 #define CLI_MIN_ITEMS (1u << 17)    /* the budget is at least this ... */
 #define CLI_ITEMS_PER_DISTINCT 4    /* ... or this many times the distinct items */
 
+/* Output that a walk prints (inspect, tensors) is bounded relative to the file: a printed
+ * path repeats its parents' keys, and one string can be referenced from every item, so even a
+ * walk that expands each container once could print far more than the file holds. */
+#define CLI_OUTPUT_PER_INPUT_BYTE 64     /* the output limit is this many times the file ... */
+#define CLI_OUTPUT_MIN (64ull << 20)     /* ... or at least this */
+
+typedef struct cli_seen cli_seen;
+
 typedef struct cli_walk {
     const ckpt_value *path[CLI_MAX_DEPTH];
     size_t depth;
     uint64_t items, max_items;
+    uint64_t out, max_out; /* bytes charged by cli_walk_charge, and their limit (0: none) */
+    bool max_out_given;    /* max_out came from --max-output */
+    cli_seen *seen;        /* containers already expanded (cli_walk_share) */
+    uint32_t node[CLI_MAX_DEPTH]; /* with seen: each path entry's record in it */
     char error[160]; /* set when a limit stopped the walk */
 } cli_walk;
 
 /* Reset w for walks under root, sizing the item budget from root's distinct items. */
 void cli_walk_init(cli_walk *w, const ckpt_value *root);
-typedef enum cli_enter { CLI_ENTERED, CLI_CYCLE, CLI_LIMIT } cli_enter;
+/* Bound the bytes charged to w: `opt` (a --max-output value, or NULL for the default of
+ * CLI_OUTPUT_PER_INPUT_BYTE times file_size, at least CLI_OUTPUT_MIN). Returns false when opt
+ * is not a size (the caller reports the usage error). */
+bool cli_walk_limit_output(cli_walk *w, const char *opt, uint64_t file_size);
+/* Add n bytes of output; false (and w->error) once they pass w->max_out. */
+bool cli_walk_charge(cli_walk *w, uint64_t n);
+/* From now on cli_walk_enter_at expands each container once: a container met again is
+ * CLI_SHARED, to be printed as a reference to where it was first expanded. */
+void cli_walk_share(cli_walk *w);
+void cli_walk_free(cli_walk *w); /* what cli_walk_share allocated */
+typedef enum cli_enter { CLI_ENTERED, CLI_CYCLE, CLI_LIMIT, CLI_SHARED } cli_enter;
 /* Enter container v (push it on the path). CLI_CYCLE: v is already on the path (not pushed).
  * CLI_LIMIT: a limit was hit (w->error says which; not pushed, and every later call fails). */
 cli_enter cli_walk_enter(cli_walk *w, const ckpt_value *v);
+/* The same, with the path component under which v is met (for references to it); after
+ * cli_walk_share it returns CLI_SHARED (not pushed) for a container expanded before. */
+cli_enter cli_walk_enter_at(cli_walk *w, const ckpt_value *v, const char *comp, size_t n);
 void cli_walk_leave(cli_walk *w);
+/* Mark the container on top of the path (and, as the walk leaves them, those around it): a
+ * walk that lists only some items (tensors) prints references only to marked containers. */
+void cli_walk_mark(cli_walk *w);
+bool cli_walk_marked(const cli_walk *w, const ckpt_value *v);
+/* The path of a CLI_SHARED container's first expansion: components joined with sep (control
+ * characters escaped), or as a JSON array of strings. */
+void cli_walk_ref_path(const cli_walk *w, const ckpt_value *v, const char *sep, cli_sb *sb);
+json_t *cli_walk_ref_json(const cli_walk *w, const ckpt_value *v);
+/* A byte count: digits with an optional K, M, G suffix (powers of 1024). */
+bool cli_parse_size(const char *s, uint64_t *out);
 bool cli_is_container(const ckpt_value *v); /* tuple, list, set, dict, object */
 
 /* Tensors under v (v included), by occurrence. */
@@ -210,7 +265,8 @@ json_t *cli_json_cstr(const char *s);
 json_t *cli_json_strs(const char *const *v, size_t n);
 /* A JSON string from bytes that may not be UTF-8 (invalid sequences become U+FFFD). */
 json_t *cli_json_str(const char *s, size_t n);
-/* The inspect schema's NODE for v (docs/CLI.md); NULL when a limit stopped it (w->error). */
+/* The inspect schema's NODE for v (docs/CLI.md); NULL when a limit stopped it (w->error).
+ * After cli_walk_share, a container met again is {"ref": [PATH...]}. Output is charged. */
 json_t *cli_json_value(cli_walk *w, const ckpt_value *v);
 /* The tensor fields shared by inspect and tensors: dtype, shape, stride, storage_offset,
  * storage, nbytes, requires_grad, parameter. */

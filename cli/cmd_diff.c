@@ -31,6 +31,9 @@ const char cmd_diff_help[] =
     "  --atol X       values match when |a - b| <= X in float64 (dtypes may then differ);\n"
     "                 default: bit-identical values with equal dtypes\n"
     "  --json         one JSON document on stdout (schema in docs/CHECK.md)\n"
+    "  --max-expanded BYTES  refuse when the tensors hold more than this once broadcast\n"
+    "                 views are expanded (default: 64 times the two files' size, at least\n"
+    "                 1G; K, M, G suffixes)\n"
     "\n"
     "Exit status: 0 every tensor matches; 1 something differs; 2 error.\n"
     "\n"
@@ -213,12 +216,13 @@ static ckpt_sd_report *locate(const char *path, const ckpt_file *f, const char *
 int cmd_diff(int argc, char **argv, const cli_command *self)
 {
     bool json = false;
-    const char *key_a = NULL, *key_b = NULL, *atol_s = NULL;
+    const char *key_a = NULL, *key_b = NULL, *atol_s = NULL, *max_expanded = NULL;
     const cli_opt opts[] = {
         {"key-a", "PATH", NULL, &key_a},
         {"key-b", "PATH", NULL, &key_b},
         {"atol", "X", NULL, &atol_s},
         {"json", NULL, &json, NULL},
+        {"max-expanded", "BYTES", NULL, &max_expanded},
         {NULL, NULL, NULL, NULL},
     };
     const char *pos[2];
@@ -234,6 +238,10 @@ int cmd_diff(int argc, char **argv, const cli_command *self)
         if (errno || end == atol_s || *end || !(atol >= 0) || !isfinite(atol))
             return cli_usage_error(self, "--atol takes a number >= 0, not '%s'", atol_s);
     }
+    uint64_t unused;
+    if (max_expanded && !cli_parse_size(max_expanded, &unused))
+        return cli_usage_error(self, "--max-expanded wants a byte count (e.g. 8G), not '%s'",
+                               max_expanded);
     const char *pa = pos[0], *pb = pos[1];
     ckpt_file *fa = cli_open(pa);
     if (!fa)
@@ -247,6 +255,15 @@ int cmd_diff(int argc, char **argv, const cli_command *self)
     ckpt_sd_report *rb = ra ? locate(pb, fb, key_b) : NULL;
     rc = CLI_EXIT_ERROR;
     if (ra && rb) {
+        /* Both sides are read whole: bound what broadcast views make of them first. */
+        uint64_t in = ckpt_file_size(fa) + ckpt_file_size(fb);
+        uint64_t ea = cli_sd_expanded_bytes(ra->sd, CKPT_DT_COUNT);
+        uint64_t eb = cli_sd_expanded_bytes(rb->sd, CKPT_DT_COUNT);
+        rc = cli_check_expanded(ea >= eb ? pa : pb, ea > UINT64_MAX - eb ? UINT64_MAX : ea + eb,
+                                in, CLI_EXPAND_MIN_READ, max_expanded, "");
+        if (rc >= 0)
+            goto done;
+        rc = CLI_EXIT_ERROR;
         cli_warn_globals(pa, fa);
         cli_warn_globals(pb, fb);
         ckpt_sd_diff_result *d = NULL;
@@ -266,6 +283,7 @@ int cmd_diff(int argc, char **argv, const cli_command *self)
         }
         ckpt_sd_diff_free(d);
     }
+done:
     ckpt_sd_report_free(rb);
     ckpt_sd_report_free(ra);
     ckpt_close(fb);

@@ -50,6 +50,8 @@ const char cmd_extract_help[] =
     "                     check against (the file's own key order is kept then)\n"
     "  --force            replace OUT if it exists\n"
     "  --json             one JSON document on stdout (schema in docs/EXTRACT.md)\n"
+    "  --max-expanded BYTES  refuse to write more than this: broadcast views are written\n"
+    "                     whole (default: 64 times the input's size, at least 2G; K, M, G)\n"
     "\n"
     "A state dict that is none of the ten torchvision ResNets needs --against (a checkpoint of\n"
     "its model) or --no-check.\n"
@@ -310,7 +312,7 @@ static char **long_options(int argc, char **argv)
 int cmd_extract(int argc, char **argv, const cli_command *self)
 {
     bool json = false, force = false, no_check = false;
-    const char *out = NULL, *format = NULL, *dtype = NULL;
+    const char *out = NULL, *format = NULL, *dtype = NULL, *max_expanded = NULL;
     cli_locate l = {0};
     const cli_opt opts[] = {
         {"output", "OUT", NULL, &out},
@@ -320,6 +322,7 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
         {"no-check", NULL, &no_check, NULL},
         {"force", NULL, &force, NULL},
         {"json", NULL, &json, NULL},
+        {"max-expanded", "BYTES", NULL, &max_expanded},
         {NULL, NULL, NULL, NULL},
     };
     const char *pos[1];
@@ -332,6 +335,10 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     const char *path = pos[0];
     if (!out || !*out)
         return cli_usage_error(self, "no output file given (-o OUT)");
+    uint64_t unused;
+    if (max_expanded && !cli_parse_size(max_expanded, &unused))
+        return cli_usage_error(self, "--max-expanded wants a byte count (e.g. 8G), not '%s'",
+                               max_expanded);
     int fmt = format ? ckpt_write_format_from_name(format) : ckpt_write_format_for_path(out);
     if (fmt < 0)
         return format ? cli_usage_error(self, "unknown format '%s' (pth, safetensors)", format)
@@ -403,6 +410,14 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     ckpt_sd view = *sd;
     view.entries = entries;
     order_entries(sd, r->model, entries, &view.n_entries, dropped, &oc.n_dropped);
+    /* Every tensor is written contiguous: a broadcast view costs its full logical size. */
+    rc = cli_check_expanded(path, cli_sd_expanded_bytes(&view, wo.convert ? wo.dtype
+                                                                         : CKPT_DT_COUNT),
+                            ckpt_file_size(l.f), CLI_EXPAND_MIN_WRITE, max_expanded,
+                            "; nothing written");
+    if (rc >= 0)
+        goto done;
+    rc = CLI_EXIT_OK;
     oc.dropped = dropped;
     for (size_t i = 0; i < oc.n_dropped; i++) {
         if (i == EXTRACT_MAX_WARNINGS) {
@@ -512,6 +527,14 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
         cli_write_stdout(text.buf, text.len);
         sb_free(&text);
         rc = CLI_EXIT_OK;
+    }
+    /* OUT is complete and in place: removing it now could remove a file that --force
+     * replaced. A report that cannot be written is still an error (exit 2), in one line that
+     * says OUT was written; the stream is cleared so that main does not report it again. */
+    if (rc == CLI_EXIT_OK && (fflush(stdout) != 0 || ferror(stdout))) {
+        rc = cli_error(out, "written, but the report could not be written to standard "
+                       "output: %s", strerror(errno));
+        clearerr(stdout);
     }
 
 done:

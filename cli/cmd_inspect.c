@@ -12,6 +12,10 @@
  * (the root is level 0, its items level 1); deeper ones get a one-line summary: a dict whose
  * values are all tensors (a state dict) its count, parameters, bytes and dtypes. No tensor data
  * is read.
+ *
+ * A container the pickle references from several places is expanded where it is first met and
+ * shown as "<same as PATH>" afterwards, and the output is bounded relative to the file's size
+ * (--max-output): a few KB of memo references must not print gigabytes.
  */
 #include "cli.h"
 
@@ -40,6 +44,8 @@ const char cmd_inspect_help[] =
     "  --depth N  expand N levels of containers (default 1: the top level; 0: one line)\n"
     "  --json     the whole tree as one JSON document on stdout (schema in docs/CLI.md);\n"
     "             --depth does not apply\n"
+    "  --max-output BYTES  refuse to print more than this (default: 64 times the file's\n"
+    "             size, at least 64M; K, M, G suffixes)\n"
     "\n"
     "Examples:\n"
     "  ckpt inspect resnet50-ckpt.pth\n"
@@ -50,6 +56,7 @@ typedef struct inspect_ctx {
     cli_walk w;     /* the containers being expanded */
     cli_walk stats; /* summaries; its item budget is shared by all of them */
     cli_sb *out;
+    size_t charged; /* bytes of out charged to w's output limit */
     int depth;
 } inspect_ctx;
 
@@ -270,11 +277,21 @@ static void summary(inspect_ctx *c, cli_sb *sb, const ckpt_value *v, bool collap
 
 static bool show_children(inspect_ctx *c, const ckpt_value *v, size_t indent, int level);
 
+/* Charge what was written since the last call to the output limit. */
+static bool charge(inspect_ctx *c)
+{
+    bool ok = cli_walk_charge(&c->w, c->out->len - c->charged);
+    c->charged = c->out->len;
+    return ok;
+}
+
 /* One item: its line, then (when expanded) its own items. */
 static bool show(inspect_ctx *c, size_t indent, const child *ch, size_t width, size_t dwidth,
                  int level)
 {
     cli_sb *out = c->out;
+    if (!charge(c))
+        return false;
     const ckpt_value *v = ch->v;
     size_t pad = ch->width < width ? width - ch->width : 0;
     sb_pad(out, indent);
@@ -318,14 +335,27 @@ static bool show(inspect_ctx *c, size_t indent, const child *ch, size_t width, s
     }
     sb_free(&r);
 
-    cli_enter e = cli_walk_enter(&c->w, v);
+    /* The path component: a sequence item's index without its brackets. */
+    const char *comp = sb_str(&ch->label);
+    size_t comp_len = ch->label.len;
+    if (comp_len > 2 && comp[0] == '[' && comp[comp_len - 1] == ']') {
+        comp++;
+        comp_len -= 2;
+    }
+    cli_enter e = cli_walk_enter_at(&c->w, v, comp, comp_len);
     if (e == CLI_LIMIT)
         return false;
-    if (e == CLI_CYCLE) {
+    if (e == CLI_CYCLE || e == CLI_SHARED) {
         sb_putc(out, ':');
         sb_pad(out, pad + 2);
-        sb_puts(out, "... (the container it is in)\n");
-        return true;
+        if (e == CLI_CYCLE) {
+            sb_puts(out, "... (the container it is in)\n");
+            return true;
+        }
+        sb_puts(out, "<same as ");
+        cli_walk_ref_path(&c->w, v, "/", out);
+        sb_puts(out, ">\n");
+        return charge(c);
     }
     bool expand = level < c->depth;
     bool ok = true;
@@ -403,15 +433,17 @@ static bool human(inspect_ctx *c, const char *path, const ckpt_file *f)
         return false;
     bool ok = show_children(c, root, 2, 1);
     cli_walk_leave(&c->w);
-    return ok;
+    return ok && charge(c);
 }
 
 int cmd_inspect(int argc, char **argv, const cli_command *self)
 {
     bool json = false;
     const char *depth_arg = NULL;
+    const char *max_output = NULL;
     const cli_opt opts[] = {{"json", NULL, &json, NULL},
                             {"depth", "N", NULL, &depth_arg},
+                            {"max-output", "BYTES", NULL, &max_output},
                             {NULL, NULL, NULL, NULL}};
     const char *pos[1];
     int npos;
@@ -426,6 +458,10 @@ int cmd_inspect(int argc, char **argv, const cli_command *self)
             return cli_usage_error(self, "--depth wants a number of levels, not '%s'", depth_arg);
         depth = d > CLI_MAX_DEPTH ? CLI_MAX_DEPTH : (int)d;
     }
+    uint64_t unused;
+    if (max_output && !cli_parse_size(max_output, &unused))
+        return cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
+                               max_output);
     const char *path = pos[0];
     ckpt_file *f = cli_open(path);
     if (!f)
@@ -437,6 +473,8 @@ int cmd_inspect(int argc, char **argv, const cli_command *self)
     cli_walk_init(&c->w, ckpt_root(f));
     c->stats = c->w;
     c->stats.max_items *= INSPECT_STATS_BUDGET;
+    cli_walk_limit_output(&c->w, max_output, ckpt_file_size(f));
+    cli_walk_share(&c->w);
     if (json) {
         json_t *root = cli_json_value(&c->w, ckpt_root(f));
         if (!root)
@@ -463,6 +501,7 @@ int cmd_inspect(int argc, char **argv, const cli_command *self)
         fflush(stdout); /* the tree first, then what to beware of */
         cli_warn_globals(path, f);
     }
+    cli_walk_free(&c->w);
     free(c);
     ckpt_close(f);
     return rc;

@@ -8,6 +8,12 @@
  * gets its own error line and the others still run. Images go through the model in batches;
  * the engine computes every image alone with the same code, so results do not depend on the
  * batch or the thread count, and --repeat checks that claim on the spot.
+ *
+ * The command runs in steps, one function each: parse the options, read the labels, locate
+ * and judge the weights, gather the inputs (images are decoded and preprocessed batch by
+ * batch, so memory does not grow with the number of images), load the model, run the
+ * forward passes, print. Every size that reaches an allocation is checked first: the options
+ * against the limits below, products of sizes with checked arithmetic.
  */
 #include "cli.h"
 
@@ -40,13 +46,17 @@ const char cmd_run_help[] =
     "  --resize S         Resize's size (default 256; 232 for torchvision's V2 weights;\n"
     "                     0: no Resize)\n"
     "  --crop C           CenterCrop's size (default 224)\n"
-    "  --batch B          images per batch (default 8)\n"
+    "  --max-side N       the largest --resize, --crop and --input height or width accepted\n"
+    "                     (default 1024: the model's memory grows with the square)\n"
+    "  --batch B          images per batch (default 8, at most 1024)\n"
     "  --threads N        threads (default: the number of cores)\n"
     "  --backend B        dnnl (oneDNN, the default when built with it) or ref (plain C)\n"
     "  --input X.npy      run on a preprocessed float32 array [N,3,H,W] (or [3,H,W]) instead\n"
     "                     of images\n"
     "  --save-input X.npy write the preprocessed tensor [N,3,C,C] of the images that were read\n"
     "  --repeat N         run N times and exit 1 if any output bit differs between runs\n"
+    "\n"
+    "At most 4096 images per command (RUN_MAX_IMAGES); run it again for more.\n"
     "\n"
     "Exit status: 0 success; 1 the weights would not load strictly, or --repeat saw a\n"
     "difference; 2 error (the checkpoint, the options, or any image: images that could be\n"
@@ -58,17 +68,68 @@ const char cmd_run_help[] =
     "  ckpt run model.pth img.png --save-input x.npy    # compare with your Python pipeline\n";
 
 #define RUN_DEFAULT_TOPK 5
+#define RUN_DEFAULT_RESIZE 256
+#define RUN_DEFAULT_CROP 224
 #define RUN_DEFAULT_BATCH 8
+#define RUN_MAX_TOPK (1L << 30)
+#define RUN_MAX_BATCH 1024
+#define RUN_MAX_THREADS 1024
+#define RUN_MAX_REPEAT 1000000
+#define RUN_MAX_IMAGES 4096        /* images on one command line */
+#define RUN_DEFAULT_MAX_SIDE 1024  /* --resize, --crop, --input's H and W, unless --max-side */
 #define RUN_MAX_LABEL_BYTES (64u << 20)
 
+typedef struct run_options {
+    cli_locate l; /* --arch, --key, ... and, once located, the weights */
+    bool json, logits, features;
+    const char *labels, *input_npy, *save_input;
+    const char **images; /* the image paths */
+    size_t n_images;
+    long topk, resize, crop, batch, threads, repeat, max_side;
+    int backend;
+} run_options;
+
 typedef struct item {
-    const char *name;  /* the image path, or "X.npy[k]" */
+    const char *name;   /* the image path, or "X.npy[k]" */
     char *owned_name;
-    char *error;       /* why it could not be run, or NULL */
-    float *input;      /* 3 x H x W, or NULL after an error */
+    char *error;        /* why it could not be run, or NULL */
+    const float *input; /* its 3 x H x W floats when they are already in memory, else NULL */
 } item;
 
-static bool parse_int(const char *s, long min, long max, long *out)
+typedef struct run_state {
+    char **labels;
+    size_t n_labels;
+    item *items;
+    size_t n_items;
+    ckpt_npy npy;  /* --input */
+    float *saved;  /* --save-input: every readable image's floats */
+    int in_h, in_w;
+    size_t per;    /* floats per input: 3 * in_h * in_w */
+    bool image_failed;
+    ckpt_model *m;
+    int64_t classes, nfeat;
+    float *logits, *features; /* n_items x classes, n_items x nfeat, of the first run */
+    long differing_runs;
+} run_state;
+
+/* As cli_xrealloc does when memory runs out: report and exit 2. */
+static _Noreturn void out_of_memory(void)
+{
+    fputs("ckpt: error: out of memory\n", stderr);
+    exit(CLI_EXIT_ERROR);
+}
+
+/* n * size bytes, or exit 2 (out of memory) when the product does not fit: the operands are
+ * bounded by the limits above, so this only fires when memory is truly short. */
+static void *alloc_array(size_t n, size_t size)
+{
+    size_t bytes;
+    if (__builtin_mul_overflow(n ? n : 1, size, &bytes))
+        out_of_memory();
+    return cli_xrealloc(NULL, bytes);
+}
+
+static bool parse_long(const char *s, long min, long max, long *out)
 {
     char *end;
     errno = 0;
@@ -79,48 +140,368 @@ static bool parse_int(const char *s, long min, long max, long *out)
     return true;
 }
 
-/* Class names, one per line; a missing file is an error, fewer lines than classes is not. */
+/* ---- 1. options ---------------------------------------------------------------------------- */
+
+/* One numeric option: "--topk takes a count from 1 to 1073741824, not '0'". */
+static bool numeric(const cli_command *self, const char *name, const char *what, const char *s,
+                    long min, long max, long *out, int *rc)
+{
+    if (!s || parse_long(s, min, max, out))
+        return true;
+    *rc = cli_usage_error(self, "--%s takes a %s from %ld to %ld, not '%s'", name, what, min,
+                          max, s);
+    return false;
+}
+
+/* Returns -1 to go on, or the exit status. */
+static int parse_options(const cli_command *self, int argc, char **argv, run_options *o)
+{
+    const char *s_topk = NULL, *s_resize = NULL, *s_crop = NULL, *s_batch = NULL,
+               *s_threads = NULL, *s_backend = NULL, *s_repeat = NULL, *s_max_side = NULL;
+    const cli_opt opts[] = {
+        CLI_LOCATE_OPTS(&o->l),
+        {"topk", "K", NULL, &s_topk},
+        {"labels", "FILE", NULL, &o->labels},
+        {"logits", NULL, &o->logits, NULL},
+        {"features", NULL, &o->features, NULL},
+        {"json", NULL, &o->json, NULL},
+        {"resize", "S", NULL, &s_resize},
+        {"crop", "C", NULL, &s_crop},
+        {"max-side", "N", NULL, &s_max_side},
+        {"batch", "B", NULL, &s_batch},
+        {"threads", "N", NULL, &s_threads},
+        {"backend", "B", NULL, &s_backend},
+        {"input", "X.npy", NULL, &o->input_npy},
+        {"save-input", "X.npy", NULL, &o->save_input},
+        {"repeat", "N", NULL, &s_repeat},
+        {NULL, NULL, NULL, NULL},
+    };
+    int npos = 0, rc = -1;
+    /* One more than the limit is collected, to tell "too many images" from a stray argument. */
+    int rc_parse = cli_parse_args(self, argc, argv, opts, o->images, 1, 2 + RUN_MAX_IMAGES,
+                                  &npos);
+    if (rc_parse >= 0)
+        return rc_parse;
+    if (npos > 1 + RUN_MAX_IMAGES)
+        return cli_usage_error(self, "at most %d images per command; run it again for the rest",
+                               RUN_MAX_IMAGES);
+    o->l.path = o->images[0];
+    o->images++;
+    o->n_images = (size_t)npos - 1;
+    o->topk = RUN_DEFAULT_TOPK;
+    o->resize = RUN_DEFAULT_RESIZE;
+    o->crop = RUN_DEFAULT_CROP;
+    o->batch = RUN_DEFAULT_BATCH;
+    o->threads = 0;
+    o->repeat = 1;
+    o->max_side = RUN_DEFAULT_MAX_SIDE;
+    o->backend = CKPT_BACKEND_AUTO;
+    if (!numeric(self, "topk", "count", s_topk, 1, RUN_MAX_TOPK, &o->topk, &rc) ||
+        !numeric(self, "max-side", "size", s_max_side, 1, CKPT_IMAGE_MAX_SIDE, &o->max_side,
+                 &rc) ||
+        !numeric(self, "resize", "size", s_resize, 0, CKPT_IMAGE_MAX_SIDE, &o->resize, &rc) ||
+        !numeric(self, "crop", "size", s_crop, 1, CKPT_IMAGE_MAX_SIDE, &o->crop, &rc) ||
+        !numeric(self, "batch", "count", s_batch, 1, RUN_MAX_BATCH, &o->batch, &rc) ||
+        !numeric(self, "threads", "count", s_threads, 1, RUN_MAX_THREADS, &o->threads, &rc) ||
+        !numeric(self, "repeat", "count", s_repeat, 1, RUN_MAX_REPEAT, &o->repeat, &rc))
+        return rc;
+    /* The model's activations grow with the square of the side: refused before anything is
+     * decoded or allocated. */
+    if (o->resize > o->max_side)
+        return cli_usage_error(self, "--resize %ld is larger than %ld, the largest side "
+                               "accepted; raise the limit with --max-side N", o->resize,
+                               o->max_side);
+    if (o->crop > o->max_side)
+        return cli_usage_error(self, "--crop %ld is larger than %ld, the largest side accepted; "
+                               "raise the limit with --max-side N", o->crop, o->max_side);
+    if (s_backend && ((o->backend = ckpt_backend_from_name(s_backend)) < 0 ||
+                      !ckpt_backend_available((ckpt_backend)o->backend)))
+        return cli_usage_error(self, "--backend takes auto, ref or dnnl (when this build has "
+                               "oneDNN)");
+    if (o->input_npy && o->n_images > 0)
+        return cli_usage_error(self, "--input replaces the images: give FILE alone");
+    if (!o->input_npy && o->n_images == 0)
+        return cli_usage_error(self, "give at least one image (or --input X.npy)");
+    return -1;
+}
+
+/* ---- 2. labels ----------------------------------------------------------------------------- */
+
+/* Class names, one per line; a missing file is an error, fewer lines than classes is not.
+ * The file must be a regular file no larger than RUN_MAX_LABEL_BYTES, checked before reading:
+ * a directory, a device (/dev/zero never ends) or a huge file is an error, never a run with no
+ * labels. */
 static int read_labels(const char *path, char ***out, size_t *n)
 {
-    ckpt_error err;
     int fd;
     uint64_t size;
-    if (ckpt_open_input(path, &fd, &size, &err) != CKPT_OK) /* no FIFO, device or directory */
-        return cli_error(path, "%s", err.message);
-    FILE *fp = fdopen(fd, "rb");
-    if (!fp) {
+    ckpt_error err = {0};
+    if (ckpt_open_input(path, &fd, &size, &err) != CKPT_OK)
+        return cli_error(path, "cannot read the labels: %s", err.message);
+    if (size > RUN_MAX_LABEL_BYTES) {
         close(fd);
-        return cli_error(path, "cannot open: %s", strerror(errno));
+        return cli_error(path, "the label file is larger than %u MB", RUN_MAX_LABEL_BYTES >> 20);
     }
-    char **v = NULL;
-    size_t len = 0, cap = 0, total = 0;
-    char *line = NULL;
-    size_t lcap = 0;
-    ssize_t got;
-    while ((got = getline(&line, &lcap, fp)) >= 0) {
-        total += (size_t)got;
-        if (total > RUN_MAX_LABEL_BYTES) {
-            free(line);
-            fclose(fp);
-            for (size_t i = 0; i < len; i++)
-                free(v[i]);
-            free(v);
-            return cli_error(path, "label file larger than %u MB", RUN_MAX_LABEL_BYTES >> 20);
+    /* One byte more than fstat said, to notice a file that grew since. */
+    char *text = cli_xrealloc(NULL, (size_t)size + 2);
+    size_t len = 0;
+    while (len <= size) {
+        ssize_t got = read(fd, text + len, (size_t)size + 1 - len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            int e = errno;
+            free(text);
+            close(fd);
+            return cli_error(path, "cannot read the labels: %s", strerror(e));
         }
-        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
-            line[--got] = '\0';
-        if (len == cap) {
+        if (got == 0)
+            break;
+        len += (size_t)got;
+    }
+    close(fd);
+    if (len > size) {
+        free(text);
+        return cli_error(path, "the label file changed while it was read");
+    }
+    text[len] = '\0';
+    char **v = NULL;
+    size_t count = 0, cap = 0;
+    for (size_t start = 0; start < len;) {
+        size_t end = start;
+        while (end < len && text[end] != '\n')
+            end++;
+        size_t next = end + 1, stop = end;
+        while (stop > start && text[stop - 1] == '\r')
+            stop--;
+        if (count == cap) {
             cap = cap ? cap * 2 : 256;
             v = cli_xrealloc(v, cap * sizeof *v);
         }
-        v[len++] = strdup(line);
+        v[count] = cli_xrealloc(NULL, stop - start + 1);
+        memcpy(v[count], text + start, stop - start);
+        v[count][stop - start] = '\0';
+        count++;
+        start = next;
     }
-    free(line);
-    fclose(fp);
+    free(text);
     *out = v;
-    *n = len;
+    *n = count;
     return -1;
 }
+
+/* ---- 3. the weights ---------------------------------------------------------------------- */
+
+/* Locate and judge the weights as check does; refuse any that would not load strictly. */
+static int locate_weights(const cli_command *self, run_options *o)
+{
+    int rc = cli_locate_open(self, &o->l, o->l.path, false);
+    if (rc >= 0)
+        return rc;
+    const ckpt_sd_report *r = o->l.r;
+    if (!r->verdict->ok) {
+        cli_sb why = {0};
+        cli_locate_human(&why, &o->l);
+        fprintf(stderr, "ckpt: error: %s: the weights would not load strictly; not running "
+                        "them:\n%s", o->l.path, sb_str(&why));
+        sb_free(&why);
+        return CLI_EXIT_FINDING;
+    }
+    if (!r->arch)
+        return cli_error(o->l.path, "ckpt run knows the ten torchvision ResNets; --against "
+                                    "checks other models but cannot run them");
+    return -1;
+}
+
+/* ---- 4. inputs ----------------------------------------------------------------------------- */
+
+static int gather_npy(const run_options *o, run_state *st)
+{
+    ckpt_error err = {0};
+    if (ckpt_npy_read(o->input_npy, &st->npy, &err) != CKPT_OK)
+        return cli_error_ckpt(o->input_npy, &err);
+    const ckpt_npy *a = &st->npy;
+    bool one = a->ndim == 3;
+    if (!(a->ndim == 4 || one) || a->shape[one ? 0 : 1] != 3 || a->numel == 0)
+        return cli_error(o->input_npy, "expected a float32 array [N, 3, H, W] or [3, H, W]");
+    int64_t h = a->shape[a->ndim - 2], w = a->shape[a->ndim - 1];
+    if (h > o->max_side || w > o->max_side)
+        return cli_error(o->input_npy, "the inputs are %" PRId64 "x%" PRId64 ", larger than "
+                         "%ld, the largest side accepted; raise the limit with --max-side N",
+                         w, h, o->max_side);
+    st->n_items = one ? 1 : (size_t)a->shape[0];
+    st->in_h = (int)h;
+    st->in_w = (int)w;
+    st->per = (size_t)3 * (size_t)h * (size_t)w; /* numel = n_items * per: no overflow */
+    st->items = alloc_array(st->n_items, sizeof *st->items);
+    memset(st->items, 0, st->n_items * sizeof *st->items);
+    for (size_t i = 0; i < st->n_items; i++) {
+        cli_sb name = {0};
+        sb_put_clean(&name, o->input_npy, strlen(o->input_npy));
+        if (!one)
+            sb_printf(&name, "[%zu]", i);
+        st->items[i].owned_name = name.buf;
+        st->items[i].name = name.buf;
+        st->items[i].input = a->data + i * st->per;
+    }
+    return -1;
+}
+
+/* Decode and preprocess item i into dst (per floats). On failure the item keeps the error,
+ * which is reported once, and false is returned. */
+static bool prepare(const run_options *o, run_state *st, size_t i, float *dst)
+{
+    item *it = &st->items[i];
+    if (it->error)
+        return false;
+    if (it->input) {
+        memcpy(dst, it->input, st->per * sizeof(float));
+        return true;
+    }
+    ckpt_error err = {0};
+    ckpt_image img;
+    int rc = ckpt_image_load(it->name, NULL, &img, &err);
+    if (rc == CKPT_OK) {
+        rc = ckpt_image_preprocess(&img, (int)o->resize, (int)o->crop, dst,
+                                   st->per * sizeof(float), &err);
+        ckpt_image_free(&img);
+    }
+    if (rc == CKPT_OK)
+        return true;
+    it->error = strdup(err.message[0] ? err.message : ckpt_status_str(err.status));
+    if (!it->error)
+        out_of_memory();
+    st->image_failed = true;
+    cli_error_ckpt(it->name, &err);
+    return false;
+}
+
+/* The inputs: an .npy array, or the images, which are read when their batch runs (or all at
+ * once for --save-input, which then also feeds the model). */
+static int gather_inputs(const run_options *o, run_state *st)
+{
+    if (o->input_npy) {
+        int rc = gather_npy(o, st);
+        if (rc >= 0)
+            return rc;
+    } else {
+        st->n_items = o->n_images;
+        st->in_h = st->in_w = (int)o->crop;
+        st->per = (size_t)3 * (size_t)o->crop * (size_t)o->crop;
+        st->items = alloc_array(st->n_items, sizeof *st->items);
+        memset(st->items, 0, st->n_items * sizeof *st->items);
+        for (size_t i = 0; i < st->n_items; i++)
+            st->items[i].name = o->images[i];
+    }
+    if (!o->save_input)
+        return -1;
+    size_t n_ok = 0;
+    st->saved = alloc_array(st->n_items, st->per * sizeof(float)); /* per <= 3 * 65535^2 */
+    for (size_t i = 0; i < st->n_items; i++) {
+        float *dst = st->saved + n_ok * st->per;
+        if (prepare(o, st, i, dst)) {
+            st->items[i].input = dst;
+            n_ok++;
+        }
+    }
+    int64_t shape[4] = {(int64_t)n_ok, 3, st->in_h, st->in_w};
+    ckpt_error err = {0};
+    if (ckpt_npy_write(o->save_input, st->saved, 4, shape, &err) != CKPT_OK)
+        return cli_error_ckpt(o->save_input, &err);
+    return -1;
+}
+
+/* ---- 5. the model ---------------------------------------------------------------------- */
+
+/* Built once, for the input size; the checkpoint is not needed after this. */
+static int load_model(const run_options *o, run_state *st)
+{
+    const ckpt_sd_report *r = o->l.r;
+    ckpt_model_options mo = {0};
+    mo.backend = (ckpt_backend)o->backend;
+    mo.threads = (int)o->threads;
+    mo.height = st->in_h;
+    mo.width = st->in_w;
+    ckpt_error err = {0};
+    if (ckpt_model_load_sd(r->arch, r->num_classes, r->sd, &mo, &st->m, &err) != CKPT_OK)
+        return cli_error_ckpt(o->l.path, &err);
+    st->classes = ckpt_model_classes(st->m);
+    st->nfeat = ckpt_model_features(st->m);
+    return -1;
+}
+
+/* ---- 6. forward passes ------------------------------------------------------------------ */
+
+typedef struct batch_buf {
+    float *x, *logits, *features; /* batch x per, batch x classes, batch x nfeat */
+    size_t *idx;                  /* the item of each batch position */
+} batch_buf;
+
+/* One pass over every readable item, in batches, writing each item's outputs at its index. */
+static int run_once(const run_options *o, run_state *st, batch_buf *b, float *logits,
+                    float *features)
+{
+    size_t classes = (size_t)st->classes, nfeat = (size_t)st->nfeat;
+    size_t i = 0;
+    while (i < st->n_items) {
+        size_t nb = 0;
+        for (; i < st->n_items && nb < (size_t)o->batch; i++) {
+            if (prepare(o, st, i, b->x + nb * st->per))
+                b->idx[nb++] = i;
+        }
+        if (!nb)
+            break;
+        ckpt_error err = {0};
+        if (ckpt_model_run(st->m, b->x, (int)nb, st->in_h, st->in_w, b->logits, b->features,
+                           &err) != CKPT_OK)
+            return cli_error_ckpt(o->l.path, &err);
+        for (size_t j = 0; j < nb; j++) {
+            memcpy(logits + b->idx[j] * classes, b->logits + j * classes,
+                   classes * sizeof(float));
+            memcpy(features + b->idx[j] * nfeat, b->features + j * nfeat,
+                   nfeat * sizeof(float));
+        }
+    }
+    return -1;
+}
+
+/* The first run's outputs stay in st; every further run (--repeat) is compared bit for bit. */
+static int forward(const run_options *o, run_state *st)
+{
+    size_t n = st->n_items, classes = (size_t)st->classes, nfeat = (size_t)st->nfeat;
+    size_t batch = (size_t)o->batch;
+    batch_buf b;
+    b.x = alloc_array(batch, st->per * sizeof(float));
+    b.logits = alloc_array(batch, classes * sizeof(float));
+    b.features = alloc_array(batch, nfeat * sizeof(float));
+    b.idx = alloc_array(batch, sizeof *b.idx);
+    st->logits = alloc_array(n, classes * sizeof(float));
+    st->features = alloc_array(n, nfeat * sizeof(float));
+    float *again = o->repeat > 1 ? alloc_array(n, classes * sizeof(float)) : NULL;
+    float *again_f = o->repeat > 1 ? alloc_array(n, nfeat * sizeof(float)) : NULL;
+    int rc = run_once(o, st, &b, st->logits, st->features);
+    for (long run = 1; rc < 0 && run < o->repeat; run++) {
+        rc = run_once(o, st, &b, again, again_f);
+        bool same = true;
+        for (size_t j = 0; rc < 0 && j < n; j++) {
+            if (!st->items[j].error &&
+                (memcmp(st->logits + j * classes, again + j * classes,
+                        classes * sizeof(float)) ||
+                 memcmp(st->features + j * nfeat, again_f + j * nfeat, nfeat * sizeof(float))))
+                same = false;
+        }
+        st->differing_runs += !same;
+    }
+    free(again);
+    free(again_f);
+    free(b.x);
+    free(b.logits);
+    free(b.features);
+    free(b.idx);
+    return rc;
+}
+
+/* ---- 7. results -------------------------------------------------------------------------- */
 
 /* Indexes of the k largest logits, largest first; ties keep the lower index first. */
 static void topk(const float *logits, int64_t n, int k, int64_t *idx)
@@ -158,378 +539,202 @@ static void softmax(const float *logits, int64_t n, double *p)
         p[c] /= s;
 }
 
-int cmd_run(int argc, char **argv, const cli_command *self)
+static const char *label_of(const run_state *st, int64_t index)
 {
-    cli_locate l = {0};
-    bool json = false, want_logits = false, want_features = false;
-    const char *s_topk = NULL, *labels_path = NULL, *s_resize = NULL, *s_crop = NULL,
-               *s_batch = NULL, *s_threads = NULL, *s_backend = NULL, *input_npy = NULL,
-               *save_input = NULL, *s_repeat = NULL;
-    const cli_opt opts[] = {
-        CLI_LOCATE_OPTS(&l),
-        {"topk", "K", NULL, &s_topk},
-        {"labels", "FILE", NULL, &labels_path},
-        {"logits", NULL, &want_logits, NULL},
-        {"features", NULL, &want_features, NULL},
-        {"json", NULL, &json, NULL},
-        {"resize", "S", NULL, &s_resize},
-        {"crop", "C", NULL, &s_crop},
-        {"batch", "B", NULL, &s_batch},
-        {"threads", "N", NULL, &s_threads},
-        {"backend", "B", NULL, &s_backend},
-        {"input", "X.npy", NULL, &input_npy},
-        {"save-input", "X.npy", NULL, &save_input},
-        {"repeat", "N", NULL, &s_repeat},
-        {NULL, NULL, NULL, NULL},
-    };
-    enum { MAX_POS = 4096 };
-    const char **pos = cli_xrealloc(NULL, MAX_POS * sizeof *pos);
-    int npos = 0;
-    int rc = cli_parse_args(self, argc, argv, opts, pos, 1, MAX_POS, &npos);
-    if (rc >= 0) {
-        free(pos);
-        return rc;
-    }
-    long k = RUN_DEFAULT_TOPK, resize = 256, crop = 224, batch = RUN_DEFAULT_BATCH, threads = 0,
-         repeat = 1;
-    int backend = CKPT_BACKEND_AUTO;
-    const char *bad = NULL;
-    if (s_topk && !parse_int(s_topk, 1, 1L << 30, &k))
-        bad = "--topk takes a count of at least 1";
-    else if (s_resize && !parse_int(s_resize, 0, CKPT_IMAGE_MAX_SIDE, &resize))
-        bad = "--resize takes a size from 0 to 65535";
-    else if (s_crop && !parse_int(s_crop, 1, CKPT_IMAGE_MAX_SIDE, &crop))
-        bad = "--crop takes a size from 1 to 65535";
-    else if (s_batch && !parse_int(s_batch, 1, 1024, &batch))
-        bad = "--batch takes a count from 1 to 1024";
-    else if (s_threads && !parse_int(s_threads, 1, 1024, &threads))
-        bad = "--threads takes a count from 1 to 1024";
-    else if (s_repeat && !parse_int(s_repeat, 1, 1000000, &repeat))
-        bad = "--repeat takes a count of at least 1";
-    else if (s_backend && ((backend = ckpt_backend_from_name(s_backend)) < 0 ||
-                           !ckpt_backend_available((ckpt_backend)backend)))
-        bad = "--backend takes auto, ref or dnnl (when this build has oneDNN)";
-    else if (input_npy && npos > 1)
-        bad = "--input replaces the images: give FILE alone";
-    else if (!input_npy && npos < 2)
-        bad = "give at least one image (or --input X.npy)";
-    if (bad) {
-        free(pos);
-        return cli_usage_error(self, "%s", bad);
-    }
+    return (uint64_t)index < st->n_labels ? st->labels[index] : NULL;
+}
 
-    char **labels = NULL;
-    size_t n_labels = 0;
-    if (labels_path && (rc = read_labels(labels_path, &labels, &n_labels)) >= 0) {
-        free(pos);
-        return rc;
-    }
+static json_t *float_array(const float *v, int64_t n)
+{
+    json_t *a = json_array();
+    for (int64_t c = 0; c < n; c++)
+        json_array_append_new(a, jfloat(v[c]));
+    return a;
+}
 
-    ckpt_model *m = NULL;
-    item *items = NULL;
-    size_t n_items = 0;
-    float *logits = NULL, *features = NULL, *first_logits = NULL, *first_features = NULL;
-    int in_h = (int)crop, in_w = (int)crop;
-    json_t *doc = NULL;
-    cli_sb out = {0};
-    ckpt_error err = {0};
-    bool image_failed = false;
-
-    /* 1. the weights, refused as check would refuse them */
-    rc = cli_locate_open(self, &l, pos[0], false);
-    if (rc >= 0)
-        goto done;
-    const ckpt_sd_report *r = l.r;
-    if (!r->verdict->ok) {
-        cli_sb why = {0};
-        cli_locate_human(&why, &l);
-        fprintf(stderr, "ckpt: error: %s: the weights would not load strictly; not running "
-                        "them:\n%s", l.path, sb_str(&why));
-        sb_free(&why);
-        rc = CLI_EXIT_FINDING;
-        goto done;
-    }
-    if (!r->arch) {
-        rc = cli_error(l.path, "ckpt run knows the ten torchvision ResNets; --against checks "
-                               "other models but cannot run them");
-        goto done;
-    }
-    ckpt_model_options mo = {0};
-    mo.backend = (ckpt_backend)backend;
-    mo.threads = (int)threads;
-
-    /* 2. the inputs */
-    if (input_npy) {
-        ckpt_npy a;
-        if (ckpt_npy_read(input_npy, &a, &err) != CKPT_OK) {
-            rc = cli_error_ckpt(input_npy, &err);
-            goto done;
-        }
-        bool one = a.ndim == 3;
-        if (!(a.ndim == 4 || one) || a.shape[one ? 0 : 1] != 3 || a.numel == 0 ||
-            a.shape[a.ndim - 1] > CKPT_IMAGE_MAX_SIDE || a.shape[a.ndim - 2] > CKPT_IMAGE_MAX_SIDE) {
-            ckpt_npy_free(&a);
-            rc = cli_error(input_npy, "expected a float32 array [N, 3, H, W] or [3, H, W]");
-            goto done;
-        }
-        n_items = one ? 1 : (size_t)a.shape[0];
-        in_h = (int)a.shape[a.ndim - 2];
-        in_w = (int)a.shape[a.ndim - 1];
-        size_t per = (size_t)3 * (size_t)in_h * (size_t)in_w;
-        items = calloc(n_items, sizeof *items);
-        for (size_t i = 0; i < n_items; i++) {
-            items[i].owned_name = cli_xrealloc(NULL, strlen(input_npy) + 24);
-            sprintf(items[i].owned_name, one ? "%s" : "%s[%zu]", input_npy, i);
-            items[i].name = items[i].owned_name;
-            items[i].input = cli_xrealloc(NULL, per * sizeof(float));
-            memcpy(items[i].input, a.data + i * per, per * sizeof(float));
-        }
-        ckpt_npy_free(&a);
+static json_t *model_json(const run_options *o, const run_state *st)
+{
+    const ckpt_sd_report *r = o->l.r;
+    json_t *model = json_object();
+    json_object_set_new(model, "file", json_string(o->l.path));
+    json_t *sdp = json_array();
+    for (size_t i = 0; i < r->chosen->path_len; i++)
+        json_array_append_new(sdp, cli_json_str(r->chosen->path[i], strlen(r->chosen->path[i])));
+    json_object_set_new(model, "state_dict_path", sdp);
+    json_object_set_new(model, "prefix", cli_json_str(r->prefix, strlen(r->prefix)));
+    json_object_set_new(model, "arch", json_string(r->arch->name));
+    json_object_set_new(model, "num_classes", json_integer(st->classes));
+    json_object_set_new(model, "features", json_integer(st->nfeat));
+    json_object_set_new(model, "backend",
+                        json_string(ckpt_backend_name(ckpt_model_backend(st->m))));
+    json_object_set_new(model, "threads", json_integer(ckpt_model_threads(st->m)));
+    if (o->input_npy) {
+        json_object_set_new(model, "input", json_string(o->input_npy));
     } else {
-        n_items = (size_t)npos - 1;
-        items = calloc(n_items, sizeof *items);
-        size_t per = (size_t)3 * (size_t)crop * (size_t)crop;
-        for (size_t i = 0; i < n_items; i++) {
-            items[i].name = pos[i + 1];
-            ckpt_image img;
-            if (ckpt_image_load(items[i].name, NULL, &img, &err) == CKPT_OK) {
-                items[i].input = cli_xrealloc(NULL, per * sizeof(float));
-                if (ckpt_image_preprocess(&img, (int)resize, (int)crop, items[i].input,
-                                          per * sizeof(float), &err) != CKPT_OK) {
-                    free(items[i].input);
-                    items[i].input = NULL;
-                }
-                ckpt_image_free(&img);
-            }
-            if (!items[i].input) {
-                items[i].error = strdup(err.message);
-                image_failed = true;
-                cli_error_ckpt(items[i].name, &err);
-            }
-        }
+        json_object_set_new(model, "resize", json_integer(o->resize));
+        json_object_set_new(model, "crop", json_integer(o->crop));
     }
-    if (save_input) {
-        size_t per = (size_t)3 * (size_t)in_h * (size_t)in_w, n_ok = 0;
-        for (size_t i = 0; i < n_items; i++)
-            n_ok += items[i].input != NULL;
-        float *all = cli_xrealloc(NULL, (n_ok ? n_ok : 1) * per * sizeof(float));
-        for (size_t i = 0, j = 0; i < n_items; i++)
-            if (items[i].input)
-                memcpy(all + j++ * per, items[i].input, per * sizeof(float));
-        int64_t shape[4] = {(int64_t)n_ok, 3, in_h, in_w};
-        int st = ckpt_npy_write(save_input, all, 4, shape, &err);
-        free(all);
-        if (st != CKPT_OK) {
-            rc = cli_error_ckpt(save_input, &err);
-            goto done;
-        }
-    }
+    return model;
+}
 
-    /* 3. the model, built once; the checkpoint is not needed after this */
-    mo.height = in_h;
-    mo.width = in_w;
-    if (ckpt_model_load_sd(r->arch, r->num_classes, r->sd, &mo, &m, &err) != CKPT_OK) {
-        rc = cli_error_ckpt(l.path, &err);
-        goto done;
+static json_t *results_json(const run_options *o, const run_state *st)
+{
+    int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
+    int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
+    double *prob = alloc_array((size_t)st->classes, sizeof *prob);
+    json_t *doc = json_object();
+    json_object_set_new(doc, "model", model_json(o, st));
+    json_t *results = json_array();
+    json_object_set_new(doc, "results", results);
+    if (o->repeat > 1) {
+        json_t *rep = json_object();
+        json_object_set_new(rep, "runs", json_integer(o->repeat));
+        json_object_set_new(rep, "bit_identical", json_boolean(st->differing_runs == 0));
+        json_object_set_new(doc, "repeat", rep);
     }
-    int64_t classes = ckpt_model_classes(m), nfeat = ckpt_model_features(m);
-    logits = cli_xrealloc(NULL, (n_items ? n_items : 1) * (size_t)classes * sizeof(float));
-    features = cli_xrealloc(NULL, (n_items ? n_items : 1) * (size_t)nfeat * sizeof(float));
-    size_t per = (size_t)3 * (size_t)in_h * (size_t)in_w;
-    float *xb = cli_xrealloc(NULL, (size_t)batch * per * sizeof(float));
-    long differing_runs = 0;
-    for (long run = 0; run < repeat; run++) {
-        /* gather the readable images into batches */
-        size_t i = 0;
-        while (i < n_items) {
-            size_t idx[1024], nb = 0;
-            for (; i < n_items && nb < (size_t)batch; i++)
-                if (items[i].input) {
-                    memcpy(xb + nb * per, items[i].input, per * sizeof(float));
-                    idx[nb++] = i;
-                }
-            if (!nb)
-                break;
-            float *lb = cli_xrealloc(NULL, nb * (size_t)classes * sizeof(float));
-            float *fb = cli_xrealloc(NULL, nb * (size_t)nfeat * sizeof(float));
-            int st = ckpt_model_run(m, xb, (int)nb, in_h, in_w, lb, fb, &err);
-            for (size_t j = 0; st == CKPT_OK && j < nb; j++) {
-                memcpy(logits + idx[j] * (size_t)classes, lb + j * (size_t)classes,
-                       (size_t)classes * sizeof(float));
-                memcpy(features + idx[j] * (size_t)nfeat, fb + j * (size_t)nfeat,
-                       (size_t)nfeat * sizeof(float));
-            }
-            free(lb);
-            free(fb);
-            if (st != CKPT_OK) {
-                free(xb);
-                rc = cli_error_ckpt(l.path, &err);
-                goto done;
-            }
-        }
-        if (run == 0) {
-            first_logits = cli_xrealloc(NULL, (n_items ? n_items : 1) * (size_t)classes * 4);
-            first_features = cli_xrealloc(NULL, (n_items ? n_items : 1) * (size_t)nfeat * 4);
-            memcpy(first_logits, logits, n_items * (size_t)classes * 4);
-            memcpy(first_features, features, n_items * (size_t)nfeat * 4);
-        } else {
-            bool same = true;
-            for (size_t j = 0; j < n_items; j++)
-                if (items[j].input &&
-                    (memcmp(first_logits + j * (size_t)classes, logits + j * (size_t)classes,
-                            (size_t)classes * 4) ||
-                     memcmp(first_features + j * (size_t)nfeat, features + j * (size_t)nfeat,
-                            (size_t)nfeat * 4)))
-                    same = false;
-            differing_runs += !same;
-        }
-    }
-    free(xb);
-
-    /* 4. the results */
-    int kk = (int)(k < classes ? k : classes);
-    int64_t *ti = cli_xrealloc(NULL, (size_t)kk * sizeof *ti);
-    double *prob = cli_xrealloc(NULL, (size_t)classes * sizeof *prob);
-    json_t *results = NULL;
-    if (json) {
-        doc = json_object();
-        json_t *model = json_object();
-        json_object_set_new(model, "file", json_string(l.path));
-        json_t *sdp = json_array();
-        for (size_t i = 0; i < r->chosen->path_len; i++)
-            json_array_append_new(sdp, cli_json_str(r->chosen->path[i], strlen(r->chosen->path[i])));
-        json_object_set_new(model, "state_dict_path", sdp);
-        json_object_set_new(model, "prefix", cli_json_str(r->prefix, strlen(r->prefix)));
-        json_object_set_new(model, "arch", json_string(r->arch->name));
-        json_object_set_new(model, "num_classes", json_integer(classes));
-        json_object_set_new(model, "features", json_integer(nfeat));
-        json_object_set_new(model, "backend", json_string(ckpt_backend_name(ckpt_model_backend(m))));
-        json_object_set_new(model, "threads", json_integer(ckpt_model_threads(m)));
-        if (input_npy) {
-            json_object_set_new(model, "input", json_string(input_npy));
-        } else {
-            json_object_set_new(model, "resize", json_integer(resize));
-            json_object_set_new(model, "crop", json_integer(crop));
-        }
-        json_object_set_new(doc, "model", model);
-        results = json_array();
-        json_object_set_new(doc, "results", results);
-        if (repeat > 1) {
-            json_t *rep = json_object();
-            json_object_set_new(rep, "runs", json_integer(repeat));
-            json_object_set_new(rep, "bit_identical", json_boolean(differing_runs == 0));
-            json_object_set_new(doc, "repeat", rep);
-        }
-    } else {
-        sb_printf(&out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", l.path,
-                  r->arch->name, classes);
-        cli_locate_where(&out, r->chosen);
-        sb_printf(&out, ", %s backend, %d thread%s\n", ckpt_backend_name(ckpt_model_backend(m)),
-                  ckpt_model_threads(m), ckpt_model_threads(m) == 1 ? "" : "s");
-    }
-    for (size_t i = 0; i < n_items; i++) {
-        const item *it = &items[i];
-        const float *lg = logits + i * (size_t)classes, *ft = features + i * (size_t)nfeat;
-        if (json) {
-            json_t *o = json_object();
-            json_object_set_new(o, "image", cli_json_str(it->name, strlen(it->name)));
-            json_array_append_new(results, o);
-            if (it->error) {
-                json_object_set_new(o, "error", cli_json_str(it->error, strlen(it->error)));
-                continue;
-            }
-            topk(lg, classes, kk, ti);
-            softmax(lg, classes, prob);
-            json_t *tk = json_array();
-            for (int j = 0; j < kk; j++) {
-                json_t *e = json_object();
-                json_object_set_new(e, "index", json_integer(ti[j]));
-                if ((size_t)ti[j] < n_labels)
-                    json_object_set_new(e, "label", cli_json_str(labels[ti[j]], strlen(labels[ti[j]])));
-                else
-                    json_object_set_new(e, "label", json_null());
-                json_object_set_new(e, "prob", jfloat(prob[ti[j]]));
-                json_array_append_new(tk, e);
-            }
-            json_object_set_new(o, "topk", tk);
-            if (want_logits) {
-                json_t *a = json_array();
-                for (int64_t c = 0; c < classes; c++)
-                    json_array_append_new(a, jfloat(lg[c]));
-                json_object_set_new(o, "logits", a);
-            }
-            if (want_features) {
-                json_t *a = json_array();
-                for (int64_t c = 0; c < nfeat; c++)
-                    json_array_append_new(a, jfloat(ft[c]));
-                json_object_set_new(o, "features", a);
-            }
+    for (size_t i = 0; i < st->n_items; i++) {
+        const item *it = &st->items[i];
+        const float *lg = st->logits + i * (size_t)st->classes;
+        const float *ft = st->features + i * (size_t)st->nfeat;
+        json_t *res = json_object();
+        json_object_set_new(res, "image", cli_json_str(it->name, strlen(it->name)));
+        json_array_append_new(results, res);
+        if (it->error) {
+            json_object_set_new(res, "error", cli_json_str(it->error, strlen(it->error)));
             continue;
         }
-        if (it->error)
-            continue; /* already reported on stderr */
-        sb_put_clean(&out, it->name, strlen(it->name));
-        sb_puts(&out, "\n");
-        topk(lg, classes, kk, ti);
-        softmax(lg, classes, prob);
+        topk(lg, st->classes, kk, ti);
+        softmax(lg, st->classes, prob);
+        json_t *tk = json_array();
         for (int j = 0; j < kk; j++) {
-            sb_printf(&out, "  %7.3f%%  %5" PRId64 "  ", 100.0 * prob[ti[j]], ti[j]);
-            if ((size_t)ti[j] < n_labels)
-                sb_put_clean(&out, labels[ti[j]], strlen(labels[ti[j]]));
-            sb_putc(&out, '\n');
+            json_t *e = json_object();
+            const char *label = label_of(st, ti[j]);
+            json_object_set_new(e, "index", json_integer(ti[j]));
+            json_object_set_new(e, "label", label ? cli_json_str(label, strlen(label))
+                                                  : json_null());
+            json_object_set_new(e, "prob", jfloat(prob[ti[j]]));
+            json_array_append_new(tk, e);
         }
-        if (want_logits) {
-            sb_puts(&out, "  logits:");
-            for (int64_t c = 0; c < classes; c++) {
-                sb_putc(&out, ' ');
-                cli_fmt_float(&out, lg[c]);
-            }
-            sb_putc(&out, '\n');
-        }
-        if (want_features) {
-            sb_puts(&out, "  features:");
-            for (int64_t c = 0; c < nfeat; c++) {
-                sb_putc(&out, ' ');
-                cli_fmt_float(&out, ft[c]);
-            }
-            sb_putc(&out, '\n');
-        }
+        json_object_set_new(res, "topk", tk);
+        if (o->logits)
+            json_object_set_new(res, "logits", float_array(lg, st->classes));
+        if (o->features)
+            json_object_set_new(res, "features", float_array(ft, st->nfeat));
     }
     free(ti);
     free(prob);
-    if (!json && repeat > 1)
-        sb_printf(&out, "%ld runs: %s\n", repeat,
-                  differing_runs ? "OUTPUTS DIFFER between runs" : "every output bit-identical");
-    if (json) {
-        rc = cli_emit_json(l.path, doc);
-        doc = NULL;
+    return doc;
+}
+
+static void put_floats(cli_sb *out, const char *what, const float *v, int64_t n)
+{
+    sb_puts(out, what);
+    for (int64_t c = 0; c < n; c++) {
+        sb_putc(out, ' ');
+        cli_fmt_float(out, v[c]);
+    }
+    sb_putc(out, '\n');
+}
+
+static void results_human(cli_sb *out, const run_options *o, const run_state *st)
+{
+    const ckpt_sd_report *r = o->l.r;
+    int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
+    int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
+    double *prob = alloc_array((size_t)st->classes, sizeof *prob);
+    sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
+              r->arch->name, st->classes);
+    cli_locate_where(out, r->chosen);
+    int threads = ckpt_model_threads(st->m);
+    sb_printf(out, ", %s backend, %d thread%s\n", ckpt_backend_name(ckpt_model_backend(st->m)),
+              threads, threads == 1 ? "" : "s");
+    for (size_t i = 0; i < st->n_items; i++) {
+        const item *it = &st->items[i];
+        const float *lg = st->logits + i * (size_t)st->classes;
+        if (it->error)
+            continue; /* already reported on stderr */
+        sb_put_clean(out, it->name, strlen(it->name));
+        sb_puts(out, "\n");
+        topk(lg, st->classes, kk, ti);
+        softmax(lg, st->classes, prob);
+        for (int j = 0; j < kk; j++) {
+            const char *label = label_of(st, ti[j]);
+            sb_printf(out, "  %7.3f%%  %5" PRId64 "  ", 100.0 * prob[ti[j]], ti[j]);
+            if (label)
+                sb_put_clean(out, label, strlen(label));
+            sb_putc(out, '\n');
+        }
+        if (o->logits)
+            put_floats(out, "  logits:", lg, st->classes);
+        if (o->features)
+            put_floats(out, "  features:", st->features + i * (size_t)st->nfeat, st->nfeat);
+    }
+    if (o->repeat > 1)
+        sb_printf(out, "%ld runs: %s\n", o->repeat,
+                  st->differing_runs ? "OUTPUTS DIFFER between runs"
+                                     : "every output bit-identical");
+    free(ti);
+    free(prob);
+}
+
+static int print_results(const run_options *o, const run_state *st)
+{
+    int rc;
+    if (o->json) {
+        rc = cli_emit_json(o->l.path, results_json(o, st));
     } else {
+        cli_sb out = {0};
+        results_human(&out, o, st);
         cli_write_stdout(out.buf, out.len);
+        sb_free(&out);
         rc = CLI_EXIT_OK;
     }
-    if (rc == CLI_EXIT_OK && differing_runs)
+    if (rc == CLI_EXIT_OK && st->differing_runs)
         rc = CLI_EXIT_FINDING;
-    if (rc == CLI_EXIT_OK && image_failed)
+    if (rc == CLI_EXIT_OK && st->image_failed)
         rc = CLI_EXIT_ERROR;
+    return rc;
+}
 
-done:
-    json_decref(doc);
-    sb_free(&out);
-    ckpt_model_free(m);
-    for (size_t i = 0; i < n_items; i++) {
-        free(items[i].input);
-        free(items[i].error);
-        free(items[i].owned_name);
+/* ---- the command ------------------------------------------------------------------------- */
+
+int cmd_run(int argc, char **argv, const cli_command *self)
+{
+    run_options o;
+    run_state st;
+    memset(&o, 0, sizeof o);
+    memset(&st, 0, sizeof st);
+    const char **pos = alloc_array(2 + RUN_MAX_IMAGES, sizeof *pos); /* FILE, the images */
+    o.images = pos;
+    int rc = parse_options(self, argc, argv, &o);
+    if (rc < 0 && o.labels)
+        rc = read_labels(o.labels, &st.labels, &st.n_labels);
+    if (rc < 0)
+        rc = locate_weights(self, &o);
+    if (rc < 0)
+        rc = gather_inputs(&o, &st);
+    if (rc < 0)
+        rc = load_model(&o, &st);
+    if (rc < 0)
+        rc = forward(&o, &st);
+    if (rc < 0)
+        rc = print_results(&o, &st);
+
+    ckpt_model_free(st.m);
+    for (size_t i = 0; i < st.n_items; i++) {
+        free(st.items[i].error);
+        free(st.items[i].owned_name);
     }
-    free(items);
-    free(logits);
-    free(features);
-    free(first_logits);
-    free(first_features);
-    for (size_t i = 0; i < n_labels; i++)
-        free(labels[i]);
-    free(labels);
+    free(st.items);
+    free(st.saved);
+    if (st.npy.data)
+        ckpt_npy_free(&st.npy);
+    free(st.logits);
+    free(st.features);
+    for (size_t i = 0; i < st.n_labels; i++)
+        free(st.labels[i]);
+    free(st.labels);
     free(pos);
-    cli_locate_close(&l);
+    cli_locate_close(&o.l);
     return rc;
 }

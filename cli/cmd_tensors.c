@@ -7,6 +7,11 @@
  * too, since that is where a pickled nn.Module keeps its tensors: the keys of a dict state
  * directly (attribute names), any other state under "__state__", the call's arguments under
  * "__args__", and SETITEMS/APPENDS contents directly.
+ *
+ * The pickle memo lets one container be referenced from many places, so the paths of a small
+ * file can number in the billions. Each container is walked once; where it is met again, a
+ * row refers to the first path (when tensors were found under it), and the output as a whole
+ * is bounded relative to the file's size (--max-output).
  */
 #include "cli.h"
 
@@ -17,12 +22,17 @@
 const char cmd_tensors_help[] =
     "One line per tensor: its path from the root (keys joined with '/'), dtype, shape and size,\n"
     "then flags: parameter, requires_grad, the strides of a non-contiguous view, a storage\n"
-    "offset. A tensor reachable by two paths (tied weights) is listed under both.\n"
+    "offset. A tensor reachable by two paths (tied weights) is listed under both; a container\n"
+    "met again (shared by reference in the pickle) is listed once, then as '<same as PATH>'.\n"
     "\n"
     "Options:\n"
     "  --json     one JSON document on stdout (schema in docs/CLI.md)\n"
     "  --sha256   also hash each tensor's elements (row-major, contiguous, little-endian; bool\n"
     "             as one byte): two files hold the same weights when the hashes match\n"
+    "  --max-output BYTES  refuse to print more than this (default: 64 times the file's\n"
+    "             size, at least 64M; K, M, G suffixes)\n"
+    "  --max-expanded BYTES  --sha256: refuse to hash more than this in all (broadcast views\n"
+    "             count whole; default: 64 times the file's size, at least 1G)\n"
     "\n"
     "Examples:\n"
     "  ckpt tensors model.pt\n"
@@ -31,7 +41,8 @@ const char cmd_tensors_help[] =
 
 typedef struct row {
     char *path; /* components joined with '/' */
-    const ckpt_tensor *t;
+    const ckpt_tensor *t; /* NULL for a reference: */
+    char *ref;            /* the path of the first occurrence of a shared container */
     char sha[65];
 } row;
 
@@ -52,6 +63,8 @@ typedef struct tensors_ctx {
         char hex[65];
     } *hashed;
     size_t n_hashed_slots, n_hashed;
+    uint64_t hashed_bytes, max_hashed; /* logical bytes hashed so far, and the limit */
+    const char *max_expanded;          /* --max-expanded, or NULL */
 } tensors_ctx;
 
 static bool tensor_sha256(tensors_ctx *c, const ckpt_tensor *t, char hex[65])
@@ -78,6 +91,23 @@ static bool tensor_sha256(tensors_ctx *c, const ckpt_tensor *t, char hex[65])
             memcpy(hex, c->hashed[j].hex, 65);
             return true;
         }
+    /* ckpt_tensor_sha256 bounds one broadcast view; the sum over many is bounded here. */
+    uint64_t nb = ckpt_tensor_nbytes(t);
+    c->hashed_bytes = nb > UINT64_MAX - c->hashed_bytes ? UINT64_MAX : c->hashed_bytes + nb;
+    if (c->hashed_bytes > c->max_hashed) {
+        cli_sb lim = {0};
+        cli_fmt_bytes(&lim, c->max_hashed);
+        c->err.status = CKPT_ELIMIT;
+        if (c->max_expanded)
+            snprintf(c->err.message, sizeof c->err.message, "the tensors to hash pass the "
+                     "--max-expanded limit of %s", sb_str(&lim));
+        else
+            snprintf(c->err.message, sizeof c->err.message, "the tensors to hash pass %s "
+                     "(broadcast views?), the limit for a file of this size; raise it with "
+                     "--max-expanded BYTES", sb_str(&lim));
+        sb_free(&lim);
+        return false;
+    }
     if (ckpt_tensor_sha256(t, hex, &c->err) != CKPT_OK)
         return false;
     c->hashed[j].t = t;
@@ -120,27 +150,28 @@ static void pop_comp(tensors_ctx *c)
     c->cur.len = c->offs[--c->depth];
 }
 
-static bool add_tensor(tensors_ctx *c, const ckpt_tensor *t)
+/* The bytes a row costs (its path, the rest of a line or JSON object), charged to the output
+ * limit before it is stored. */
+#define TENSORS_ROW_BYTES 200
+
+static bool charge_row(tensors_ctx *c, size_t extra)
 {
-    char sha[65] = "";
-    if (c->sha256 && !tensor_sha256(c, t, sha)) {
-        c->failed = true;
-        return false;
+    return cli_walk_charge(&c->w, c->cur.len + extra + TENSORS_ROW_BYTES);
+}
+
+static json_t *json_path(const tensors_ctx *c)
+{
+    json_t *path = json_array();
+    for (size_t i = 0; i < c->depth; i++) {
+        const char *s = c->cur.buf + c->offs[i];
+        size_t end = i + 1 < c->depth ? c->offs[i + 1] - 1 : c->cur.len - 1;
+        json_array_append_new(path, cli_json_str(s, end - c->offs[i]));
     }
-    if (c->json) {
-        json_t *o = json_object(), *path = json_array();
-        json_object_set_new(o, "path", path);
-        for (size_t i = 0; i < c->depth; i++) {
-            const char *s = c->cur.buf + c->offs[i];
-            size_t end = i + 1 < c->depth ? c->offs[i + 1] - 1 : c->cur.len - 1;
-            json_array_append_new(path, cli_json_str(s, end - c->offs[i]));
-        }
-        cli_json_tensor_fields(o, t);
-        if (c->sha256)
-            json_object_set_new(o, "sha256", json_string(sha));
-        json_array_append_new(c->list, o);
-        return true;
-    }
+    return path;
+}
+
+static row *new_row(tensors_ctx *c)
+{
     if (c->n_rows == c->cap_rows) {
         c->cap_rows = c->cap_rows ? 2 * c->cap_rows : 64;
         c->rows = cli_xrealloc(c->rows, c->cap_rows * sizeof *c->rows);
@@ -156,6 +187,59 @@ static bool add_tensor(tensors_ctx *c, const ckpt_tensor *t)
     if (c->depth == 0)
         sb_putc(&p, '.'); /* the root itself is the tensor */
     r->path = p.buf;
+    r->t = NULL;
+    r->ref = NULL;
+    r->sha[0] = '\0';
+    return r;
+}
+
+/* A shared container met again: one row naming where it was listed, if tensors were there. */
+static bool add_ref(tensors_ctx *c, const ckpt_value *v)
+{
+    if (!cli_walk_marked(&c->w, v))
+        return true;
+    cli_sb ref = {0};
+    cli_walk_ref_path(&c->w, v, "/", &ref);
+    if (!charge_row(c, ref.len)) {
+        sb_free(&ref);
+        return false;
+    }
+    cli_walk_mark(&c->w);
+    if (c->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "path", json_path(c));
+        json_object_set_new(o, "ref", cli_walk_ref_json(&c->w, v));
+        json_array_append_new(c->list, o);
+        sb_free(&ref);
+        return true;
+    }
+    row *r = new_row(c);
+    r->ref = ref.buf ? ref.buf : cli_xrealloc(NULL, 1);
+    if (!ref.buf)
+        r->ref[0] = '\0';
+    return true;
+}
+
+static bool add_tensor(tensors_ctx *c, const ckpt_tensor *t)
+{
+    char sha[65] = "";
+    if (!charge_row(c, 0))
+        return false;
+    cli_walk_mark(&c->w);
+    if (c->sha256 && !tensor_sha256(c, t, sha)) {
+        c->failed = true;
+        return false;
+    }
+    if (c->json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "path", json_path(c));
+        cli_json_tensor_fields(o, t);
+        if (c->sha256)
+            json_object_set_new(o, "sha256", json_string(sha));
+        json_array_append_new(c->list, o);
+        return true;
+    }
+    row *r = new_row(c);
     r->t = t;
     memcpy(r->sha, sha, sizeof sha);
     return true;
@@ -221,9 +305,17 @@ static bool walk(tensors_ctx *c, const ckpt_value *v)
         return add_tensor(c, v->u.tensor);
     if (!cli_is_container(v))
         return true;
-    cli_enter e = cli_walk_enter(&c->w, v);
+    cli_enter e;
+    if (c->depth == 0) {
+        e = cli_walk_enter(&c->w, v);
+    } else {
+        const char *comp = c->cur.buf + c->offs[c->depth - 1];
+        e = cli_walk_enter_at(&c->w, v, comp, strlen(comp));
+    }
     if (e == CLI_CYCLE)
         return true;
+    if (e == CLI_SHARED)
+        return add_ref(c, v);
     if (e == CLI_LIMIT)
         return false;
     bool ok;
@@ -242,6 +334,8 @@ static void print_rows(const tensors_ctx *c, cli_sb *out)
     cli_sb cell = {0};
     for (size_t i = 0; i < c->n_rows; i++) {
         const ckpt_tensor *t = c->rows[i].t;
+        if (!t)
+            continue;
         size_t lp = cli_width(c->rows[i].path, strlen(c->rows[i].path));
         const char *dt = ckpt_dtype_name(t->dtype);
         size_t ld = strlen(dt ? dt : "?");
@@ -260,10 +354,14 @@ static void print_rows(const tensors_ctx *c, cli_sb *out)
     for (size_t i = 0; i < c->n_rows; i++) {
         const row *r = &c->rows[i];
         const ckpt_tensor *t = r->t;
-        const char *dt = ckpt_dtype_name(t->dtype) ? ckpt_dtype_name(t->dtype) : "?";
         size_t lp = cli_width(r->path, strlen(r->path));
         sb_puts(out, r->path);
         sb_pad(out, lp < wp ? wp - lp : 0);
+        if (!t) {
+            sb_printf(out, "  <same as %s>\n", r->ref);
+            continue;
+        }
+        const char *dt = ckpt_dtype_name(t->dtype) ? ckpt_dtype_name(t->dtype) : "?";
         sb_printf(out, "  %-*s  ", (int)wd, dt);
         size_t start = out->len;
         cli_fmt_dims(out, t->shape, t->ndim);
@@ -284,8 +382,11 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
 {
     tensors_ctx *c = cli_xrealloc(NULL, sizeof *c); /* cli_walk is a few KB: not on the stack */
     memset(c, 0, sizeof *c);
+    const char *max_output = NULL;
     const cli_opt opts[] = {{"json", NULL, &c->json, NULL},
                             {"sha256", NULL, &c->sha256, NULL},
+                            {"max-output", "BYTES", NULL, &max_output},
+                            {"max-expanded", "BYTES", NULL, &c->max_expanded},
                             {NULL, NULL, NULL, NULL}};
     const char *pos[1];
     int npos;
@@ -295,12 +396,34 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
         return rc;
     }
     const char *path = pos[0];
+    uint64_t unused;
+    if (max_output && !cli_parse_size(max_output, &unused)) {
+        free(c);
+        return cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
+                               max_output);
+    }
+    if (c->max_expanded && !cli_parse_size(c->max_expanded, &c->max_hashed)) {
+        const char *bad = c->max_expanded;
+        free(c);
+        return cli_usage_error(self, "--max-expanded wants a byte count (e.g. 8G), not '%s'",
+                               bad);
+    }
     ckpt_file *f = cli_open(path);
     if (!f) {
         free(c);
         return CLI_EXIT_ERROR;
     }
     cli_walk_init(&c->w, ckpt_root(f));
+    cli_walk_limit_output(&c->w, max_output, ckpt_file_size(f));
+    if (!c->max_expanded) {
+        uint64_t size = ckpt_file_size(f);
+        c->max_hashed = size > UINT64_MAX / CLI_EXPAND_PER_INPUT_BYTE
+                            ? UINT64_MAX
+                            : size * CLI_EXPAND_PER_INPUT_BYTE;
+        if (c->max_hashed < CLI_EXPAND_MIN_READ)
+            c->max_hashed = CLI_EXPAND_MIN_READ;
+    }
+    cli_walk_share(&c->w);
     json_t *doc = NULL;
     if (c->json) {
         doc = json_object();
@@ -326,8 +449,11 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
         cli_warn_globals(path, f);
 
     json_decref(doc);
-    for (size_t i = 0; i < c->n_rows; i++)
+    for (size_t i = 0; i < c->n_rows; i++) {
         free(c->rows[i].path);
+        free(c->rows[i].ref);
+    }
+    cli_walk_free(&c->w);
     free(c->rows);
     free(c->offs);
     free(c->hashed);

@@ -263,3 +263,55 @@ int cli_emit_json(const char *path, json_t *doc)
     sb_free(&text);
     return ok ? CLI_EXIT_OK : cli_error(path, "out of memory while writing JSON");
 }
+
+/* ---- broadcast views ------------------------------------------------------------------- */
+
+uint64_t cli_sd_expanded_bytes(const ckpt_sd *sd, ckpt_dtype to)
+{
+    uint64_t total = 0;
+    size_t to_size = to < CKPT_DT_COUNT ? ckpt_dtype_size(to) : 0;
+    for (size_t i = 0; i < sd->n_entries; i++) {
+        const ckpt_sd_entry *e = &sd->entries[i];
+        if (!e->is_tensor || !e->value || e->value->type != CKPT_T_TENSOR)
+            continue;
+        int64_t numel = ckpt_tensor_numel(e->value->u.tensor);
+        size_t es = ckpt_dtype_size(e->dtype);
+        if (to_size > es)
+            es = to_size;
+        if (numel < 0)
+            return UINT64_MAX;
+        if ((uint64_t)numel > (UINT64_MAX - total) / (es ? es : 1))
+            return UINT64_MAX;
+        total += (uint64_t)numel * es;
+    }
+    return total;
+}
+
+int cli_check_expanded(const char *path, uint64_t bytes, uint64_t input_size, uint64_t min,
+                       const char *opt, const char *tail)
+{
+    uint64_t max;
+    if (opt) {
+        if (!cli_parse_size(opt, &max))
+            max = 0;
+    } else {
+        max = input_size > UINT64_MAX / CLI_EXPAND_PER_INPUT_BYTE
+                  ? UINT64_MAX
+                  : input_size * CLI_EXPAND_PER_INPUT_BYTE;
+        if (max < min)
+            max = min;
+    }
+    if (bytes <= max)
+        return -1;
+    cli_sb b = {0}, m = {0};
+    cli_fmt_bytes(&b, bytes);
+    cli_fmt_bytes(&m, max);
+    int rc = opt ? cli_error(path, "the tensors expand to %s, past the --max-expanded limit of "
+                             "%s%s", sb_str(&b), sb_str(&m), tail)
+                 : cli_error(path, "the tensors expand to %s (broadcast views?), past %s, the "
+                             "limit for inputs of this size; raise it with --max-expanded "
+                             "BYTES%s", sb_str(&b), sb_str(&m), tail);
+    sb_free(&b);
+    sb_free(&m);
+    return rc;
+}

@@ -8,6 +8,7 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -767,6 +768,7 @@ void cli_walk_init(cli_walk *w, const ckpt_value *root)
 {
     w->depth = 0;
     w->items = 0;
+    w->out = 0;
     w->error[0] = '\0';
     /* Iterative, so that a long chain of containers cannot exhaust the C stack. */
     ptr_set seen = {0};
@@ -810,6 +812,223 @@ void cli_walk_init(cli_walk *w, const ckpt_value *root)
         w->max_items = CLI_MIN_ITEMS;
 }
 
+/* ---- output budget and shared containers ---- */
+
+bool cli_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || *s < '0' || *s > '9')
+        return false;
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    if (errno)
+        return false;
+    unsigned shift = 0;
+    if (*end == 'K' || *end == 'k')
+        shift = 10;
+    else if (*end == 'M' || *end == 'm')
+        shift = 20;
+    else if (*end == 'G' || *end == 'g')
+        shift = 30;
+    if (shift)
+        end++;
+    if (*end || n > (UINT64_MAX >> shift))
+        return false;
+    *out = (uint64_t)n << shift;
+    return true;
+}
+
+bool cli_walk_limit_output(cli_walk *w, const char *opt, uint64_t file_size)
+{
+    w->max_out_given = opt != NULL;
+    if (opt)
+        return cli_parse_size(opt, &w->max_out);
+    w->max_out = file_size > UINT64_MAX / CLI_OUTPUT_PER_INPUT_BYTE
+                     ? UINT64_MAX
+                     : file_size * CLI_OUTPUT_PER_INPUT_BYTE;
+    if (w->max_out < CLI_OUTPUT_MIN)
+        w->max_out = CLI_OUTPUT_MIN;
+    return true;
+}
+
+bool cli_walk_charge(cli_walk *w, uint64_t n)
+{
+    if (w->error[0])
+        return false;
+    w->out += n;
+    if (w->max_out && w->out > w->max_out) {
+        cli_sb lim = {0};
+        cli_fmt_bytes(&lim, w->max_out);
+        if (w->max_out_given)
+            snprintf(w->error, sizeof w->error,
+                     "the output would pass the --max-output limit of %s", sb_str(&lim));
+        else
+            snprintf(w->error, sizeof w->error,
+                     "the output would pass %s, the limit for a file of this size (shared "
+                     "references?); raise it with --max-output BYTES", sb_str(&lim));
+        sb_free(&lim);
+        return false;
+    }
+    return true;
+}
+
+#define SEEN_ROOT UINT32_MAX /* parent of a record met at the top of the walk */
+
+/* Each container expanded so far, with the component it was met under and the record of the
+ * container it was in: a path is rebuilt from these only when a reference is printed. */
+struct cli_seen {
+    ptr_set set;       /* the containers, keyed by address ... */
+    uint32_t *rec_of;  /* ... and, at the same slot, their record */
+    struct seen_rec {
+        uint32_t parent;
+        bool marked;     /* cli_walk_mark was called under it */
+        size_t off, len; /* the component in comps */
+    } *recs;
+    size_t n_recs, cap_recs;
+    cli_sb comps;
+};
+
+/* The slot of p in s (or of the empty slot where it would go). */
+static size_t ptr_slot(const ptr_set *s, const void *p)
+{
+    size_t h = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull;
+    size_t i = h & (s->cap - 1);
+    while (s->slot[i] && s->slot[i] != p)
+        i = (i + 1) & (s->cap - 1);
+    return i;
+}
+
+static bool seen_find(const cli_seen *s, const void *p, uint32_t *rec)
+{
+    if (!s->set.cap)
+        return false;
+    size_t i = ptr_slot(&s->set, p);
+    if (!s->set.slot[i])
+        return false;
+    *rec = s->rec_of[i];
+    return true;
+}
+
+static void seen_put(cli_seen *s, const void *p, uint32_t rec)
+{
+    if (2 * (s->set.len + 1) > s->set.cap) {
+        size_t cap = s->set.cap ? 2 * s->set.cap : 1024;
+        ptr_set bigger = {cli_xrealloc(NULL, cap * sizeof(void *)), cap, 0};
+        uint32_t *recs = cli_xrealloc(NULL, cap * sizeof *recs);
+        memset(bigger.slot, 0, cap * sizeof(void *));
+        for (size_t i = 0; i < s->set.cap; i++) {
+            if (!s->set.slot[i])
+                continue;
+            size_t j = ptr_slot(&bigger, s->set.slot[i]);
+            bigger.slot[j] = s->set.slot[i];
+            recs[j] = s->rec_of[i];
+            bigger.len++;
+        }
+        free(s->set.slot);
+        free(s->rec_of);
+        s->set = bigger;
+        s->rec_of = recs;
+    }
+    size_t i = ptr_slot(&s->set, p);
+    s->set.slot[i] = p;
+    s->rec_of[i] = rec;
+    s->set.len++;
+}
+
+void cli_walk_share(cli_walk *w)
+{
+    if (!w->seen) {
+        w->seen = cli_xrealloc(NULL, sizeof *w->seen);
+        memset(w->seen, 0, sizeof *w->seen);
+    }
+}
+
+void cli_walk_free(cli_walk *w)
+{
+    if (!w->seen)
+        return;
+    free(w->seen->set.slot);
+    free(w->seen->rec_of);
+    free(w->seen->recs);
+    sb_free(&w->seen->comps);
+    free(w->seen);
+    w->seen = NULL;
+}
+
+/* The records from the root down to v's, in rec[0..return). */
+static size_t ref_chain(const cli_walk *w, const ckpt_value *v, uint32_t rec[CLI_MAX_DEPTH])
+{
+    uint32_t r;
+    size_t n = 0;
+    if (!w->seen || !seen_find(w->seen, v, &r))
+        return 0;
+    for (; r != SEEN_ROOT && n < CLI_MAX_DEPTH; r = w->seen->recs[r].parent)
+        rec[n++] = r;
+    for (size_t i = 0; i < n / 2; i++) {
+        uint32_t t = rec[i];
+        rec[i] = rec[n - 1 - i];
+        rec[n - 1 - i] = t;
+    }
+    return n;
+}
+
+void cli_walk_ref_path(const cli_walk *w, const ckpt_value *v, const char *sep, cli_sb *sb)
+{
+    uint32_t rec[CLI_MAX_DEPTH];
+    size_t n = ref_chain(w, v, rec);
+    for (size_t i = 0; i < n; i++) {
+        const struct seen_rec *r = &w->seen->recs[rec[i]];
+        if (i)
+            sb_puts(sb, sep);
+        sb_put_clean(sb, w->seen->comps.buf + r->off, r->len);
+    }
+}
+
+json_t *cli_walk_ref_json(const cli_walk *w, const ckpt_value *v)
+{
+    uint32_t rec[CLI_MAX_DEPTH];
+    size_t n = ref_chain(w, v, rec);
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) {
+        const struct seen_rec *r = &w->seen->recs[rec[i]];
+        json_array_append_new(a, cli_json_str(w->seen->comps.buf + r->off, r->len));
+    }
+    return a;
+}
+
+cli_enter cli_walk_enter_at(cli_walk *w, const ckpt_value *v, const char *comp, size_t n)
+{
+    cli_seen *s = w->seen;
+    uint32_t rec;
+    if (!s || w->error[0] || w->depth == 0) /* the root has no component: no references */
+        return cli_walk_enter(w, v);
+    for (size_t i = 0; i < w->depth; i++) {
+        if (w->path[i] == v)
+            return CLI_CYCLE;
+    }
+    if (seen_find(s, v, &rec))
+        return CLI_SHARED;
+    /* The remembered component is output-like memory: it is charged to the same budget. */
+    if (!cli_walk_charge(w, n + sizeof(struct seen_rec)))
+        return CLI_LIMIT;
+    cli_enter e = cli_walk_enter(w, v);
+    if (e != CLI_ENTERED)
+        return e;
+    if (s->n_recs == s->cap_recs) {
+        s->cap_recs = s->cap_recs ? 2 * s->cap_recs : 256;
+        s->recs = cli_xrealloc(s->recs, s->cap_recs * sizeof *s->recs);
+    }
+    rec = (uint32_t)s->n_recs++;
+    s->recs[rec].parent = w->depth >= 2 ? w->node[w->depth - 2] : SEEN_ROOT;
+    s->recs[rec].marked = false;
+    s->recs[rec].off = s->comps.len;
+    s->recs[rec].len = n;
+    sb_putn(&s->comps, comp, n);
+    seen_put(s, v, rec);
+    w->node[w->depth - 1] = rec;
+    return CLI_ENTERED;
+}
+
 cli_enter cli_walk_enter(cli_walk *w, const ckpt_value *v)
 {
     if (w->error[0])
@@ -830,11 +1049,31 @@ cli_enter cli_walk_enter(cli_walk *w, const ckpt_value *v)
                  "the file holds far fewer (a pickle bomb?)", w->max_items);
         return CLI_LIMIT;
     }
+    w->node[w->depth] = SEEN_ROOT; /* references below it start here */
     w->path[w->depth++] = v;
     return CLI_ENTERED;
 }
 
-void cli_walk_leave(cli_walk *w) { w->depth--; }
+void cli_walk_leave(cli_walk *w)
+{
+    w->depth--;
+    uint32_t r = w->node[w->depth];
+    if (w->seen && r != SEEN_ROOT && w->seen->recs[r].marked && w->depth > 0 &&
+        w->node[w->depth - 1] != SEEN_ROOT)
+        w->seen->recs[w->node[w->depth - 1]].marked = true;
+}
+
+void cli_walk_mark(cli_walk *w)
+{
+    if (w->seen && w->depth > 0 && w->node[w->depth - 1] != SEEN_ROOT)
+        w->seen->recs[w->node[w->depth - 1]].marked = true;
+}
+
+bool cli_walk_marked(const cli_walk *w, const ckpt_value *v)
+{
+    uint32_t r;
+    return w->seen && seen_find(w->seen, v, &r) && w->seen->recs[r].marked;
+}
 
 static bool stats_children(cli_walk *w, ckpt_value *const *items, size_t n,
                            cli_tensor_stats *st)

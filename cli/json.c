@@ -12,6 +12,9 @@
 #include <string.h>
 
 #define CLI_JSON_HEX_BYTES 64 /* bytes values: the first 64 bytes in hex, and the length */
+/* Bytes charged to the output limit per node, besides its strings: what "type", the braces
+ * and jansson's own record of the node take. */
+#define CLI_JSON_NODE_BYTES 64
 
 json_t *cli_json_str(const char *s, size_t n)
 {
@@ -74,13 +77,17 @@ static json_t *node(const char *type)
     return o;
 }
 
-static bool set_child(cli_walk *w, json_t *o, const char *key, const ckpt_value *v)
+static json_t *value_at(cli_walk *w, const ckpt_value *v, const char *comp, size_t n);
+
+/* o[key] = the node of v, met under path component comp. */
+static bool set_child(cli_walk *w, json_t *o, const char *key, const ckpt_value *v,
+                      const char *comp, size_t n)
 {
     if (!v) {
         json_object_set_new(o, key, json_null());
         return true;
     }
-    json_t *c = cli_json_value(w, v);
+    json_t *c = value_at(w, v, comp, n);
     if (!c)
         return false;
     json_object_set_new(o, key, c);
@@ -92,7 +99,9 @@ static bool seq_items(cli_walk *w, json_t *o, const ckpt_value *v)
     json_t *a = json_array();
     json_object_set_new(o, "items", a);
     for (size_t i = 0; i < v->u.seq.len; i++) {
-        json_t *c = cli_json_value(w, v->u.seq.items[i]);
+        char comp[24];
+        int n = snprintf(comp, sizeof comp, "%zu", i);
+        json_t *c = value_at(w, v->u.seq.items[i], comp, (size_t)n);
         if (!c)
             return false;
         json_array_append_new(a, c);
@@ -108,25 +117,42 @@ static bool dict_items(cli_walk *w, json_t *o, const ckpt_value *v)
         const ckpt_value *k = v->u.dict.keys[i];
         json_t *item = json_object();
         json_array_append_new(a, item);
-        if (k->type == CKPT_T_STR)
+        cli_sb comp = {0};
+        cli_key_str(&comp, k);
+        bool ok = cli_walk_charge(w, comp.len + CLI_JSON_NODE_BYTES);
+        if (ok && k->type == CKPT_T_STR)
             json_object_set_new(item, "key", cli_json_str(k->u.str.data, k->u.str.len));
-        else if (!set_child(w, item, "key_node", k))
-            return false;
-        if (!set_child(w, item, "value", v->u.dict.vals[i]))
+        else if (ok)
+            ok = set_child(w, item, "key_node", k, "__key__", 7);
+        ok = ok && set_child(w, item, "value", v->u.dict.vals[i], sb_str(&comp), comp.len);
+        sb_free(&comp);
+        if (!ok)
             return false;
     }
-    if (v->u.dict.attrs && !set_child(w, o, "attrs", v->u.dict.attrs))
+    if (v->u.dict.attrs && !set_child(w, o, "attrs", v->u.dict.attrs, "__attrs__", 9))
         return false;
     return true;
 }
 
-static json_t *container(cli_walk *w, const ckpt_value *v)
+static json_t *container(cli_walk *w, const ckpt_value *v, const char *comp, size_t n)
 {
-    cli_enter e = cli_walk_enter(w, v);
+    cli_enter e = cli_walk_enter_at(w, v, comp, n);
     if (e == CLI_CYCLE)
         return node("cycle");
     if (e == CLI_LIMIT)
         return NULL;
+    if (e == CLI_SHARED) {
+        json_t *ref = cli_walk_ref_json(w, v), *o = json_object();
+        size_t bytes = 0;
+        for (size_t i = 0; i < json_array_size(ref); i++)
+            bytes += json_string_length(json_array_get(ref, i)) + 3;
+        json_object_set_new(o, "ref", ref);
+        if (!cli_walk_charge(w, bytes)) {
+            json_decref(o);
+            return NULL;
+        }
+        return o;
+    }
     json_t *o = node(ckpt_type_name(v->type));
     if (v->class_name)
         json_object_set_new(o, "class", json_cstr(v->class_name));
@@ -145,12 +171,13 @@ static json_t *container(cli_walk *w, const ckpt_value *v)
         if (!v->class_name)
             json_object_set_new(o, "class", cls ? json_cstr(cls) : json_null());
         sb_free(&scratch);
-        if (!cls && !set_child(w, o, "callable", v->u.obj.callable))
+        if (!cls && !set_child(w, o, "callable", v->u.obj.callable, "__callable__", 12))
             ok = false;
         json_object_set_new(o, "newobj", json_boolean(v->u.obj.newobj));
-        ok = ok && set_child(w, o, "args", v->u.obj.args) &&
-             set_child(w, o, "state", v->u.obj.state) &&
-             set_child(w, o, "items", v->u.obj.items) && set_child(w, o, "list", v->u.obj.list);
+        ok = ok && set_child(w, o, "args", v->u.obj.args, "__args__", 8) &&
+             set_child(w, o, "state", v->u.obj.state, "__state__", 9) &&
+             set_child(w, o, "items", v->u.obj.items, "__items__", 9) &&
+             set_child(w, o, "list", v->u.obj.list, "__list__", 8);
         break;
     }
     default: break;
@@ -165,8 +192,20 @@ static json_t *container(cli_walk *w, const ckpt_value *v)
 
 json_t *cli_json_value(cli_walk *w, const ckpt_value *v)
 {
+    return value_at(w, v, "", 0);
+}
+
+static json_t *value_at(cli_walk *w, const ckpt_value *v, const char *comp, size_t comp_len)
+{
     if (cli_is_container(v))
-        return container(w, v);
+        return container(w, v, comp, comp_len);
+    size_t bytes = CLI_JSON_NODE_BYTES;
+    if (v->type == CKPT_T_STR)
+        bytes += v->u.str.len; /* most strings need no escapes */
+    else if (v->type == CKPT_T_BIGINT)
+        bytes += v->u.str.len * 3; /* decimal digits */
+    if (!cli_walk_charge(w, bytes))
+        return NULL;
     json_t *o = node(ckpt_type_name(v->type));
     if (v->class_name)
         json_object_set_new(o, "class", json_cstr(v->class_name));

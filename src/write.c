@@ -138,10 +138,13 @@ static bool is_input(const ckpt_write_file *w, const struct stat *st)
     return false;
 }
 
-/* What is at the final path now: CKPT_OK if nothing, or something force may replace. */
+/* What is at the final path now: CKPT_OK if nothing, or a regular file (or a symlink to one)
+ * that force may replace. A device, FIFO or socket is never replaced, force or not: renaming
+ * a file over /dev/null would break the system, and the user meant to write to it, which an
+ * atomic writer cannot do. */
 static int check_target(const ckpt_write_file *w, bool force, ckpt_error *err)
 {
-    struct stat st;
+    struct stat st, lst;
     if (stat(w->path, &st) != 0) {
         if (errno == ENOENT || errno == ENOTDIR)
             return CKPT_OK;
@@ -153,7 +156,9 @@ static int check_target(const ckpt_write_file *w, bool force, ckpt_error *err)
                          "disk): writing it would destroy what is being read");
     if (S_ISDIR(st.st_mode))
         return CKPT_FAIL(err, CKPT_EINVAL, "the output is a directory");
-    if (!S_ISREG(st.st_mode)) /* even with force: replacing /dev/null is never what was meant */
+    /* even with force: replacing /dev/null (or a link's FIFO) is never what was meant */
+    if (!S_ISREG(st.st_mode) ||
+        (lstat(w->path, &lst) == 0 && !S_ISREG(lst.st_mode) && !S_ISLNK(lst.st_mode)))
         return CKPT_FAIL(err, CKPT_EINVAL, "the output is %s, not a regular file; ckpt only "
                          "replaces regular files", S_ISFIFO(st.st_mode) ? "a FIFO"
                          : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
