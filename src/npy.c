@@ -322,9 +322,16 @@ int ckpt_npy_read(const char *path, ckpt_npy *out, ckpt_error *err)
     if (!out)
         return CKPT_FAIL(err, CKPT_EINVAL, "npy: no array to fill");
     memset(out, 0, sizeof *out);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
+    int fd;
+    uint64_t size;
+    int rc0 = ckpt__open_regular(path, &fd, &size, err); /* never blocks on a FIFO */
+    if (rc0)
+        return rc0;
+    FILE *fp = fdopen(fd, "rb");
+    if (!fp) {
+        close(fd);
         return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(errno));
+    }
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     int rc = CKPT_OK;

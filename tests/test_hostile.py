@@ -265,6 +265,11 @@ class TestNotRegular(HostileCase):
         L.check_clean_error(self, rc, out, err, self.dir, "--labels")
         self.assertIn("is a directory", err)
 
+    def test_input_npy_fifo(self):
+        rc, out, err, secs, rss = run_limited(["run", self.r18, "--input", self.fifo])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("is a FIFO, not a regular file", err)
+
     def test_extract_onto_fifo(self):
         out_fifo = self.path("out_fifo.safetensors")
         os.mkfifo(out_fifo)
