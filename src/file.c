@@ -489,8 +489,7 @@ static int open_pickle(ckpt_file *f, ckpt_error *err)
 
 /* ---- open and close ---------------------------------------------------------------------- */
 
-/* Why a file that is not regular cannot be read: "is a FIFO, not a regular file". */
-static const char *not_regular(mode_t m)
+const char *ckpt__not_regular(unsigned m)
 {
     if (S_ISDIR(m))
         return "is a directory";
@@ -520,7 +519,7 @@ int ckpt__open_regular(const char *path, int *fd_out, uint64_t *size, ckpt_error
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return CKPT_FAIL(err, CKPT_EIO, "%s", not_regular(st.st_mode));
+        return CKPT_FAIL(err, CKPT_EIO, "%s", ckpt__not_regular(st.st_mode));
     }
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {

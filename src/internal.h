@@ -272,6 +272,9 @@ ckpt_file *ckpt__file_new(const ckpt_options *opt, ckpt_error *err);
 /* Open path read-only, refusing anything but a regular file ("is a directory", ...); on
  * success *fd is the caller's to close and *size the file's size. */
 int ckpt__open_regular(const char *path, int *fd, uint64_t *size, ckpt_error *err);
+/* Why a file of mode m (st_mode, not a regular file) cannot be used: "is a FIFO, not a regular
+ * file", "is a directory", ... */
+const char *ckpt__not_regular(unsigned m);
 /* Map path read-only into f (a regular file; a directory or device is refused). */
 int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err);
 

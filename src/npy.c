@@ -15,8 +15,10 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define NPY_MAGIC "\x93NUMPY"
@@ -88,9 +90,25 @@ int ckpt_npy_write(const char *path, const float *data, int ndim, const int64_t 
     pre[8] = (uint8_t)(n & 0xff);
     pre[9] = (uint8_t)(n >> 8);
 
-    FILE *fp = fopen(path, "wb");
-    if (!fp)
+    /* Only a regular file is written (a FIFO would block, a device is not a file to fill):
+     * looked at before opening, for the message, and after, for what was opened. */
+    struct stat st = {0};
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return CKPT_FAIL(err, CKPT_EINVAL, "%s", ckpt__not_regular(st.st_mode));
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0666);
+    if (fd < 0)
         return CKPT_FAIL(err, CKPT_EIO, "cannot create: %s", strerror(errno));
+    int fl = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? fcntl(fd, F_GETFL) : -1;
+    FILE *fp = fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0 && ftruncate(fd, 0) == 0
+                   ? fdopen(fd, "wb")
+                   : NULL;
+    if (!fp) {
+        int e = errno;
+        close(fd);
+        if (fl < 0)
+            return CKPT_FAIL(err, CKPT_EINVAL, "%s", ckpt__not_regular(st.st_mode));
+        return CKPT_FAIL(err, CKPT_EIO, "cannot create: %s", strerror(e));
+    }
     bool ok = fwrite(pre, 1, sizeof pre, fp) == sizeof pre && fwrite(h, 1, n, fp) == n;
     if (ok && numel == 0) {
         /* nothing to write */
@@ -322,9 +340,16 @@ int ckpt_npy_read(const char *path, ckpt_npy *out, ckpt_error *err)
     if (!out)
         return CKPT_FAIL(err, CKPT_EINVAL, "npy: no array to fill");
     memset(out, 0, sizeof *out);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
+    int fd;
+    uint64_t size;
+    int rc0 = ckpt__open_regular(path, &fd, &size, err); /* never blocks on a FIFO */
+    if (rc0)
+        return rc0;
+    FILE *fp = fdopen(fd, "rb");
+    if (!fp) {
+        close(fd);
         return CKPT_FAIL(err, CKPT_EIO, "cannot open: %s", strerror(errno));
+    }
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     int rc = CKPT_OK;

@@ -266,6 +266,20 @@ class TestNotRegular(HostileCase):
         L.check_clean_error(self, rc, out, err, self.dir, "--labels")
         self.assertIn("is a directory", err)
 
+    def test_input_npy_fifo(self):
+        rc, out, err, secs, rss = run_limited(["run", self.r18, "--input", self.fifo])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("is a FIFO, not a regular file", err)
+
+    def test_save_input_onto_fifo(self):
+        out_fifo = self.path("out_fifo.npy")
+        os.mkfifo(out_fifo)
+        rc, out, err, secs, rss = run_limited(["run", self.r18, self.img, "--save-input",
+                                               out_fifo])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("is a FIFO, not a regular file", err)
+        self.assertTrue(stat_is_fifo(out_fifo), "the FIFO was replaced")
+
     def test_extract_onto_fifo(self):
         out_fifo = self.path("out_fifo.safetensors")
         os.mkfifo(out_fifo)
