@@ -246,6 +246,12 @@ int cmd_run(int argc, char **argv, const cli_command *self)
                                "other models but cannot run them");
         goto done;
     }
+    if (!ckpt_arch_runnable(r->arch)) {
+        rc = cli_error(l.path, "no inference for the %s family: '%s' can be checked and "
+                               "extracted, not run (ckpt run knows the ten torchvision ResNets)",
+                       ckpt_arch_family(r->arch), ckpt_arch_name(r->arch));
+        goto done;
+    }
     ckpt_model_options mo = {0};
     mo.backend = (ckpt_backend)backend;
     mo.threads = (int)threads;
@@ -392,7 +398,7 @@ int cmd_run(int argc, char **argv, const cli_command *self)
             json_array_append_new(sdp, cli_json_str(r->chosen->path[i], strlen(r->chosen->path[i])));
         json_object_set_new(model, "state_dict_path", sdp);
         json_object_set_new(model, "prefix", cli_json_str(r->prefix, strlen(r->prefix)));
-        json_object_set_new(model, "arch", json_string(r->arch->name));
+        json_object_set_new(model, "arch", json_string(ckpt_arch_name(r->arch)));
         json_object_set_new(model, "num_classes", json_integer(classes));
         json_object_set_new(model, "features", json_integer(nfeat));
         json_object_set_new(model, "backend", json_string(ckpt_backend_name(ckpt_model_backend(m))));
@@ -414,7 +420,7 @@ int cmd_run(int argc, char **argv, const cli_command *self)
         }
     } else {
         sb_printf(&out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", l.path,
-                  r->arch->name, classes);
+                  ckpt_arch_name(r->arch), classes);
         cli_locate_where(&out, r->chosen);
         sb_printf(&out, ", %s backend, %d thread%s\n", ckpt_backend_name(ckpt_model_backend(m)),
                   ckpt_model_threads(m), ckpt_model_threads(m) == 1 ? "" : "s");

@@ -211,7 +211,7 @@ static int resolve_key(check_ctx *c, const ckpt_value *root, const char *key,
             index = true;
         }
         if (!next)
-            return CKPT_FAIL(c->err, CKPT_ENOTFOUND, "no '%s' in the file (--key '%s')", seg,
+            return CKPT_FAIL(c->err, CKPT_ENOTFOUND, "no '%s' in the file (key path '%s')", seg,
                              key);
         c->path[d] = seg;
         c->is_index[d] = index;
@@ -243,10 +243,12 @@ static const ckpt_value *stripped_get(const ckpt__cand *k, const char *prefix, c
     return i == SIZE_MAX ? NULL : k->pub.dict->u.dict.vals[i];
 }
 
-/* any_head: the model's fc was built for 1000 classes but any class count fits. */
+/* any_head: the model's head was built for 1000 classes but any class count fits. */
 static fit fit_model(const ckpt__cand *k, const char *prefix, const ckpt_sd_model *m, bool any_head)
 {
     fit f = {0, 0, 0};
+    const char *head_w = any_head ? ckpt_arch_head(m->arch, false) : NULL;
+    const char *head_b = any_head ? ckpt_arch_head(m->arch, true) : NULL;
     for (size_t i = 0; i < m->sd.n_entries; i++) {
         const ckpt_sd_entry *e = &m->sd.entries[i];
         const ckpt_value *v = stripped_get(k, prefix, e->key);
@@ -261,9 +263,9 @@ static fit fit_model(const ckpt__cand *k, const char *prefix, const ckpt_sd_mode
             continue;
         const ckpt_tensor *t = v->u.tensor;
         bool ok;
-        if (any_head && !strcmp(e->key, "fc.weight"))
+        if (head_w && !strcmp(e->key, head_w))
             ok = t->ndim == 2 && t->shape[1] == e->shape[1];
-        else if (any_head && !strcmp(e->key, "fc.bias"))
+        else if (head_b && !strcmp(e->key, head_b))
             ok = t->ndim == 1;
         else
             ok = ckpt__same_shape(t->ndim, t->shape, e->ndim, e->shape) ||
@@ -375,12 +377,12 @@ static const char *common_wrapper(ckpt__arena *ar, const ckpt_sd *sd, bool any_w
     return best ? ckpt__arena_strndup(ar, first, best) : "";
 }
 
-/* The class count of the unwrapped dict's head: fc.weight's rows when it has the right
- * width, else fc.bias's length, else fc.weight's rows, else torchvision's default. */
+/* The class count of the unwrapped dict's head (as ckpt_arch_classes reads it), else
+ * torchvision's default. */
 static int64_t head_classes(const ckpt__cand *k, const char *prefix, const ckpt_arch *a)
 {
-    const ckpt_value *w = stripped_get(k, prefix, "fc.weight");
-    const ckpt_value *b = stripped_get(k, prefix, "fc.bias");
+    const ckpt_value *w = stripped_get(k, prefix, ckpt_arch_head(a, false));
+    const ckpt_value *b = stripped_get(k, prefix, ckpt_arch_head(a, true));
     const ckpt_tensor *tw = w && w->type == CKPT_T_TENSOR ? w->u.tensor : NULL;
     const ckpt_tensor *tb = b && b->type == CKPT_T_TENSOR ? b->u.tensor : NULL;
     int64_t nc = 0;
@@ -460,7 +462,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         return CKPT_FAIL(err, CKPT_EINVAL, "class count %lld is out of range",
                          (long long)opt.num_classes);
     if (opt.against && named)
-        return CKPT_FAIL(err, CKPT_EINVAL, "--against and --arch exclude each other");
+        return CKPT_FAIL(err, CKPT_EINVAL, "a template and a named architecture exclude each other");
     const ckpt_value *root = ckpt_root(f);
     if (!root)
         return CKPT_FAIL(err, CKPT_EINVAL, "the file has no content");
@@ -476,9 +478,14 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
     }
     p->ar = ar;
     r->internal = p;
-    ckpt_sd_model *scratch[16] = {0};
+    /* one model per known architecture, or the template's slot */
+    ckpt_sd_model **scratch = ckpt__arena_alloc(ar, (ckpt_arch_count() + 1) * sizeof *scratch);
     size_t n_scratch = 0;
     int rc = CKPT_OK;
+    if (!scratch) {
+        ckpt__arena_free(ar);
+        return CKPT_NOMEM(err);
+    }
     check_ctx c = {0};
     c.ar = ar;
     c.err = err;
@@ -659,16 +666,14 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
                 r->n_parameters = INT64_MAX;
         }
     }
-    if ((rc = ckpt__sd_explain(p, r, chosen, root, &opt, f, c.has_float, err)))
+    /* what the words need later (ckpt_sd_explain) */
+    p->chosen = chosen;
+    p->root = root;
+    p->file = f;
+    p->has_float = c.has_float;
+    p->opt = opt;
+    if (opt.explain && (rc = ckpt_sd_explain(r, err)))
         goto fail;
-    r->warnings = ckpt__arena_alloc(ar, (p->warnings.len + 1) * sizeof *r->warnings);
-    if (!r->warnings) {
-        rc = ckpt__arena_error(ar, err);
-        goto fail;
-    }
-    for (size_t i = 0; i < p->warnings.len; i++)
-        r->warnings[i] = *(ckpt_sd_warning *)p->warnings.items[i];
-    r->n_warnings = p->warnings.len;
     for (size_t i = 0; i < n_scratch; i++)
         ckpt_sd_model_free(scratch[i]);
     *out = r;

@@ -220,7 +220,7 @@ static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_mod
     return CKPT_OK;
 }
 
-int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, const ckpt_value *root,
+static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, const ckpt_value *root,
                    const ckpt_sd_check_options *opt, const ckpt_file *f, bool has_float,
                    ckpt_error *err)
 {
@@ -277,16 +277,17 @@ int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k
             return story ? rc : ckpt__arena_error(ar, err);
     }
     if (r->arch) {
+        const char *head = ckpt_arch_head(r->arch, false);
         const ckpt_sd_entry *fc = NULL;
         for (size_t i = 0; i < sd->n_entries && !fc; i++)
-            if (!strcmp(sd->entries[i].key, "fc.weight") && sd->entries[i].is_tensor)
+            if (!strcmp(sd->entries[i].key, head) && sd->entries[i].is_tensor)
                 fc = &sd->entries[i];
         bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
         ckpt__sb_printf(&b, "%s torchvision.models.%s(num_classes=%lld)",
-                  auto_arch ? "recognised as" : "checked against", r->arch->name,
+                  auto_arch ? "recognised as" : "checked against", ckpt_arch_name(r->arch),
                   (long long)r->num_classes);
         if (fc) {
-            ckpt__sb_add(&b, "; fc.weight is ");
+            ckpt__sb_printf(&b, "; %s is ", head);
             ckpt__sb_dims(&b, fc->ndim, fc->shape);
         }
         const char *msg = ckpt__sb_finish(&b, ar);
@@ -296,12 +297,12 @@ int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k
             (rc = warn(p, err, "head",
                        "the checkpoint's head has %lld classes: build the model with "
                        "%s(num_classes=%lld)",
-                       (long long)fc->shape[0], r->arch->name, (long long)fc->shape[0])))
+                       (long long)fc->shape[0], ckpt_arch_name(r->arch), (long long)fc->shape[0])))
             return rc;
     } else if (!r->model) {
         if ((rc = warn(p, err, "arch_unknown",
-                       "the keys match none of the %zu torchvision ResNets; check against "
-                       "the model's own state_dict() with --against TEMPLATE",
+                       "the keys match none of the %zu known architectures; check against "
+                       "the model's own state_dict()",
                        ckpt_arch_count())))
             return rc;
     }
@@ -316,7 +317,6 @@ int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k
                 names[n++] = r->candidates[i].path_str[0] ? r->candidates[i].path_str : "<root>";
         ckpt__sb_add(&b, "other dicts of tensors in the file: ");
         sb_names(&b, names, n);
-        ckpt__sb_add(&b, " (choose one with --key)");
         const char *msg = ckpt__sb_finish(&b, ar);
         if (!msg || (rc = warn(p, err, "other_candidates", "%s", msg)))
             return msg ? rc : ckpt__arena_error(ar, err);
@@ -486,9 +486,11 @@ int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k
     if (r->arch && v) {
         for (size_t i = 0; i < v->n_mismatch; i++) {
             const ckpt_sd_mismatch *mm = &v->mismatch[i];
-            bool fcw = !strcmp(mm->key, "fc.weight") && mm->checkpoint->ndim == 2 &&
+            bool fcw = !strcmp(mm->key, ckpt_arch_head(r->arch, false)) &&
+                       mm->checkpoint->ndim == 2 &&
                        mm->checkpoint->shape[1] == ckpt_arch_features(r->arch);
-            bool fcb = !strcmp(mm->key, "fc.bias") && mm->checkpoint->ndim == 1;
+            bool fcb = !strcmp(mm->key, ckpt_arch_head(r->arch, true)) &&
+                       mm->checkpoint->ndim == 1;
             if (fcw || fcb) {
                 nc = mm->checkpoint->shape[0];
                 problems--;
@@ -496,7 +498,7 @@ int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k
         }
     }
     if (r->arch)
-        ckpt__sb_printf(&b, "model = torchvision.models.%s(num_classes=%lld)\n", r->arch->name,
+        ckpt__sb_printf(&b, "model = torchvision.models.%s(num_classes=%lld)\n", ckpt_arch_name(r->arch),
                   (long long)nc);
     else
         ckpt__sb_add(&b, "model = MyModel()  # your model class\n");
@@ -510,3 +512,24 @@ int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k
 }
 
 /* The template's state dict: found and unwrapped like a checkpoint's, minus the model. */
+
+int ckpt_sd_explain(ckpt_sd_report *r, ckpt_error *err)
+{
+    if (!r)
+        return CKPT_FAIL(err, CKPT_EINVAL, "no report given");
+    ckpt__check_priv *p = r->internal;
+    if (p->explained)
+        return CKPT_OK;
+    p->warnings.len = 0;
+    int rc = explain(p, r, p->chosen, p->root, &p->opt, p->file, p->has_float, err);
+    if (rc)
+        return rc;
+    r->warnings = ckpt__arena_alloc(p->ar, (p->warnings.len + 1) * sizeof *r->warnings);
+    if (!r->warnings)
+        return ckpt__arena_error(p->ar, err);
+    for (size_t i = 0; i < p->warnings.len; i++)
+        r->warnings[i] = *(ckpt_sd_warning *)p->warnings.items[i];
+    r->n_warnings = p->warnings.len;
+    p->explained = true;
+    return CKPT_OK;
+}

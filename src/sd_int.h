@@ -27,7 +27,14 @@ typedef struct ckpt__cand {
 typedef struct ckpt__check_priv {
     ckpt__arena *ar;
     ckpt_sd_model *owned_model; /* made by ckpt_arch_model: its own arena */
-    ckpt__vec warnings;               /* ckpt_sd_warning * */
+    ckpt__vec warnings;         /* ckpt_sd_warning * */
+    bool explained;             /* warnings and python are built */
+    /* what ckpt_sd_explain needs: */
+    const ckpt__cand *chosen;
+    const ckpt_value *root;
+    const ckpt_file *file;
+    bool has_float;             /* a plain Python float somewhere in the file */
+    ckpt_sd_check_options opt;
 } ckpt__check_priv;
 
 /* views (sd.c) */
@@ -41,9 +48,5 @@ int ckpt__judge(ckpt__arena *ar, const ckpt_sd_model *m, const ckpt_sd *sd,
                 ckpt_sd_verdict **out, ckpt_error *err);
 /* locate.c: who adds a wrapper name ("module": "DataParallel / ..."), NULL when unknown */
 const char *ckpt__sd_wrapper_what(const char *part, size_t n);
-/* the words (report.c) */
-int ckpt__sd_explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
-                     const ckpt_value *root, const ckpt_sd_check_options *opt,
-                     const ckpt_file *f, bool has_float, ckpt_error *err);
 
 #endif /* CKPT_SD_INT_H */

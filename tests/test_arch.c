@@ -228,14 +228,19 @@ static void test_refs(void)
 
 static void test_table(void)
 {
-    CHECK_EQ_INT(ckpt_arch_count(), 10);
+    /* the ten ResNets first, then the other families */
+    CHECK(ckpt_arch_count() >= 10);
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         const ckpt_arch *a = ckpt_arch_by_name(table[i].name);
         CHECK(a != NULL);
         if (!a)
             continue;
-        CHECK_EQ_STR(ckpt_arch_name(i), table[i].name);
+        CHECK_EQ_STR(ckpt_arch_name(ckpt_arch_at(i)), table[i].name);
         CHECK(ckpt_arch_at(i) == a);
+        CHECK_EQ_STR(ckpt_arch_family(a), "resnet");
+        CHECK(ckpt_arch_runnable(a));
+        CHECK_EQ_STR(ckpt_arch_head(a, false), "fc.weight");
+        CHECK_EQ_STR(ckpt_arch_head(a, true), "fc.bias");
         CHECK_EQ_INT(ckpt_arch_parameters(a, 1000), table[i].params);
         ckpt_sd_model *m = NULL;
         ckpt_error err = {0};
@@ -244,8 +249,8 @@ static void test_table(void)
             CHECK_EQ_INT(m->sd.n_entries, table[i].keys);
         ckpt_sd_model_free(m);
     }
-    CHECK(ckpt_arch_at(10) == NULL);
-    CHECK(ckpt_arch_name(10) == NULL);
+    CHECK(ckpt_arch_at(ckpt_arch_count()) == NULL);
+    CHECK(ckpt_arch_name(NULL) == NULL);
     CHECK(ckpt_arch_by_name("resnet51") == NULL);
     CHECK(ckpt_arch_by_name(NULL) == NULL);
 
@@ -274,17 +279,36 @@ static void test_table(void)
         CHECK_EQ_STR(fcw->key, "fc.weight");
         CHECK_EQ_INT(fcw->shape[0], 51);
         CHECK_EQ_INT(fcw->shape[1], 2048);
+        /* the class count read back from the head, with and without a weight of that width */
+        CHECK_EQ_INT(ckpt_arch_classes(r50, &m->sd), 51);
+        CHECK_EQ_INT(ckpt_arch_classes(ckpt_arch_by_name("resnet18"), &m->sd), 51);
         ckpt_sd_model_free(m);
     }
-    /* block structure for the inference engine */
-    const ckpt_arch *x = ckpt_arch_by_name("resnext101_32x8d");
-    CHECK_EQ_INT(x->block, CKPT_ARCH_BOTTLENECK);
-    CHECK_EQ_INT(x->layers[2], 23);
-    CHECK_EQ_INT(ckpt_arch_width(x, 0), 256);
-    CHECK_EQ_INT(ckpt_arch_width(ckpt_arch_by_name("resnext101_64x4d"), 0), 256);
-    CHECK_EQ_INT(ckpt_arch_width(ckpt_arch_by_name("wide_resnet50_2"), 3), 1024);
+    /* block widths, read from the layout (conv2 of a stage's first block is [w, w/groups,
+     * 3, 3]) */
+    static const struct {
+        const char *arch, *key;
+        int64_t out, in;
+    } widths[] = {
+        {"resnext101_32x8d", "layer1.0.conv2.weight", 256, 8},
+        {"resnext101_64x4d", "layer1.0.conv2.weight", 256, 4},
+        {"wide_resnet50_2", "layer4.0.conv2.weight", 1024, 1024},
+    };
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) {
+        CHECK_OK(ckpt_arch_model(ckpt_arch_by_name(widths[i].arch), 10, &m, &err), err);
+        const ckpt_sd_entry *e = NULL;
+        for (size_t j = 0; m && j < m->sd.n_entries && !e; j++)
+            if (!strcmp(m->sd.entries[j].key, widths[i].key))
+                e = &m->sd.entries[j];
+        CHECK(e != NULL);
+        if (e) {
+            CHECK_EQ_INT(e->shape[0], widths[i].out);
+            CHECK_EQ_INT(e->shape[1], widths[i].in);
+        }
+        ckpt_sd_model_free(m);
+    }
     CHECK_EQ_INT(ckpt_arch_features(ckpt_arch_by_name("resnet18")), 512);
-    CHECK_EQ_INT(ckpt_arch_planes(3), 512);
+    CHECK_EQ_INT(ckpt_arch_features(ckpt_arch_by_name("resnet50")), 2048);
 
     CHECK_EQ_INT(ckpt_arch_model(r50, 0, &m, &err), CKPT_EINVAL);
     CHECK(m == NULL);
