@@ -68,7 +68,8 @@ struct ckpt__family {
 
 /* The families, in the order ckpt_arch_at lists their architectures. */
 #define CKPT__FAMILIES(X) \
-    X(resnet)
+    X(resnet)             \
+    X(vgg)
 
 #define CKPT__FAMILY_DECLARE(name) extern const ckpt__family ckpt__family_##name;
 CKPT__FAMILIES(CKPT__FAMILY_DECLARE)

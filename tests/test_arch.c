@@ -226,6 +226,14 @@ static void test_refs(void)
     }
 }
 
+static int no_weight(void *ud, const char *key, const int64_t *shape, int ndim, float *out,
+                     ckpt_error *err)
+{
+    (void)ud, (void)key, (void)shape, (void)ndim, (void)out;
+    err->status = CKPT_EMISMATCH;
+    return CKPT_EMISMATCH;
+}
+
 static void test_table(void)
 {
     /* the ten ResNets first, then the other families */
@@ -309,6 +317,28 @@ static void test_table(void)
     }
     CHECK_EQ_INT(ckpt_arch_features(ckpt_arch_by_name("resnet18")), 512);
     CHECK_EQ_INT(ckpt_arch_features(ckpt_arch_by_name("resnet50")), 2048);
+
+    /* the check-only VGG family: torchvision's published size of vgg11 (num_params in its
+     * weights' meta), the head where torchvision has it, no network builder */
+    const ckpt_arch *vgg = ckpt_arch_by_name("vgg11");
+    CHECK(vgg != NULL);
+    if (vgg) {
+        CHECK_EQ_STR(ckpt_arch_family(vgg), "vgg");
+        CHECK(!ckpt_arch_runnable(vgg));
+        CHECK_EQ_INT(ckpt_arch_parameters(vgg, 1000), 132863336);
+        CHECK_EQ_STR(ckpt_arch_head(vgg, false), "classifier.6.weight");
+        CHECK_OK(ckpt_arch_model(vgg, 7, &m, &err), err);
+        if (m) {
+            CHECK_EQ_STR(m->class_name, "VGG");
+            CHECK_EQ_INT(m->sd.n_entries, 22);
+            CHECK_EQ_INT(ckpt_arch_classes(vgg, &m->sd), 7);
+        }
+        ckpt_sd_model_free(m);
+        ckpt_model *run = NULL;
+        CHECK_EQ_INT(ckpt_model_new(vgg, 7, no_weight, NULL, NULL, &run, &err),
+                     CKPT_EUNSUPPORTED);
+        CHECK(run == NULL);
+    }
 
     CHECK_EQ_INT(ckpt_arch_model(r50, 0, &m, &err), CKPT_EINVAL);
     CHECK(m == NULL);
