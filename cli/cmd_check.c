@@ -89,6 +89,22 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     } else {
         json_object_set_new(doc, "whole_file", json_null());
     }
+    json_t *map = json_array();
+    for (size_t i = 0; i < r->n_key_map; i++) {
+        json_t *pair = json_array();
+        json_array_append_new(pair, cli_json_cstr(r->key_map[i].model_key));
+        json_array_append_new(pair, cli_json_cstr(r->key_map[i].file_key));
+        json_array_append_new(map, pair);
+    }
+    json_object_set_new(doc, "key_map", map);
+    json_t *left = json_array();
+    for (size_t i = 0; i < r->n_left_out; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "key", cli_json_cstr(r->left_out[i].file_key));
+        json_object_set_new(o, "why", json_string(r->left_out[i].why));
+        json_array_append_new(left, o);
+    }
+    json_object_set_new(doc, "left_out", left);
     json_t *cands = json_array();
     for (size_t i = 0; i < r->n_candidates; i++) {
         const ckpt_sd_candidate *c = &r->candidates[i];

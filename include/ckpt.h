@@ -544,6 +544,21 @@ typedef struct ckpt_sd_warning {
     const char *message;       /* one line for people */
 } ckpt_sd_warning;
 
+/* Where a model key's tensor comes from in the file (issue 8's key map; today the only
+ * renaming is the prefix). */
+typedef struct ckpt_sd_key_pair {
+    const char *model_key;     /* "layer1.0.conv1.weight" */
+    const char *file_key;      /* "module.layer1.0.conv1.weight" */
+} ckpt_sd_key_pair;
+
+/* A key of the chosen dict that the key map leaves out, and why. */
+typedef struct ckpt_sd_left_out {
+    const char *file_key;
+    const char *why;           /* stable: "outside_prefix" (does not start with the prefix),
+                                * "not_in_model", "not_a_tensor", "repeated" (a later key
+                                * unwraps to the same name and wins) */
+} ckpt_sd_left_out;
+
 typedef struct ckpt_sd_report {
     ckpt_sd_candidate *candidates; /* best first */
     size_t n_candidates;
@@ -557,6 +572,12 @@ typedef struct ckpt_sd_report {
     /* What model.load_state_dict(torch.load(file), strict=False) would have done (NULL when the
      * state dict is the root and needs no unwrapping). */
     const ckpt_sd_verdict *whole_file;
+    /* With a model: each model key the chosen dict holds as a tensor, in the model's order,
+     * with the file key it comes from; then the dict's other keys (none without a model). */
+    const ckpt_sd_key_pair *key_map;
+    size_t n_key_map;
+    const ckpt_sd_left_out *left_out;
+    size_t n_left_out;
     size_t n_tensors;
     int64_t n_parameters;          /* elements of tensors other than BatchNorm buffers */
     /* The words, with opt->explain or after ckpt_sd_explain (else none and NULL): */

@@ -410,8 +410,76 @@ static int cand_cmp(const void *pa, const void *pb)
     return a->order < b->order ? -1 : a->order > b->order;
 }
 
-static int template_model(ckpt__check_priv *p, const ckpt_sd_check_options *opt, ckpt_sd_model **out,
-                          ckpt_error *err)
+/* The key map of the chosen dict d (unwrapped into r->sd) for r->model: which file key each
+ * model key comes from (the last one that unwraps to it, as ckpt_sd_from_value keeps the last
+ * value), and every other file key with why it is left out. */
+static int key_map(ckpt__arena *ar, ckpt_sd_report *r, const ckpt_value *d, ckpt_error *err)
+{
+    const ckpt_sd *sd = r->sd;
+    const ckpt_sd_model *m = r->model;
+    size_t plen = strlen(sd->prefix), n = d->u.dict.len;
+    ckpt__strmap entries, model;
+    const char **from = ckpt__arena_alloc(ar, (sd->n_entries + 1) * sizeof *from);
+    size_t *from_i = ckpt__arena_alloc(ar, (sd->n_entries + 1) * sizeof *from_i);
+    bool *used = ckpt__arena_alloc(ar, (n + 1) * sizeof *used);
+    ckpt_sd_key_pair *map = ckpt__arena_alloc(ar, (m->sd.n_entries + 1) * sizeof *map);
+    ckpt_sd_left_out *out = ckpt__arena_alloc(ar, (n + 1) * sizeof *out);
+    if (!from || !from_i || !used || !map || !out ||
+        !ckpt__strmap_init(ar, &entries, sd->n_entries) ||
+        !ckpt__strmap_init(ar, &model, m->sd.n_entries))
+        return ckpt__arena_error(ar, err);
+    memset(used, 0, (n + 1) * sizeof *used);
+    for (size_t i = 0; i < sd->n_entries; i++)
+        ckpt__strmap_add(&entries, sd->entries[i].key, i);
+    for (size_t i = 0; i < m->sd.n_entries; i++)
+        ckpt__strmap_add(&model, m->sd.entries[i].key, i);
+    for (size_t i = 0; i < n; i++) { /* string keys only: ckpt__sd_build made sd from d */
+        const char *fk = d->u.dict.keys[i]->u.str.data;
+        bool under = plen && ckpt__starts_with(fk, sd->prefix);
+        size_t j = ckpt__strmap_get(&entries, under ? fk + plen : fk);
+        if (j != SIZE_MAX) {
+            from[j] = fk;
+            from_i[j] = i;
+        }
+    }
+    size_t nm = 0, nl = 0;
+    for (size_t i = 0; i < m->sd.n_entries; i++) {
+        size_t j = ckpt__strmap_get(&entries, m->sd.entries[i].key);
+        if (j == SIZE_MAX || !sd->entries[j].is_tensor)
+            continue;
+        map[nm].model_key = m->sd.entries[i].key;
+        map[nm++].file_key = from[j];
+        used[from_i[j]] = true;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (used[i])
+            continue;
+        const char *fk = d->u.dict.keys[i]->u.str.data;
+        bool under = !plen || ckpt__starts_with(fk, sd->prefix);
+        const char *key = under && plen ? fk + plen : fk;
+        size_t j = ckpt__strmap_get(&entries, key);
+        const char *why;
+        if (!under)
+            why = "outside_prefix";
+        else if (j != SIZE_MAX && from_i[j] != i)
+            why = "repeated";
+        else if (ckpt__strmap_get(&model, key) == SIZE_MAX)
+            why = "not_in_model";
+        else
+            why = "not_a_tensor";
+        out[nl].file_key = fk;
+        out[nl++].why = why;
+    }
+    r->key_map = map;
+    r->n_key_map = nm;
+    r->left_out = out;
+    r->n_left_out = nl;
+    return CKPT_OK;
+}
+
+/* The template's state dict: found and unwrapped like a checkpoint's, minus the model. */
+static int template_model(ckpt__check_priv *p, const ckpt_sd_check_options *opt,
+                          ckpt_sd_model **out, ckpt_error *err)
 {
     check_ctx c = {0};
     c.ar = p->ar;
@@ -644,6 +712,8 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         if ((rc = ckpt__judge(ar, r->model, sd, &v, err)))
             goto fail;
         r->verdict = v;
+        if ((rc = key_map(ar, r, chosen->pub.dict, err)))
+            goto fail;
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
             ckpt_sd *whole;
             ckpt_error ignored;

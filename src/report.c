@@ -511,8 +511,6 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, 
     return r->python ? CKPT_OK : ckpt__arena_error(ar, err);
 }
 
-/* The template's state dict: found and unwrapped like a checkpoint's, minus the model. */
-
 int ckpt_sd_explain(ckpt_sd_report *r, ckpt_error *err)
 {
     if (!r)
