@@ -113,7 +113,8 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
         json_object_set_new(o, "tensors", json_integer((json_int_t)c->n_tensors));
         json_object_set_new(o, "entries", json_integer((json_int_t)c->n_entries));
         json_object_set_new(o, "prefix", cli_json_cstr(c->prefix));
-        json_object_set_new(o, "arch", c->arch ? json_string(ckpt_arch_name(c->arch)) : json_null());
+        json_object_set_new(o, "arch",
+                            c->arch ? json_string(ckpt_arch_name(c->arch)) : json_null());
         json_object_set_new(o, "matched", json_integer((json_int_t)c->matched));
         json_object_set_new(o, "expected", json_integer((json_int_t)c->expected));
         json_object_set_new(o, "chosen", json_boolean(c == r->chosen));

@@ -113,8 +113,8 @@ void cli_locate_human(cli_sb *out, const cli_locate *l)
         sb_puts(out, "'");
     }
     if (r->arch) {
-        sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")", ckpt_arch_name(r->arch),
-                  r->num_classes);
+        sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")",
+                  ckpt_arch_name(r->arch), r->num_classes);
     } else {
         sb_puts(out, " into the model of ");
         sb_put_clean(out, l->against, strlen(l->against));

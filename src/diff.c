@@ -46,7 +46,8 @@ static int compare_values(const ckpt_tensor *ta, const ckpt_tensor *tb, double a
         if (numeric) {
             bool over = false;
             for (int c = 0; c < ka; c++) {
-                double x = ckpt__elem_double(pa, xa + (size_t)c * ca), y = ckpt__elem_double(pb, xb + (size_t)c * cb);
+                double x = ckpt__elem_double(pa, xa + (size_t)c * ca),
+                       y = ckpt__elem_double(pb, xb + (size_t)c * cb);
                 double d;
                 if (isnan(x) || isnan(y))
                     d = isnan(x) && isnan(y) ? 0 : INFINITY;
@@ -84,7 +85,8 @@ int ckpt_sd_diff(const ckpt_sd *a, const ckpt_sd *b, double atol, ckpt_sd_diff_r
     ckpt_sd_diff_result *d = ckpt__arena_alloc(ar, sizeof *d);
     ckpt__strmap ka, kb;
     int rc = CKPT_OK;
-    if (!d || !ckpt__strmap_init(ar, &ka, a->n_entries) || !ckpt__strmap_init(ar, &kb, b->n_entries) ||
+    if (!d || !ckpt__strmap_init(ar, &ka, a->n_entries) ||
+        !ckpt__strmap_init(ar, &kb, b->n_entries) ||
         !(d->items = ckpt__arena_alloc(ar, (a->n_entries + b->n_entries + 1) * sizeof *d->items))) {
         ckpt__arena_free(ar);
         return CKPT_NOMEM(err);

@@ -55,13 +55,15 @@ static void sb_keylist(ckpt__strbuf *b, const char *head, const char **keys, siz
     ckpt__sb_add(b, ". ");
 }
 
-int ckpt__judge(ckpt__arena *ar, const ckpt_sd_model *m, const ckpt_sd *sd,
-                 ckpt_sd_verdict **out, ckpt_error *err)
+int ckpt__judge(ckpt__arena *ar, const ckpt_sd_model *m, const ckpt_sd *sd, ckpt_sd_verdict **out,
+                ckpt_error *err)
 {
     ckpt_sd_verdict *v = ckpt__arena_alloc(ar, sizeof *v);
     ckpt__strmap keys, mods, locals, meta;
-    if (!v || !ckpt__strmap_init(ar, &keys, sd->n_entries) || !ckpt__strmap_init(ar, &mods, m->n_modules) ||
-        !ckpt__strmap_init(ar, &locals, m->sd.n_entries) || !ckpt__strmap_init(ar, &meta, sd->n_meta))
+    if (!v || !ckpt__strmap_init(ar, &keys, sd->n_entries) ||
+        !ckpt__strmap_init(ar, &mods, m->n_modules) ||
+        !ckpt__strmap_init(ar, &locals, m->sd.n_entries) ||
+        !ckpt__strmap_init(ar, &meta, sd->n_meta))
         return ckpt__arena_error(ar, err);
     for (size_t i = 0; i < sd->n_entries; i++)
         ckpt__strmap_add(&keys, sd->entries[i].key, i);

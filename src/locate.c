@@ -112,8 +112,8 @@ static int add_candidate(check_ctx *c, const ckpt_value *d, size_t depth, size_t
         for (size_t i = 0; i < d->u.dict.len; i++)
             ckpt__strmap_add(&k->keys, d->u.dict.keys[i]->u.str.data, i);
     }
-    ckpt__cand **nc = ckpt__arena_grow(ar, c->cands, c->n_cands * sizeof *nc,
-                                 (c->n_cands + 1) * sizeof *nc);
+    ckpt__cand **nc =
+        ckpt__arena_grow(ar, c->cands, c->n_cands * sizeof *nc, (c->n_cands + 1) * sizeof *nc);
     if (!nc)
         return ckpt__arena_error(ar, c->err);
     c->cands = nc;
@@ -530,7 +530,8 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         return CKPT_FAIL(err, CKPT_EINVAL, "class count %lld is out of range",
                          (long long)opt.num_classes);
     if (opt.against && named)
-        return CKPT_FAIL(err, CKPT_EINVAL, "a template and a named architecture exclude each other");
+        return CKPT_FAIL(err, CKPT_EINVAL,
+                         "a template and a named architecture exclude each other");
     const ckpt_value *root = ckpt_root(f);
     if (!root)
         return CKPT_FAIL(err, CKPT_EINVAL, "the file has no content");

@@ -23,7 +23,8 @@ static int warn(ckpt__check_priv *p, ckpt_error *err, const char *code, const ch
     va_start(ap, fmt);
     vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    if (!w || !(w->message = ckpt__arena_strdup(p->ar, tmp)) || !ckpt__vec_push(p->ar, &p->warnings, w))
+    if (!w || !(w->message = ckpt__arena_strdup(p->ar, tmp)) ||
+        !ckpt__vec_push(p->ar, &p->warnings, w))
         return ckpt__arena_error(p->ar, err);
     w->code = code;
     return CKPT_OK;
@@ -118,7 +119,8 @@ static int scan_nonfinite(const ckpt_tensor *t, memo_table *memo, int64_t *nan, 
 {
     *nan = *inf = 0;
     ckpt_dtype part;
-    if (!ckpt__dtype_components(t->dtype, &part) || !ckpt__dtype_is_floating(part) || t->numel == 0 || !t->storage)
+    if (!ckpt__dtype_components(t->dtype, &part) || !ckpt__dtype_is_floating(part) ||
+        t->numel == 0 || !t->storage)
         return CKPT_OK;
     size_t es = ckpt_dtype_size(t->dtype);
     uint64_t storage_elems = t->storage->nbytes / es;
@@ -168,8 +170,8 @@ static int all_equal(const ckpt_tensor *t, double x, bool *out, ckpt_error *err)
     return CKPT_OK;
 }
 
-static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_model *m, value_scan *vs,
-                       ckpt_error *err)
+static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_model *m,
+                       value_scan *vs, ckpt_error *err)
 {
     memset(vs, 0, sizeof *vs);
     memo_table memo = {NULL, 16};
@@ -220,9 +222,9 @@ static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_mod
     return CKPT_OK;
 }
 
-static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, const ckpt_value *root,
-                   const ckpt_sd_check_options *opt, const ckpt_file *f, bool has_float,
-                   ckpt_error *err)
+static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
+                   const ckpt_value *root, const ckpt_sd_check_options *opt, const ckpt_file *f,
+                   bool has_float, ckpt_error *err)
 {
     ckpt__arena *ar = p->ar;
     const ckpt_sd *sd = r->sd;
@@ -241,7 +243,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, 
                 sib[ns++] = key->u.str.data;
         }
         ckpt__sb_printf(&b, "a training checkpoint: the weights are under '%s' (%zu tensors)",
-                  k->pub.path_str, k->pub.n_tensors);
+                        k->pub.path_str, k->pub.n_tensors);
         if (ns) {
             ckpt__sb_add(&b, ", next to ");
             sb_names(&b, sib, ns);
@@ -284,8 +286,8 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, 
                 fc = &sd->entries[i];
         bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
         ckpt__sb_printf(&b, "%s torchvision.models.%s(num_classes=%lld)",
-                  auto_arch ? "recognised as" : "checked against", ckpt_arch_name(r->arch),
-                  (long long)r->num_classes);
+                        auto_arch ? "recognised as" : "checked against", ckpt_arch_name(r->arch),
+                        (long long)r->num_classes);
         if (fc) {
             ckpt__sb_printf(&b, "; %s is ", head);
             ckpt__sb_dims(&b, fc->ndim, fc->shape);
@@ -359,7 +361,8 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, 
                 perm = found;
             }
             if (perm) {
-                ckpt__sb_printf(&b, "'%s' has the model's sizes in another order (", v->mismatch[i].key);
+                ckpt__sb_printf(&b, "'%s' has the model's sizes in another order (",
+                                v->mismatch[i].key);
                 ckpt__sb_dims(&b, c->ndim, c->shape);
                 ckpt__sb_add(&b, " instead of ");
                 ckpt__sb_dims(&b, e->ndim, e->shape);
@@ -380,8 +383,8 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, 
             if (!sd->entries[i].is_tensor)
                 names[n++] = sd->entries[i].key;
         if (n) {
-            ckpt__sb_printf(&b, "%zu value%s of the state dict %s not tensors: ", n, n == 1 ? "" : "s",
-                      n == 1 ? "is" : "are");
+            ckpt__sb_printf(&b, "%zu value%s of the state dict %s not tensors: ", n,
+                            n == 1 ? "" : "s", n == 1 ? "is" : "are");
             sb_names(&b, names, n);
             const char *msg = ckpt__sb_finish(&b, ar);
             if (!msg || (rc = warn(p, err, "not_tensor", "%s", msg)))
@@ -406,7 +409,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, 
             for (int dt = 0; dt < CKPT_DT_COUNT; dt++)
                 if (counts[dt]) {
                     ckpt__sb_printf(&b, "%s%s (%zu tensors)", first ? "" : ", ",
-                              ckpt_dtype_name((ckpt_dtype)dt), counts[dt]);
+                                    ckpt_dtype_name((ckpt_dtype)dt), counts[dt]);
                     first = false;
                 }
             const char *msg = ckpt__sb_finish(&b, ar);
@@ -498,14 +501,15 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k, 
         }
     }
     if (r->arch)
-        ckpt__sb_printf(&b, "model = torchvision.models.%s(num_classes=%lld)\n", ckpt_arch_name(r->arch),
-                  (long long)nc);
+        ckpt__sb_printf(&b, "model = torchvision.models.%s(num_classes=%lld)\n",
+                        ckpt_arch_name(r->arch), (long long)nc);
     else
         ckpt__sb_add(&b, "model = MyModel()  # your model class\n");
     ckpt__sb_add(&b, "model.load_state_dict(sd, strict=True)");
     if (problems)
-        ckpt__sb_printf(&b, "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",
-                  v->n_missing, v->n_unexpected, v->n_errors);
+        ckpt__sb_printf(&b,
+                        "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",
+                        v->n_missing, v->n_unexpected, v->n_errors);
     ckpt__sb_add(&b, "\nmodel.eval()\n");
     r->python = ckpt__sb_finish(&b, ar);
     return r->python ? CKPT_OK : ckpt__arena_error(ar, err);

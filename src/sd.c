@@ -78,7 +78,7 @@ const char *ckpt__type_label(const ckpt_value *v)
 }
 
 int ckpt__sd_build(ckpt__arena *ar, const ckpt_value *d, const char *prefix, ckpt_sd **out,
-                    ckpt_error *err)
+                   ckpt_error *err)
 {
     if (!d || d->type != CKPT_T_DICT)
         return CKPT_FAIL(err, CKPT_EINVAL, "not a dict");
@@ -189,8 +189,8 @@ typedef struct tnode {
     bool has_nbt;
 } tnode;
 
-static int tmpl_node(ckpt__arena *ar, ckpt__vec *nodes, ckpt__strmap *paths, const char *path, size_t len,
-                     size_t *out)
+static int tmpl_node(ckpt__arena *ar, ckpt__vec *nodes, ckpt__strmap *paths, const char *path,
+                     size_t len, size_t *out)
 {
     size_t i = ckpt__strmap_get2(paths, path, len, "", 0);
     if (i != SIZE_MAX) {
@@ -219,7 +219,8 @@ static int tmpl_node(ckpt__arena *ar, ckpt__vec *nodes, ckpt__strmap *paths, con
     if (!ckpt__vec_push(ar, nodes, n))
         return CKPT_ENOMEM;
     ckpt__strmap_add(paths, p, i);
-    if (len > 0 && !ckpt__vec_push(ar, &((tnode *)nodes->items[parent])->children, (void *)(uintptr_t)i))
+    if (len > 0 &&
+        !ckpt__vec_push(ar, &((tnode *)nodes->items[parent])->children, (void *)(uintptr_t)i))
         return CKPT_ENOMEM;
     *out = i;
     return CKPT_OK;
@@ -261,7 +262,7 @@ static void tmpl_emit(tmpl_state *st, size_t ni, size_t parent_index)
 }
 
 int ckpt__model_from_template(ckpt__arena *ar, const ckpt_sd *tmpl, const char *class_name,
-                               ckpt_sd_model **out, ckpt_error *err)
+                              ckpt_sd_model **out, ckpt_error *err)
 {
     ckpt_sd_model *m = ckpt__arena_alloc(ar, sizeof *m);
     ckpt__vec nodes = {0};

@@ -340,8 +340,7 @@ uint8_t *ckpt__tensor_copy(const ckpt_tensor *t, size_t *nbytes, ckpt_error *err
 }
 
 /* NaN and infinite components among n elements of dt at p. */
-void ckpt__count_nonfinite(ckpt_dtype dt, const uint8_t *p, size_t n, int64_t *nan,
-                            int64_t *inf)
+void ckpt__count_nonfinite(ckpt_dtype dt, const uint8_t *p, size_t n, int64_t *nan, int64_t *inf)
 {
     ckpt_dtype part;
     int k = ckpt__dtype_components(dt, &part);
