@@ -544,8 +544,8 @@ typedef struct ckpt_sd_warning {
     const char *message;       /* one line for people */
 } ckpt_sd_warning;
 
-/* Where a model key's tensor comes from in the file (issue 8's key map; today the only
- * renaming is the prefix). */
+/* Where a model key's tensor comes from in the file (today the only renaming is the
+ * prefix). */
 typedef struct ckpt_sd_key_pair {
     const char *model_key;     /* "layer1.0.conv1.weight" */
     const char *file_key;      /* "module.layer1.0.conv1.weight" */
