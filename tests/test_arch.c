@@ -24,6 +24,9 @@
 #include "check.h"
 
 #include <nettle/sha2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 typedef struct ref {
     const char *name;
@@ -493,10 +496,77 @@ static void test_judge(void)
     }
 }
 
+/* ---- the words only when asked for ------------------------------------------------------- */
+
+/* A safetensors file of one float32 tensor "head.w" [2] that no architecture knows. */
+static const char *write_unknown(char *path, size_t size)
+{
+    static const char hdr[] = "{\"head.w\":{\"dtype\":\"F32\",\"shape\":[2],"
+                              "\"data_offsets\":[0,8]}}";
+    size_t n = sizeof hdr - 1, padded = (n + 7) / 8 * 8;
+    snprintf(path, size, "/tmp/ckpt-test-arch-%ld.safetensors", (long)getpid());
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return NULL;
+    unsigned char len[8] = {0};
+    for (int i = 0; i < 8; i++)
+        len[i] = (unsigned char)(padded >> (8 * i));
+    float data[2] = {1.0f, 2.0f};
+    fwrite(len, 1, 8, fp);
+    fwrite(hdr, 1, n, fp);
+    for (size_t i = n; i < padded; i++)
+        fputc(' ', fp);
+    fwrite(data, sizeof data[0], 2, fp);
+    return fclose(fp) == 0 ? path : NULL;
+}
+
+static void test_explain(void)
+{
+    char path[256];
+    CHECK(write_unknown(path, sizeof path) != NULL);
+    ckpt_file *f = NULL;
+    ckpt_error err = {0};
+    CHECK_OK(ckpt_open(path, NULL, &f, &err), err);
+    if (!f)
+        return;
+    /* without explain: the verdict's inputs, no words */
+    ckpt_sd_report *r = NULL;
+    ckpt_sd_check_options o = {0};
+    CHECK_OK(ckpt_sd_check(f, &o, &r, &err), err);
+    if (r) {
+        CHECK(r->model == NULL && r->verdict == NULL);
+        CHECK_EQ_INT(r->n_warnings, 0);
+        CHECK(r->python == NULL);
+        /* added later, once; library words name no command-line option */
+        CHECK_OK(ckpt_sd_explain(r, &err), err);
+        CHECK(r->python != NULL);
+        size_t n = r->n_warnings;
+        bool unknown = false;
+        for (size_t i = 0; i < n; i++) {
+            unknown |= !strcmp(r->warnings[i].code, "arch_unknown");
+            CHECK(strstr(r->warnings[i].message, "--") == NULL);
+        }
+        CHECK(unknown);
+        CHECK_OK(ckpt_sd_explain(r, &err), err);
+        CHECK_EQ_INT(r->n_warnings, n);
+        ckpt_sd_report_free(r);
+    }
+    /* with explain: the same words at once */
+    o.explain = true;
+    CHECK_OK(ckpt_sd_check(f, &o, &r, &err), err);
+    if (r) {
+        CHECK(r->python != NULL && r->n_warnings > 0);
+        ckpt_sd_report_free(r);
+    }
+    ckpt_close(f);
+    unlink(path);
+}
+
 int main(void)
 {
     test_table();
     test_refs();
     test_judge();
+    test_explain();
     return check_exit();
 }
