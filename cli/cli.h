@@ -249,12 +249,17 @@ typedef struct cli_locate {
         {"strip-prefix", "P", NULL, &(l)->strip}
 
 /* Validate the options, open path (and the template), find and judge the state dict, and warn
- * about dangerous globals. Returns -1 to go on (l->r has a verdict), or the exit status after
- * reporting the error. Call cli_locate_close in every case. */
-int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bool scan_values);
+ * about dangerous globals. full: check's whole report (tensor values read, the words built);
+ * else the verdict only (cli_locate_human adds the words when it needs them). Returns -1 to go
+ * on (l->r has a verdict), or the exit status after reporting the error. Call
+ * cli_locate_close in every case. */
+int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bool full);
 void cli_locate_close(cli_locate *l);
 /* check's human report: the verdict, PyTorch's error text, explanations, Python lines. */
 void cli_locate_human(cli_sb *out, const cli_locate *l);
+/* A warning of the report for the command line: its message, plus the option that acts on it
+ * (the library's words name no option). */
+void cli_locate_warning(cli_sb *out, const ckpt_sd_warning *w);
 /* "ckpt['model']" */
 void cli_locate_where(cli_sb *out, const ckpt_sd_candidate *c);
 

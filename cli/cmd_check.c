@@ -20,17 +20,19 @@ extern const char cmd_check_help[];
 const char cmd_check_help[] =
     "Finds the dict of tensors that holds the model (at the root, or under 'model',\n"
     "'state_dict', 'model_ema', ... at any depth), removes wrapper prefixes ('module.',\n"
-    "'_orig_mod.', 'model.', stacked ones), recognises which of the ten torchvision ResNets it\n"
-    "is and its class count, and says what model.load_state_dict(sd, strict=True) would do\n"
-    "in PyTorch 1.13/2.x: the missing, unexpected and mismatched keys, in PyTorch's words.\n"
+    "'_orig_mod.', 'model.', stacked ones), recognises which known architecture it is (the\n"
+    "ten torchvision ResNets; vgg11, check-only) and its class count, and says what\n"
+    "model.load_state_dict(sd, strict=True) would do in PyTorch 1.13/2.x: the missing,\n"
+    "unexpected and mismatched keys, in PyTorch's words.\n"
     "Then what else is worth knowing (a training checkpoint, BatchNorm statistics never\n"
     "trained, NaN/Inf values, unusual dtypes) and the few lines of Python that load it.\n"
     "\n"
     "Options:\n"
     "  --arch NAME        check against torchvision.models.NAME (resnet18/34/50/101/152,\n"
     "                     resnext50_32x4d, resnext101_32x8d, resnext101_64x4d,\n"
-    "                     wide_resnet50_2, wide_resnet101_2); auto (default): recognise it\n"
-    "  --num-classes N    the model's class count (default: from fc.weight with auto,\n"
+    "                     wide_resnet50_2, wide_resnet101_2, vgg11); auto (default):\n"
+    "                     recognise it\n"
+    "  --num-classes N    the model's class count (default: from the head's shape with auto,\n"
     "                     torchvision's 1000 with --arch NAME)\n"
     "  --against T        check against the state dict in checkpoint T instead, e.g.\n"
     "                     torch.save(MyModel().state_dict(), 'T.pth'): any architecture\n"
@@ -54,7 +56,7 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     json_object_set_new(doc, "file", cli_json_cstr(path));
     json_object_set_new(doc, "state_dict_path", cli_json_strs(r->chosen->path, r->chosen->path_len));
     json_object_set_new(doc, "prefix", cli_json_cstr(r->prefix));
-    json_object_set_new(doc, "arch", r->arch ? json_string(r->arch->name) : json_null());
+    json_object_set_new(doc, "arch", r->arch ? json_string(ckpt_arch_name(r->arch)) : json_null());
     json_object_set_new(doc, "num_classes",
                         r->arch ? json_integer((json_int_t)r->num_classes) : json_null());
     json_object_set_new(doc, "against", against ? cli_json_cstr(against) : json_null());
@@ -87,6 +89,22 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     } else {
         json_object_set_new(doc, "whole_file", json_null());
     }
+    json_t *map = json_array();
+    for (size_t i = 0; i < r->n_key_map; i++) {
+        json_t *pair = json_array();
+        json_array_append_new(pair, cli_json_cstr(r->key_map[i].model_key));
+        json_array_append_new(pair, cli_json_cstr(r->key_map[i].file_key));
+        json_array_append_new(map, pair);
+    }
+    json_object_set_new(doc, "key_map", map);
+    json_t *left = json_array();
+    for (size_t i = 0; i < r->n_left_out; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "key", cli_json_cstr(r->left_out[i].file_key));
+        json_object_set_new(o, "why", json_string(r->left_out[i].why));
+        json_array_append_new(left, o);
+    }
+    json_object_set_new(doc, "left_out", left);
     json_t *cands = json_array();
     for (size_t i = 0; i < r->n_candidates; i++) {
         const ckpt_sd_candidate *c = &r->candidates[i];
@@ -95,7 +113,8 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
         json_object_set_new(o, "tensors", json_integer((json_int_t)c->n_tensors));
         json_object_set_new(o, "entries", json_integer((json_int_t)c->n_entries));
         json_object_set_new(o, "prefix", cli_json_cstr(c->prefix));
-        json_object_set_new(o, "arch", c->arch ? json_string(c->arch->name) : json_null());
+        json_object_set_new(o, "arch",
+                            c->arch ? json_string(ckpt_arch_name(c->arch)) : json_null());
         json_object_set_new(o, "matched", json_integer((json_int_t)c->matched));
         json_object_set_new(o, "expected", json_integer((json_int_t)c->expected));
         json_object_set_new(o, "chosen", json_boolean(c == r->chosen));
@@ -106,7 +125,10 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     for (size_t i = 0; i < r->n_warnings; i++) {
         json_t *o = json_object();
         json_object_set_new(o, "code", json_string(r->warnings[i].code));
-        json_object_set_new(o, "message", cli_json_cstr(r->warnings[i].message));
+        cli_sb w = {0};
+        cli_locate_warning(&w, &r->warnings[i]);
+        json_object_set_new(o, "message", cli_json_cstr(sb_str(&w)));
+        sb_free(&w);
         json_array_append_new(warns, o);
     }
     json_object_set_new(doc, "warnings", warns);

@@ -44,7 +44,7 @@ const char cmd_extract_help[] =
     "  --key PATH         where the state dict is, as dict keys/list indexes: model/ema\n"
     "  --strip-prefix P   remove P from the keys instead of guessing ('' removes nothing)\n"
     "  --arch NAME        check against torchvision.models.NAME; auto (default): recognise it\n"
-    "  --num-classes N    the model's class count (default: from fc.weight, or 1000)\n"
+    "  --num-classes N    the model's class count (default: from the head's shape, or 1000)\n"
     "  --against T        check against the state dict in checkpoint T (any architecture)\n"
     "  --no-check         write even when the strict load would fail or there is no model to\n"
     "                     check against (the file's own key order is kept then)\n"
@@ -53,7 +53,7 @@ const char cmd_extract_help[] =
     "  --max-expanded BYTES  refuse to write more than this: broadcast views are written\n"
     "                     whole (default: 64 times the input's size, at least 2G; K, M, G)\n"
     "\n"
-    "A state dict that is none of the ten torchvision ResNets needs --against (a checkpoint of\n"
+    "A state dict that is none of the known architectures needs --against (a checkpoint of\n"
     "its model) or --no-check.\n"
     "\n"
     "Exit status: 0 written; 1 refused: the strict load would fail (nothing written); 2 error.\n"
@@ -74,7 +74,7 @@ static const char *base_name(const char *path)
 static void put_model(cli_sb *out, const ckpt_sd_report *r, const char *against)
 {
     if (r->arch) {
-        sb_printf(out, "torchvision.models.%s(num_classes=%" PRId64 ")", r->arch->name,
+        sb_printf(out, "torchvision.models.%s(num_classes=%" PRId64 ")", ckpt_arch_name(r->arch),
                   r->num_classes);
     } else {
         sb_puts(out, "the model of ");
@@ -232,7 +232,7 @@ static json_t *to_json(const outcome *o)
     json_object_set_new(doc, "written", json_boolean(o->written));
     json_object_set_new(doc, "state_dict_path", cli_json_strs(r->chosen->path, r->chosen->path_len));
     json_object_set_new(doc, "prefix", cli_json_cstr(r->prefix));
-    json_object_set_new(doc, "arch", r->arch ? json_string(r->arch->name) : json_null());
+    json_object_set_new(doc, "arch", r->arch ? json_string(ckpt_arch_name(r->arch)) : json_null());
     json_object_set_new(doc, "num_classes",
                         r->arch ? json_integer((json_int_t)r->num_classes) : json_null());
     json_object_set_new(doc, "against", cli_json_cstr(o->against));
@@ -381,7 +381,7 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     oc.checked = !no_check;
     if (!r->verdict && !no_check) {
         const char *where = r->chosen->path_len ? r->chosen->path_str : NULL;
-        rc = cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu torchvision ResNets, "
+        rc = cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu known architectures, "
                        "so there is no model to check it against: pass --against a checkpoint "
                        "of the model, --arch NAME, or --no-check to write it unchecked",
                        where ? "'" : "", where ? where : "the state dict", where ? "'" : "",
@@ -449,7 +449,7 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     if (r->arch) {
         snprintf(nc_text, sizeof nc_text, "%" PRId64, r->num_classes);
         md[nm++] = "arch";
-        md[nm++] = r->arch->name;
+        md[nm++] = ckpt_arch_name(r->arch);
         md[nm++] = "num_classes";
         md[nm++] = nc_text;
     }

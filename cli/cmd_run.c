@@ -310,6 +310,10 @@ static int locate_weights(const cli_command *self, run_options *o)
     if (!r->arch)
         return cli_error(o->l.path, "ckpt run knows the ten torchvision ResNets; --against "
                                     "checks other models but cannot run them");
+    if (!ckpt_arch_runnable(r->arch))
+        return cli_error(o->l.path, "no inference for the %s family: '%s' can be checked and "
+                                    "extracted, not run (ckpt run knows the ten torchvision "
+                                    "ResNets)", ckpt_arch_family(r->arch), ckpt_arch_name(r->arch));
     return -1;
 }
 
@@ -562,7 +566,7 @@ static json_t *model_json(const run_options *o, const run_state *st)
         json_array_append_new(sdp, cli_json_str(r->chosen->path[i], strlen(r->chosen->path[i])));
     json_object_set_new(model, "state_dict_path", sdp);
     json_object_set_new(model, "prefix", cli_json_str(r->prefix, strlen(r->prefix)));
-    json_object_set_new(model, "arch", json_string(r->arch->name));
+    json_object_set_new(model, "arch", json_string(ckpt_arch_name(r->arch)));
     json_object_set_new(model, "num_classes", json_integer(st->classes));
     json_object_set_new(model, "features", json_integer(st->nfeat));
     json_object_set_new(model, "backend",
@@ -643,7 +647,7 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
     int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
     double *prob = alloc_array((size_t)st->classes, sizeof *prob);
     sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
-              r->arch->name, st->classes);
+              ckpt_arch_name(r->arch), st->classes);
     cli_locate_where(out, r->chosen);
     int threads = ckpt_model_threads(st->m);
     sb_printf(out, ", %s backend, %d thread%s\n", ckpt_backend_name(ckpt_model_backend(st->m)),

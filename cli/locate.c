@@ -24,18 +24,19 @@ static bool parse_count(const char *s, int64_t *out)
     return true;
 }
 
-int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bool scan_values)
+int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bool full)
 {
     l->path = path;
     l->o.arch = l->arch;
     l->o.key = l->key;
     l->o.strip_prefix = l->strip;
-    l->o.scan_values = scan_values;
+    l->o.scan_values = full;
+    l->o.explain = full;
     l->o.file_name = path;
     if (l->arch && strcmp(l->arch, "auto") != 0 && !ckpt_arch_by_name(l->arch)) {
         cli_sb names = {0};
         for (size_t i = 0; i < ckpt_arch_count(); i++)
-            sb_printf(&names, i ? ", %s" : "%s", ckpt_arch_name(i));
+            sb_printf(&names, i ? ", %s" : "%s", ckpt_arch_name(ckpt_arch_at(i)));
         int rc = cli_usage_error(self, "unknown architecture '%s' (auto, %s)", l->arch,
                                  sb_str(&names));
         sb_free(&names);
@@ -59,7 +60,7 @@ int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bo
     if (!l->r->verdict && !l->allow_no_model) {
         const ckpt_sd_candidate *c = l->r->chosen;
         const char *where = c->path_len ? c->path_str : NULL;
-        return cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu torchvision ResNets: "
+        return cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu known architectures: "
                          "pass --arch NAME, or --against a checkpoint of the model",
                          where ? "'" : "", where ? where : "the state dict", where ? "'" : "",
                          c->n_tensors, c->n_tensors == 1 ? "" : "s", ckpt_arch_count());
@@ -87,8 +88,20 @@ void cli_locate_where(cli_sb *out, const ckpt_sd_candidate *c)
     }
 }
 
+void cli_locate_warning(cli_sb *out, const ckpt_sd_warning *w)
+{
+    sb_puts(out, w->message);
+    if (!strcmp(w->code, "other_candidates"))
+        sb_puts(out, " (choose one with --key)");
+    else if (!strcmp(w->code, "arch_unknown"))
+        sb_puts(out, " with --against TEMPLATE");
+}
+
 void cli_locate_human(cli_sb *out, const cli_locate *l)
 {
+    ckpt_error ignored;
+    /* run and extract locate without the words; a refusal shows them (on failure: without) */
+    ckpt_sd_explain(l->r, &ignored);
     const ckpt_sd_report *r = l->r;
     const ckpt_sd_verdict *v = r->verdict;
     sb_put_clean(out, l->path, strlen(l->path));
@@ -100,8 +113,8 @@ void cli_locate_human(cli_sb *out, const cli_locate *l)
         sb_puts(out, "'");
     }
     if (r->arch) {
-        sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")", r->arch->name,
-                  r->num_classes);
+        sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")",
+                  ckpt_arch_name(r->arch), r->num_classes);
     } else {
         sb_puts(out, " into the model of ");
         sb_put_clean(out, l->against, strlen(l->against));
@@ -131,8 +144,11 @@ void cli_locate_human(cli_sb *out, const cli_locate *l)
     if (r->n_warnings) {
         sb_putc(out, '\n');
         for (size_t i = 0; i < r->n_warnings; i++) {
+            cli_sb w = {0};
+            cli_locate_warning(&w, &r->warnings[i]);
             sb_puts(out, "- ");
-            sb_put_clean(out, r->warnings[i].message, strlen(r->warnings[i].message));
+            sb_put_clean(out, sb_str(&w), w.len);
+            sb_free(&w);
             sb_putc(out, '\n');
         }
     }

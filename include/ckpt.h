@@ -372,10 +372,294 @@ CKPT_API int ckpt_scan(const char *path, const ckpt_options *opt, ckpt_scan_resu
                        ckpt_error *err);
 CKPT_API void ckpt_scan_free(ckpt_scan_result *r);
 
+/* ---- state dicts (ckpt_sd_*) -------------------------------------------------------------- */
+/*
+ * A state dict is found in a file and unwrapped (ckpt_sd_check, or ckpt_sd_from_value when you
+ * know where it is), compared with the model an architecture describes (ckpt_arch_model) or a
+ * template checkpoint, and judged as load_state_dict(strict=True) would (ckpt_sd_judge).
+ */
+
+/* One item of a state dict: of a checkpoint (value set) or of a model (value NULL). */
+typedef struct ckpt_sd_entry {
+    const char *key;
+    const ckpt_value *value; /* the checkpoint's value, tensor or not; NULL in a model */
+    bool is_tensor;          /* false: value is something else and dtype/ndim/shape are unset */
+    ckpt_dtype dtype;
+    int ndim;
+    const int64_t *shape;    /* ndim sizes */
+} ckpt_sd_entry;
+
+/* One entry of a state dict's _metadata: the module path (no trailing dot, "" the root) and
+ * its "version" (-1 when the entry has no integer version). */
+typedef struct ckpt_sd_meta {
+    const char *module;
+    int64_t version;
+} ckpt_sd_meta;
+
+/* A state dict as load_state_dict sees it, keys already unwrapped. Plain arrays: a test can
+ * build one by hand. Those made by ckpt_sd_from_value point into the ckpt_file they came from
+ * and stay valid until it is closed and they are freed. */
+typedef struct ckpt_sd {
+    ckpt_sd_entry *entries; /* in the dict's order */
+    size_t n_entries;
+    bool has_metadata;      /* the dict carries _metadata (an OrderedDict made by state_dict()) */
+    ckpt_sd_meta *meta;
+    size_t n_meta;
+    const char *prefix;     /* what was stripped from the keys (and from _metadata), "" for none */
+    void *internal;
+} ckpt_sd;
+
+/* A view of a dict value (string keys; other keys make CKPT_EUNSUPPORTED) with prefix, if not
+ * NULL or "", removed from the keys that start with it and from the _metadata paths, as
+ * `OrderedDict((k[len(p):] if k.startswith(p) else k, v) for k, v in sd.items())` would (a
+ * key met twice keeps its first place and its last value). On success *out belongs to the
+ * caller; free it with ckpt_sd_free before closing the file. */
+CKPT_API int ckpt_sd_from_value(const ckpt_value *dict, const char *prefix, ckpt_sd **out,
+                                ckpt_error *err);
+CKPT_API void ckpt_sd_free(ckpt_sd *sd); /* NULL is a no-op */
+
+/* ---- architectures (ckpt_arch_*) --------------------------------------------------------- */
+/*
+ * The networks ckpt knows, by torchvision's builder name: the ten ResNets ("resnet18" ...
+ * "wide_resnet101_2", which ckpt can also run) and, check-only, "vgg11". Each belongs to a
+ * family that knows its exact state_dict() for any class count, where its classifier is and,
+ * for families that run, its inference network. A handle is static data: never freed.
+ *
+ *     const ckpt_arch *a = ckpt_arch_by_name("resnext50_32x4d");
+ *     ckpt_sd_model *m;
+ *     if (ckpt_arch_model(a, 1000, &m, &err) == CKPT_OK) {
+ *         for (size_t i = 0; i < m->sd.n_entries; i++)
+ *             printf("%s\n", m->sd.entries[i].key);   // 320 keys, in state_dict() order
+ *         ckpt_sd_model_free(m);
+ *     }
+ */
+typedef struct ckpt_arch ckpt_arch;
+
+CKPT_API size_t ckpt_arch_count(void);                            /* every family's, in order */
+CKPT_API const ckpt_arch *ckpt_arch_at(size_t i);                 /* NULL when out of range */
+CKPT_API const ckpt_arch *ckpt_arch_by_name(const char *name);    /* NULL when unknown */
+CKPT_API const char *ckpt_arch_name(const ckpt_arch *a);          /* "resnet50"; NULL for NULL */
+CKPT_API const char *ckpt_arch_family(const ckpt_arch *a);        /* "resnet", "vgg" */
+/* The classifier's keys: head_weight [classes, features] ("fc.weight" for a ResNet) or, with
+ * bias, its bias [classes] ("fc.bias"). */
+CKPT_API const char *ckpt_arch_head(const ckpt_arch *a, bool bias);
+/* Channels entering the classifier: 512 * expansion for a ResNet, 4096 for VGG. */
+CKPT_API int64_t ckpt_arch_features(const ckpt_arch *a);
+/* Elements of model.parameters() (buffers excluded) of NAME(num_classes=num_classes). */
+CKPT_API int64_t ckpt_arch_parameters(const ckpt_arch *a, int64_t num_classes);
+/* The class count sd's classifier was built for: the rows of the head weight when it has the
+ * right width, else the length of the head bias, else the head weight's rows; 0 when sd has
+ * no head tensor. */
+CKPT_API int64_t ckpt_arch_classes(const ckpt_arch *a, const ckpt_sd *sd);
+/* Whether ckpt_model_new can build it (false: check-only family). */
+CKPT_API bool ckpt_arch_runnable(const ckpt_arch *a);
+
+/* ---- models and the judge ------------------------------------------------------------------ */
+
+/* A module of a model: what its _load_from_state_dict looks at. */
+typedef struct ckpt_sd_module {
+    const char *path;       /* "layer1.0.bn1"; "" is the root */
+    size_t parent;          /* index in modules; the root's is its own (0) */
+    size_t first, count;    /* its parameters, then persistent buffers, then _extra_state:
+                             * entries[first .. first+count) of the model's sd */
+    int64_t version;        /* module._version: 2 for BatchNorm, 1 otherwise */
+    bool batchnorm;         /* fills a missing num_batches_tracked when the state dict's version
+                             * of it is absent or < 2 (BatchNorm with running statistics) */
+    bool extra_state;       /* overrides set_extra_state: its last entry is "_extra_state" */
+} ckpt_sd_module;
+
+/* What load_state_dict compares a state dict with: the modules in the order load() visits
+ * them (a module, then each child's subtree in registration order, modules without state
+ * included) and the model's own state_dict(). */
+typedef struct ckpt_sd_model {
+    const char *class_name;  /* the name PyTorch's error text uses: "ResNet", "VGG" */
+    const ckpt_arch *arch;   /* NULL when made from a template */
+    int64_t num_classes;     /* 0 when made from a template */
+    ckpt_sd_module *modules;
+    size_t n_modules;
+    ckpt_sd sd;              /* keys, dtypes and shapes in state_dict() order; meta: the versions */
+    void *internal;
+} ckpt_sd_model;
+
+/* The model `torchvision.models.NAME(num_classes=num_classes)`: its modules and its exact
+ * state_dict(), _metadata included. *out belongs to the caller; free it with
+ * ckpt_sd_model_free. CKPT_EINVAL for num_classes < 1 or > 2^31-1. */
+CKPT_API int ckpt_arch_model(const ckpt_arch *a, int64_t num_classes, ckpt_sd_model **out,
+                             ckpt_error *err);
+/* A model whose state_dict() is tmpl (an example checkpoint of any architecture). Modules are
+ * inferred from the dotted keys; a module with a num_batches_tracked entry counts as BatchNorm
+ * unless tmpl's _metadata gives it a version other than 2; an "_extra_state" entry marks a
+ * module with extra state. class_name NULL: "Model". *out belongs to the caller (free it with
+ * ckpt_sd_model_free) and points into tmpl's file, which must stay open. */
+CKPT_API int ckpt_sd_model_from_template(const ckpt_sd *tmpl, const char *class_name,
+                                         ckpt_sd_model **out, ckpt_error *err);
+CKPT_API void ckpt_sd_model_free(ckpt_sd_model *m); /* NULL is a no-op */
+
+/* A key whose shape differs, as load_state_dict reports it. */
+typedef struct ckpt_sd_mismatch {
+    const char *key;
+    const ckpt_sd_entry *checkpoint;
+    const ckpt_sd_entry *model;
+} ckpt_sd_mismatch;
+
+/* The outcome of model.load_state_dict(sd, strict=True), PyTorch 1.13 and 2.x. */
+typedef struct ckpt_sd_verdict {
+    bool ok;                  /* the strict load succeeds */
+    const char **missing;     /* in the order PyTorch lists them (module order) */
+    size_t n_missing;
+    const char **unexpected;  /* in PyTorch's order (by module, then the dict's order) */
+    size_t n_unexpected;
+    ckpt_sd_mismatch *mismatch;
+    size_t n_mismatch;
+    const char **errors;      /* PyTorch's error_msgs after the missing/unexpected lines, in its
+                               * order: size mismatches, non-tensor values, and an IndexError
+                               * (a 1-D empty tensor for a 0-dim parameter) */
+    size_t n_errors;
+    const char *message;      /* RuntimeError text ("Error(s) in loading state_dict for
+                               * ResNet:\n\t..."), or NULL when ok */
+    size_t n_loaded;          /* model keys copied from the state dict */
+    size_t n_filled;          /* num_batches_tracked filled in by BatchNorm's upgrade rule */
+    void *internal;
+} ckpt_sd_verdict;
+
+/* Judge sd against m exactly as load_state_dict(strict=True) would. *out belongs to the
+ * caller; free it with ckpt_sd_verdict_free. Strings point into m and sd. */
+CKPT_API int ckpt_sd_judge(const ckpt_sd_model *m, const ckpt_sd *sd, ckpt_sd_verdict **out,
+                           ckpt_error *err);
+CKPT_API void ckpt_sd_verdict_free(ckpt_sd_verdict *v); /* NULL is a no-op */
+
+/* ckpt check: find the weights in a file, unwrap them, recognise the model, judge. */
+typedef struct ckpt_sd_check_options {
+    const char *arch;          /* NULL or "auto": recognise any known one; else a ckpt_arch name */
+    int64_t num_classes;       /* 0: from the head's shape (auto) or 1000 (named arch) */
+    const ckpt_file *against;  /* a template checkpoint instead of an architecture, or NULL */
+    const char *against_key;   /* where the template's state dict is ("a/b"), or NULL: find */
+    const char *key;           /* where the state dict is ("a/b"), or NULL: find */
+    const char *strip_prefix;  /* NULL: find the wrapper prefix; "" strips nothing */
+    bool scan_values;          /* read tensor data: NaN/Inf, BatchNorm statistics at init */
+    const char *file_name;     /* shown in the Python lines; NULL: "checkpoint.pth" */
+    bool explain;              /* also build the words: warnings and python (else left empty:
+                                * ckpt_sd_explain can add them later) */
+} ckpt_sd_check_options;
+
+/* A dict of tensors that could be the state dict. */
+typedef struct ckpt_sd_candidate {
+    const char **path;         /* dict keys and list/tuple indexes (as strings) from the root */
+    size_t path_len;           /* 0: the root itself */
+    const char *path_str;      /* "model/ema", "" for the root: what opt->key takes */
+    const ckpt_value *dict;
+    size_t n_tensors;          /* tensor values */
+    size_t n_entries;          /* all values */
+    const char *prefix;        /* the wrapper prefix that fits it best */
+    const ckpt_arch *arch;     /* the architecture it fits best (auto), or NULL */
+    size_t matched;            /* model keys present with the model's shape, after unwrapping */
+    size_t expected;           /* keys of that model */
+} ckpt_sd_candidate;
+
+typedef struct ckpt_sd_warning {
+    const char *code;          /* stable: "training_checkpoint", "prefix_stripped", "nan", ... */
+    const char *message;       /* one line for people */
+} ckpt_sd_warning;
+
+/* Where a model key's tensor comes from in the file (today the only renaming is the
+ * prefix). */
+typedef struct ckpt_sd_key_pair {
+    const char *model_key;     /* "layer1.0.conv1.weight" */
+    const char *file_key;      /* "module.layer1.0.conv1.weight" */
+} ckpt_sd_key_pair;
+
+/* A key of the chosen dict that the key map leaves out, and why. */
+typedef struct ckpt_sd_left_out {
+    const char *file_key;
+    const char *why;           /* stable: "outside_prefix" (does not start with the prefix),
+                                * "not_in_model", "not_a_tensor", "repeated" (a later key
+                                * unwraps to the same name and wins) */
+} ckpt_sd_left_out;
+
+typedef struct ckpt_sd_report {
+    ckpt_sd_candidate *candidates; /* best first */
+    size_t n_candidates;
+    const ckpt_sd_candidate *chosen;
+    const ckpt_sd *sd;             /* the chosen dict, unwrapped */
+    const char *prefix;            /* = sd->prefix */
+    const ckpt_arch *arch;         /* NULL with a template or when nothing was recognised */
+    int64_t num_classes;           /* 0 with a template or when nothing was recognised */
+    const ckpt_sd_model *model;    /* NULL when nothing was recognised and there is no template */
+    const ckpt_sd_verdict *verdict;/* NULL when model is */
+    /* What model.load_state_dict(torch.load(file), strict=False) would have done (NULL when the
+     * state dict is the root and needs no unwrapping). */
+    const ckpt_sd_verdict *whole_file;
+    /* With a model: each model key the chosen dict holds as a tensor, in the model's order,
+     * with the file key it comes from; then the dict's other keys (none without a model). */
+    const ckpt_sd_key_pair *key_map;
+    size_t n_key_map;
+    const ckpt_sd_left_out *left_out;
+    size_t n_left_out;
+    size_t n_tensors;
+    int64_t n_parameters;          /* elements of tensors other than BatchNorm buffers */
+    /* The words, with opt->explain or after ckpt_sd_explain (else none and NULL): */
+    ckpt_sd_warning *warnings;
+    size_t n_warnings;
+    const char *python;            /* lines of Python that load the file correctly */
+    void *internal;
+} ckpt_sd_report;
+
+/* CKPT_ENOTFOUND when there is no dict of tensors or no opt->key path; CKPT_EINVAL for bad
+ * options. Not recognising the architecture is no error: model and verdict are then NULL.
+ * *out belongs to the caller; free it with ckpt_sd_report_free before closing the files. */
+CKPT_API int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt,
+                           ckpt_sd_report **out, ckpt_error *err);
+CKPT_API void ckpt_sd_report_free(ckpt_sd_report *c); /* NULL is a no-op */
+/* Add the words (warnings, python) to a report made without opt->explain; a no-op when they
+ * are there. f and the options' strings given to ckpt_sd_check must still be valid. */
+CKPT_API int ckpt_sd_explain(ckpt_sd_report *r, ckpt_error *err);
+
+/* ckpt diff: two state dicts tensor by tensor. */
+typedef enum ckpt_sd_diff_kind {
+    CKPT_SD_SAME,       /* same dtype and shape; bit-identical (or within atol) */
+    CKPT_SD_DIFFERENT,  /* same dtype and shape; values differ */
+    CKPT_SD_ONLY_A,
+    CKPT_SD_ONLY_B,
+    CKPT_SD_SHAPE,      /* shapes differ: values not compared */
+    CKPT_SD_DTYPE,      /* dtypes differ: values compared in float64 when both are real */
+    CKPT_SD_NOT_TENSOR, /* one side or both hold something other than a tensor */
+    CKPT_SD_DIFF_KINDS
+} ckpt_sd_diff_kind;
+
+/* "same", "different", "only_a", "only_b", "shape", "dtype", "not_tensor". */
+CKPT_API const char *ckpt_sd_diff_kind_name(ckpt_sd_diff_kind k);
+
+typedef struct ckpt_sd_diff_item {
+    const char *key;
+    ckpt_sd_diff_kind kind;
+    bool match;                /* counts as equal (SAME, or DTYPE within atol) */
+    const ckpt_sd_entry *a, *b;/* NULL on the side that lacks the key */
+    bool compared;             /* values were compared: the fields below are set */
+    int64_t n_differ;          /* elements that differ (bitwise, or by more than atol) */
+    double max_abs;            /* max |a - b| in float64; INFINITY when NaN meets a number */
+    double max_rel;            /* max |a - b| / max(|a|, |b|) */
+} ckpt_sd_diff_item;
+
+typedef struct ckpt_sd_diff_result {
+    ckpt_sd_diff_item *items;  /* A's keys in A's order, then B's own keys in B's order */
+    size_t n_items;
+    size_t count[CKPT_SD_DIFF_KINDS]; /* items of each kind */
+    bool match;                /* every item matches */
+    void *internal;
+} ckpt_sd_diff_result;
+
+/* atol < 0: bitwise equality with equal dtypes. atol >= 0: |a - b| <= atol elementwise in
+ * float64 (NaN equals NaN), dtypes may differ. *out belongs to the caller; free it with
+ * ckpt_sd_diff_free before closing the files. Reads every tensor present on both sides. */
+CKPT_API int ckpt_sd_diff(const ckpt_sd *a, const ckpt_sd *b, double atol,
+                          ckpt_sd_diff_result **out, ckpt_error *err);
+CKPT_API void ckpt_sd_diff_free(ckpt_sd_diff_result *d); /* NULL is a no-op */
+
 /* ---- inference (ckpt_model_*) ------------------------------------------------------------- */
 /*
- * A torchvision ResNet in eval mode, built once from an architecture and its weights, then run
- * on preprocessed images (float32 NCHW, already normalised):
+ * A network in eval mode (the ResNets: see ckpt_arch_runnable), built once from an
+ * architecture and its weights, then run on preprocessed images (float32 NCHW, already
+ * normalised):
  *
  *     const ckpt_value *sd = ...;   // a dict of tensors with torchvision's keys ("conv1.weight")
  *     ckpt_model *m;
@@ -391,8 +675,6 @@ CKPT_API void ckpt_scan_free(ckpt_scan_result *r);
  * says what is and is not guaranteed across machines).
  */
 typedef struct ckpt_model ckpt_model;
-struct ckpt_arch; /* the architecture tables, in the state-dict section below */
-struct ckpt_sd;
 
 typedef enum ckpt_backend {
     CKPT_BACKEND_AUTO, /* dnnl when the library was built with it, else ref */
@@ -431,18 +713,18 @@ typedef int (*ckpt_weight_fn)(void *ud, const char *key, const int64_t *expect_s
  * BatchNorm num_batches_tracked counters are not asked for). opt may be NULL. On success *out
  * belongs to the caller; free it with ckpt_model_free. CKPT_EUNSUPPORTED when opt asks for a
  * backend this build lacks. */
-CKPT_API int ckpt_model_new(const struct ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn,
+CKPT_API int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn,
                             void *ud, const ckpt_model_options *opt, ckpt_model **out,
                             ckpt_error *err);
 /* ckpt_model_new reading from a dict of tensors: the weight "conv1.weight" is the tensor at key
  * prefix + "conv1.weight" (prefix NULL or "" for none), read with ckpt_tensor_read, so any real
  * float or integer dtype is accepted. Extra keys are ignored; checking that the dict loads
  * strictly is ckpt_sd_*'s job. The model does not keep pointers into state_dict. */
-CKPT_API int ckpt_model_load(const struct ckpt_arch *arch, int64_t num_classes,
+CKPT_API int ckpt_model_load(const ckpt_arch *arch, int64_t num_classes,
                              const ckpt_value *state_dict, const char *prefix,
                              const ckpt_model_options *opt, ckpt_model **out, ckpt_error *err);
 /* The same from a state dict view made by ckpt_sd_from_value (keys already unwrapped). */
-CKPT_API int ckpt_model_load_sd(const struct ckpt_arch *arch, int64_t num_classes,
+CKPT_API int ckpt_model_load_sd(const ckpt_arch *arch, int64_t num_classes,
                                 const struct ckpt_sd *sd, const ckpt_model_options *opt,
                                 ckpt_model **out, ckpt_error *err);
 /* Run batch images input[batch][3][height][width] (any height and width from 1 to 16384; the
@@ -459,7 +741,7 @@ CKPT_API void ckpt_model_free(ckpt_model *m);
 CKPT_API ckpt_backend ckpt_model_backend(const ckpt_model *m); /* REF or DNNL, never AUTO */
 CKPT_API int ckpt_model_threads(const ckpt_model *m);
 CKPT_API int64_t ckpt_model_classes(const ckpt_model *m);
-CKPT_API int64_t ckpt_model_features(const ckpt_model *m); /* 512 * expansion */
+CKPT_API int64_t ckpt_model_features(const ckpt_model *m); /* ckpt_arch_features */
 
 /* ---- images and preprocessing (ckpt_image_*, ckpt_npy_*) ---------------------------------- */
 
@@ -577,8 +859,6 @@ CKPT_API void ckpt_npy_free(ckpt_npy *a);
  *
  * docs/EXTRACT.md gives the byte layouts and what is guaranteed.
  */
-struct ckpt_sd;
-
 typedef enum ckpt_write_format {
     CKPT_WRITE_PTH,         /* torch.save's zip: data.pkl, byteorder, data/0..., version */
     CKPT_WRITE_SAFETENSORS, /* safetensors, tensors sorted as the reference serializer does */
@@ -693,260 +973,6 @@ CKPT_API int ckpt_convert(ckpt_dtype to, void *dst, ckpt_dtype from, const void 
 typedef int (*ckpt_chunk_fn)(void *ud, const void *data, size_t n, ckpt_error *err);
 CKPT_API int ckpt_tensor_stream(const ckpt_tensor *t, ckpt_dtype to, ckpt_chunk_fn fn, void *ud,
                                 ckpt_error *err);
-
-/* ---- state dicts (ckpt_sd_*) -------------------------------------------------------------- */
-/* (issue 3: finding, unwrapping and judging state dicts; declarations follow in this section) */
-
-/* The ten ResNets of torchvision 0.14 (docs/ARCHITECTURES.md): the block structure, from which
- * both the exact state_dict() of `torchvision.models.NAME(num_classes=N)` and an inference graph
- * follow.
- *
- *     const ckpt_arch *a = ckpt_arch_by_name("resnext50_32x4d");
- *     ckpt_sd_model *m;
- *     if (ckpt_arch_model(a, 1000, &m, &err) == CKPT_OK) {
- *         for (size_t i = 0; i < m->sd.n_entries; i++)
- *             printf("%s\n", m->sd.entries[i].key);   // 320 keys, in state_dict() order
- *         ckpt_sd_model_free(m);
- *     }
- */
-typedef enum ckpt_arch_block {
-    CKPT_ARCH_BASIC,      /* conv1 3x3 (stride) -> bn1 -> relu -> conv2 3x3 -> bn2; expansion 1 */
-    CKPT_ARCH_BOTTLENECK, /* conv1 1x1 -> bn1 -> conv2 3x3 (stride, groups) -> bn2 -> conv3 1x1
-                           * -> bn3; expansion 4 */
-} ckpt_arch_block;
-
-typedef struct ckpt_arch {
-    const char *name;    /* torchvision's builder: "resnet50", "wide_resnet101_2" */
-    ckpt_arch_block block;
-    int expansion;       /* 1 (basic) or 4 (bottleneck) */
-    int layers[4];       /* blocks in layer1..layer4 */
-    int groups;          /* of every bottleneck conv2: 1, or 32/64 for ResNeXt */
-    int width_per_group; /* torchvision's base_width: 64, 4 or 8 (ResNeXt), 128 (wide) */
-} ckpt_arch;
-
-CKPT_API size_t ckpt_arch_count(void);                            /* 10 */
-CKPT_API const ckpt_arch *ckpt_arch_at(size_t i);                 /* NULL when out of range */
-CKPT_API const char *ckpt_arch_name(size_t i);                    /* NULL when out of range */
-CKPT_API const ckpt_arch *ckpt_arch_by_name(const char *name);    /* NULL when unknown */
-/* Planes of stage 0..3: 64, 128, 256, 512. */
-CKPT_API int64_t ckpt_arch_planes(int stage);
-/* Channels inside a block of the stage: planes for basic blocks, int(planes * width_per_group
- * / 64) * groups for bottlenecks (conv1's output, conv2's input and output). */
-CKPT_API int64_t ckpt_arch_width(const ckpt_arch *a, int stage);
-/* Channels entering fc: 512 * expansion. */
-CKPT_API int64_t ckpt_arch_features(const ckpt_arch *a);
-/* Elements of model.parameters() (buffers excluded), as docs/ARCHITECTURES.md §1 counts them. */
-CKPT_API int64_t ckpt_arch_parameters(const ckpt_arch *a, int64_t num_classes);
-
-/* One item of a state dict: of a checkpoint (value set) or of a model (value NULL). */
-typedef struct ckpt_sd_entry {
-    const char *key;
-    const ckpt_value *value; /* the checkpoint's value, tensor or not; NULL in a model */
-    bool is_tensor;          /* false: value is something else and dtype/ndim/shape are unset */
-    ckpt_dtype dtype;
-    int ndim;
-    const int64_t *shape;    /* ndim sizes */
-} ckpt_sd_entry;
-
-/* One entry of a state dict's _metadata: the module path (no trailing dot, "" the root) and
- * its "version" (-1 when the entry has no integer version). */
-typedef struct ckpt_sd_meta {
-    const char *module;
-    int64_t version;
-} ckpt_sd_meta;
-
-/* A state dict as load_state_dict sees it, keys already unwrapped. Plain arrays: a test can
- * build one by hand. Those made by ckpt_sd_from_value point into the ckpt_file they came from
- * and stay valid until it is closed and they are freed. */
-typedef struct ckpt_sd {
-    ckpt_sd_entry *entries; /* in the dict's order */
-    size_t n_entries;
-    bool has_metadata;      /* the dict carries _metadata (an OrderedDict made by state_dict()) */
-    ckpt_sd_meta *meta;
-    size_t n_meta;
-    const char *prefix;     /* what was stripped from the keys (and from _metadata), "" for none */
-    void *internal;
-} ckpt_sd;
-
-/* A view of a dict value (string keys; other keys make CKPT_EUNSUPPORTED) with prefix, if not
- * NULL or "", removed from the keys that start with it and from the _metadata paths, as
- * `OrderedDict((k[len(p):] if k.startswith(p) else k, v) for k, v in sd.items())` would (a
- * key met twice keeps its first place and its last value). On success *out belongs to the
- * caller; free it with ckpt_sd_free before closing the file. */
-CKPT_API int ckpt_sd_from_value(const ckpt_value *dict, const char *prefix, ckpt_sd **out,
-                                ckpt_error *err);
-CKPT_API void ckpt_sd_free(ckpt_sd *sd); /* NULL is a no-op */
-
-/* A module of a model: what its _load_from_state_dict looks at. */
-typedef struct ckpt_sd_module {
-    const char *path;       /* "layer1.0.bn1"; "" is the root */
-    size_t parent;          /* index in modules; the root's is its own (0) */
-    size_t first, count;    /* its parameters, then persistent buffers, then _extra_state:
-                             * entries[first .. first+count) of the model's sd */
-    int64_t version;        /* module._version: 2 for BatchNorm, 1 otherwise */
-    bool batchnorm;         /* fills a missing num_batches_tracked when the state dict's version
-                             * of it is absent or < 2 (BatchNorm with running statistics) */
-    bool extra_state;       /* overrides set_extra_state: its last entry is "_extra_state" */
-} ckpt_sd_module;
-
-/* What load_state_dict compares a state dict with: the modules in the order load() visits
- * them (a module, then each child's subtree in registration order, modules without state
- * included) and the model's own state_dict(). */
-typedef struct ckpt_sd_model {
-    const char *class_name;  /* the name PyTorch's error text uses: "ResNet" */
-    const ckpt_arch *arch;   /* NULL when made from a template */
-    int64_t num_classes;     /* 0 when made from a template */
-    ckpt_sd_module *modules;
-    size_t n_modules;
-    ckpt_sd sd;              /* keys, dtypes and shapes in state_dict() order; meta: the versions */
-    void *internal;
-} ckpt_sd_model;
-
-/* The model `torchvision.models.NAME(num_classes=num_classes)`. *out belongs to the caller;
- * free it with ckpt_sd_model_free. CKPT_EINVAL for num_classes < 1 or > 2^31-1. */
-CKPT_API int ckpt_arch_model(const ckpt_arch *a, int64_t num_classes, ckpt_sd_model **out,
-                             ckpt_error *err);
-/* A model whose state_dict() is tmpl (an example checkpoint of any architecture). Modules are
- * inferred from the dotted keys; a module with a num_batches_tracked entry counts as BatchNorm
- * unless tmpl's _metadata gives it a version other than 2; an "_extra_state" entry marks a
- * module with extra state. class_name NULL: "Model". *out belongs to the caller (free it with
- * ckpt_sd_model_free) and points into tmpl's file, which must stay open. */
-CKPT_API int ckpt_sd_model_from_template(const ckpt_sd *tmpl, const char *class_name,
-                                         ckpt_sd_model **out, ckpt_error *err);
-CKPT_API void ckpt_sd_model_free(ckpt_sd_model *m); /* NULL is a no-op */
-
-/* A key whose shape differs, as load_state_dict reports it. */
-typedef struct ckpt_sd_mismatch {
-    const char *key;
-    const ckpt_sd_entry *checkpoint;
-    const ckpt_sd_entry *model;
-} ckpt_sd_mismatch;
-
-/* The outcome of model.load_state_dict(sd, strict=True), PyTorch 1.13 and 2.x. */
-typedef struct ckpt_sd_verdict {
-    bool ok;                  /* the strict load succeeds */
-    const char **missing;     /* in the order PyTorch lists them (module order) */
-    size_t n_missing;
-    const char **unexpected;  /* in PyTorch's order (by module, then the dict's order) */
-    size_t n_unexpected;
-    ckpt_sd_mismatch *mismatch;
-    size_t n_mismatch;
-    const char **errors;      /* PyTorch's error_msgs after the missing/unexpected lines, in its
-                               * order: size mismatches, non-tensor values, and an IndexError
-                               * (a 1-D empty tensor for a 0-dim parameter) */
-    size_t n_errors;
-    const char *message;      /* RuntimeError text ("Error(s) in loading state_dict for
-                               * ResNet:\n\t..."), or NULL when ok */
-    size_t n_loaded;          /* model keys copied from the state dict */
-    size_t n_filled;          /* num_batches_tracked filled in by BatchNorm's upgrade rule */
-    void *internal;
-} ckpt_sd_verdict;
-
-/* Judge sd against m exactly as load_state_dict(strict=True) would. *out belongs to the
- * caller; free it with ckpt_sd_verdict_free. Strings point into m and sd. */
-CKPT_API int ckpt_sd_judge(const ckpt_sd_model *m, const ckpt_sd *sd, ckpt_sd_verdict **out,
-                           ckpt_error *err);
-CKPT_API void ckpt_sd_verdict_free(ckpt_sd_verdict *v); /* NULL is a no-op */
-
-/* ckpt check: find the weights in a file, unwrap them, recognise the model, judge. */
-typedef struct ckpt_sd_check_options {
-    const char *arch;          /* NULL or "auto": recognise one of the ten; else a ckpt_arch name */
-    int64_t num_classes;       /* 0: from fc.weight (auto) or torchvision's 1000 (named arch) */
-    const ckpt_file *against;  /* a template checkpoint instead of an architecture, or NULL */
-    const char *against_key;   /* where the template's state dict is ("a/b"), or NULL: find */
-    const char *key;           /* where the state dict is ("a/b"), or NULL: find */
-    const char *strip_prefix;  /* NULL: find the wrapper prefix; "" strips nothing */
-    bool scan_values;          /* read tensor data: NaN/Inf, BatchNorm statistics at init */
-    const char *file_name;     /* shown in the Python lines; NULL: "checkpoint.pth" */
-} ckpt_sd_check_options;
-
-/* A dict of tensors that could be the state dict. */
-typedef struct ckpt_sd_candidate {
-    const char **path;         /* dict keys and list/tuple indexes (as strings) from the root */
-    size_t path_len;           /* 0: the root itself */
-    const char *path_str;      /* "model/ema", "" for the root: what --key takes */
-    const ckpt_value *dict;
-    size_t n_tensors;          /* tensor values */
-    size_t n_entries;          /* all values */
-    const char *prefix;        /* the wrapper prefix that fits it best */
-    const ckpt_arch *arch;     /* the architecture it fits best (auto), or NULL */
-    size_t matched;            /* model keys present with the model's shape, after unwrapping */
-    size_t expected;           /* keys of that model */
-} ckpt_sd_candidate;
-
-typedef struct ckpt_sd_warning {
-    const char *code;          /* stable: "training_checkpoint", "prefix_stripped", "nan", ... */
-    const char *message;       /* one line for people */
-} ckpt_sd_warning;
-
-typedef struct ckpt_sd_report {
-    ckpt_sd_candidate *candidates; /* best first */
-    size_t n_candidates;
-    const ckpt_sd_candidate *chosen;
-    const ckpt_sd *sd;             /* the chosen dict, unwrapped */
-    const char *prefix;            /* = sd->prefix */
-    const ckpt_arch *arch;         /* NULL with a template or when nothing was recognised */
-    int64_t num_classes;           /* 0 with a template or when nothing was recognised */
-    const ckpt_sd_model *model;    /* NULL when nothing was recognised and there is no template */
-    const ckpt_sd_verdict *verdict;/* NULL when model is */
-    /* What model.load_state_dict(torch.load(file), strict=False) would have done (NULL when the
-     * state dict is the root and needs no unwrapping). */
-    const ckpt_sd_verdict *whole_file;
-    size_t n_tensors;
-    int64_t n_parameters;          /* elements of tensors other than BatchNorm buffers */
-    ckpt_sd_warning *warnings;
-    size_t n_warnings;
-    const char *python;            /* lines of Python that load the file correctly, or NULL */
-    void *internal;
-} ckpt_sd_report;
-
-/* CKPT_ENOTFOUND when there is no dict of tensors or no --key path; CKPT_EINVAL for bad
- * options. Not recognising the architecture is no error: model and verdict are then NULL.
- * *out belongs to the caller; free it with ckpt_sd_report_free before closing the files. */
-CKPT_API int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt,
-                           ckpt_sd_report **out, ckpt_error *err);
-CKPT_API void ckpt_sd_report_free(ckpt_sd_report *c); /* NULL is a no-op */
-
-/* ckpt diff: two state dicts tensor by tensor. */
-typedef enum ckpt_sd_diff_kind {
-    CKPT_SD_SAME,       /* same dtype and shape; bit-identical (or within atol) */
-    CKPT_SD_DIFFERENT,  /* same dtype and shape; values differ */
-    CKPT_SD_ONLY_A,
-    CKPT_SD_ONLY_B,
-    CKPT_SD_SHAPE,      /* shapes differ: values not compared */
-    CKPT_SD_DTYPE,      /* dtypes differ: values compared in float64 when both are real */
-    CKPT_SD_NOT_TENSOR, /* one side or both hold something other than a tensor */
-    CKPT_SD_DIFF_KINDS
-} ckpt_sd_diff_kind;
-
-/* "same", "different", "only_a", "only_b", "shape", "dtype", "not_tensor". */
-CKPT_API const char *ckpt_sd_diff_kind_name(ckpt_sd_diff_kind k);
-
-typedef struct ckpt_sd_diff_item {
-    const char *key;
-    ckpt_sd_diff_kind kind;
-    bool match;                /* counts as equal (SAME, or DTYPE within atol) */
-    const ckpt_sd_entry *a, *b;/* NULL on the side that lacks the key */
-    bool compared;             /* values were compared: the fields below are set */
-    int64_t n_differ;          /* elements that differ (bitwise, or by more than atol) */
-    double max_abs;            /* max |a - b| in float64; INFINITY when NaN meets a number */
-    double max_rel;            /* max |a - b| / max(|a|, |b|) */
-} ckpt_sd_diff_item;
-
-typedef struct ckpt_sd_diff_result {
-    ckpt_sd_diff_item *items;  /* A's keys in A's order, then B's own keys in B's order */
-    size_t n_items;
-    size_t count[CKPT_SD_DIFF_KINDS]; /* items of each kind */
-    bool match;                /* every item matches */
-    void *internal;
-} ckpt_sd_diff_result;
-
-/* atol < 0: bitwise equality with equal dtypes. atol >= 0: |a - b| <= atol elementwise in
- * float64 (NaN equals NaN), dtypes may differ. *out belongs to the caller; free it with
- * ckpt_sd_diff_free before closing the files. Reads every tensor present on both sides. */
-CKPT_API int ckpt_sd_diff(const ckpt_sd *a, const ckpt_sd *b, double atol,
-                          ckpt_sd_diff_result **out, ckpt_error *err);
-CKPT_API void ckpt_sd_diff_free(ckpt_sd_diff_result *d); /* NULL is a no-op */
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
  * average pool, fc. Weights are asked for by torchvision's state_dict names through a
  * ckpt_weight_fn, so the engine does not care where they came from.
  */
+#include "family.h"
 #include "net.h"
 
 #include <math.h>
@@ -93,9 +94,10 @@ ckpt__conv *ckpt__net_conv_at(ckpt__net *n, size_t i)
 static void conv_free(ckpt__conv *c)
 {
     free((void *)c->name);
+    free((void *)c->bn);
     free(c->w);
     free(c->b);
-    c->name = NULL;
+    c->name = c->bn = NULL;
     c->w = c->b = NULL;
 }
 
@@ -112,11 +114,12 @@ void ckpt__net_free(ckpt__net *n)
     free(n);
 }
 
-static int conv_init(ckpt__conv *c, const char *name, int64_t ic, int64_t oc, int64_t k,
-                     int64_t stride, int64_t groups, ckpt_error *err)
+int ckpt__conv_init(ckpt__conv *c, const char *name, const char *bn, int64_t ic, int64_t oc,
+                    int64_t k, int64_t stride, int64_t groups, ckpt_error *err)
 {
     c->name = strdup(name);
-    if (!c->name)
+    c->bn = strdup(bn);
+    if (!c->name || !c->bn)
         return CKPT_NOMEM(err);
     c->ic = ic;
     c->oc = oc;
@@ -124,65 +127,6 @@ static int conv_init(ckpt__conv *c, const char *name, int64_t ic, int64_t oc, in
     c->stride = stride;
     c->pad = k / 2; /* 7x7: 3, 3x3: 1, 1x1: 0 */
     c->groups = groups;
-    return CKPT_OK;
-}
-
-/* The skeleton of arch: every conv's geometry and name, no weights yet. */
-static int net_describe(const ckpt_arch *a, int64_t classes, ckpt__net **out, ckpt_error *err)
-{
-    *out = NULL;
-    ckpt__net *n = calloc(1, sizeof *n);
-    if (!n)
-        return CKPT_NOMEM(err);
-    snprintf(n->arch_name, sizeof n->arch_name, "%s", a->name);
-    int total = 0;
-    for (int s = 0; s < 4; s++)
-        total += a->layers[s];
-    n->blocks = calloc((size_t)total, sizeof *n->blocks);
-    if (!n->blocks) {
-        free(n);
-        return CKPT_NOMEM(err);
-    }
-    n->n_blocks = total;
-    int rc = conv_init(&n->stem, "conv1", 3, 64, 7, 2, 1, err);
-    int64_t inplanes = 64;
-    int bi = 0;
-    for (int s = 0; s < 4 && rc == CKPT_OK; s++) {
-        int64_t width = ckpt_arch_width(a, s), outc = ckpt_arch_planes(s) * a->expansion;
-        for (int i = 0; i < a->layers[s] && rc == CKPT_OK; i++) {
-            ckpt__block *b = &n->blocks[bi++];
-            int64_t stride = i == 0 && s > 0 ? 2 : 1;
-            char name[NET_MAX_KEY];
-#define NAME(leaf) (snprintf(name, sizeof name, "layer%d.%d.%s", s + 1, i, (leaf)), name)
-            if (a->block == CKPT_ARCH_BASIC) {
-                b->n_conv = 2;
-                rc = conv_init(&b->conv[0], NAME("conv1"), inplanes, width, 3, stride, 1, err);
-                if (!rc)
-                    rc = conv_init(&b->conv[1], NAME("conv2"), width, width, 3, 1, 1, err);
-            } else {
-                b->n_conv = 3;
-                rc = conv_init(&b->conv[0], NAME("conv1"), inplanes, width, 1, 1, 1, err);
-                if (!rc)
-                    rc = conv_init(&b->conv[1], NAME("conv2"), width, width, 3, stride,
-                                   a->groups, err);
-                if (!rc)
-                    rc = conv_init(&b->conv[2], NAME("conv3"), width, outc, 1, 1, 1, err);
-            }
-            if (!rc && i == 0 && (stride != 1 || inplanes != outc)) {
-                b->has_down = true;
-                rc = conv_init(&b->down, NAME("downsample.0"), inplanes, outc, 1, stride, 1, err);
-            }
-#undef NAME
-            inplanes = outc;
-        }
-    }
-    n->features = inplanes;
-    n->classes = classes;
-    if (rc) {
-        ckpt__net_free(n);
-        return rc;
-    }
-    *out = n;
     return CKPT_OK;
 }
 
@@ -251,29 +195,17 @@ static int load_conv(loader *l, ckpt__conv *c, const char *bn)
     return rc;
 }
 
-/* "layer1.0.conv2" -> "layer1.0.bn2"; "layer1.0.downsample.0" -> "layer1.0.downsample.1". */
-static void bn_name(const ckpt__conv *c, char *buf, size_t size)
-{
-    const char *dot = strrchr(c->name, '.');
-    size_t stem = dot ? (size_t)(dot - c->name) + 1 : 0;
-    const char *leaf = c->name + stem;
-    if (strcmp(leaf, "0") == 0)
-        snprintf(buf, size, "%.*s1", (int)stem, c->name);
-    else /* convN -> bnN */
-        snprintf(buf, size, "%.*sbn%s", (int)stem, c->name, leaf + 4);
-}
-
 static int load_conv_cb(void *ud, ckpt__conv *c, ckpt_error *err)
 {
     loader *l = ud;
     (void)err; /* l->err is the same record */
-    char bn[NET_MAX_KEY];
-    bn_name(c, bn, sizeof bn);
-    return load_conv(l, c, bn);
+    return load_conv(l, c, c->bn);
 }
 
-/* fc always; the convs too when all_convs (the dnnl backend loads them one at a time). */
-static int net_load(ckpt__net *n, loader *l, bool all_convs)
+/* The head (the family's head_w, head_b) always; the convs too when all_convs (the dnnl
+ * backend loads them one at a time). */
+static int net_load(ckpt__net *n, loader *l, bool all_convs, const char *head_w,
+                    const char *head_b)
 {
     size_t nc = ckpt__net_conv_count(n);
     for (size_t i = 0; i < nc && all_convs; i++) {
@@ -284,16 +216,16 @@ static int net_load(ckpt__net *n, loader *l, bool all_convs)
     size_t fcn;
     if (ckpt__mul_overflow((size_t)n->classes, (size_t)n->features, &fcn) ||
         fcn > SIZE_MAX / sizeof(float))
-        return CKPT_FAIL(l->err, CKPT_ELIMIT, "fc of %lld classes is too large",
+        return CKPT_FAIL(l->err, CKPT_ELIMIT, "a head of %lld classes is too large",
                          (long long)n->classes);
     n->fc_w = malloc(fcn * sizeof *n->fc_w);
     n->fc_b = malloc((size_t)n->classes * sizeof *n->fc_b);
     if (!n->fc_w || !n->fc_b)
         return CKPT_NOMEM(l->err);
     int64_t shape[2] = {n->classes, n->features};
-    int rc = get(l, "fc.weight", shape, 2, n->fc_w);
+    int rc = get(l, head_w, shape, 2, n->fc_w);
     if (rc == CKPT_OK)
-        rc = get(l, "fc.bias", &n->classes, 1, n->fc_b);
+        rc = get(l, head_b, &n->classes, 1, n->fc_b);
     return rc;
 }
 
@@ -373,6 +305,9 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
     *out = NULL;
     if (!arch || !fn)
         return CKPT_FAIL(err, CKPT_EINVAL, "no architecture or weights given");
+    if (!arch->family->net)
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "no inference for the %s family ('%s')",
+                         arch->family->name, arch->name);
     if (num_classes < 1 || num_classes > NET_MAX_CLASSES)
         return CKPT_FAIL(err, CKPT_EINVAL, "class count %lld is out of range",
                          (long long)num_classes);
@@ -403,10 +338,11 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
         return CKPT_NOMEM(err);
     m->backend = o.backend;
     m->threads = o.threads;
-    int rc = net_describe(arch, num_classes, &m->net, err);
+    int rc = arch->family->net(arch, num_classes, &m->net, err);
     loader l = {fn, ud, err};
     if (rc == CKPT_OK)
-        rc = net_load(m->net, &l, o.backend == CKPT_BACKEND_REF);
+        rc = net_load(m->net, &l, o.backend == CKPT_BACKEND_REF, ckpt_arch_head(arch, false),
+                      ckpt_arch_head(arch, true));
     if (rc == CKPT_OK) {
         if (o.backend == CKPT_BACKEND_REF)
             rc = ckpt__ref_new(m->net, m->threads, &m->ref, err);

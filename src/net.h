@@ -1,8 +1,9 @@
 /*
  * net.h - what the three inference modules share (net.c, net_ref.c, net_dnnl.c).
  *
- * net.c turns an architecture and its weights into a ckpt__net: the convolutions in execution
- * order with BatchNorm folded in (done once, at load), the fc head, and nothing backend-specific.
+ * An architecture's family (family.h) describes its ckpt__net and net.c loads its weights: the
+ * convolutions in execution order with BatchNorm folded in (done once, at load), the linear
+ * head, and nothing backend-specific.
  * A backend then prepares its own form of it (net_ref.c keeps the folded arrays, net_dnnl.c
  * reorders them into oneDNN's blocked layouts and compiles primitives) and runs images.
  *
@@ -25,7 +26,8 @@
 
 /* A convolution with its BatchNorm folded in: y = conv(x, w) + b. No dilation. */
 typedef struct ckpt__conv {
-    const char *name;  /* "layer1.0.conv1", for messages */
+    const char *name;  /* "layer1.0.conv1": its weight is name + ".weight" */
+    const char *bn;    /* "layer1.0.bn1": the BatchNorm folded into it */
     int64_t ic, oc;    /* input and output channels */
     int64_t k;         /* square kernel */
     int64_t stride, pad, groups;
@@ -54,6 +56,10 @@ typedef struct ckpt__net {
     float *fc_b;       /* [classes] */
 } ckpt__net;
 
+/* Fills c's geometry and names (copies; ckpt__net_free frees them); pad is k / 2. A family's
+ * network builder (family.h) calls it for each convolution. */
+int ckpt__conv_init(ckpt__conv *c, const char *name, const char *bn, int64_t ic, int64_t oc,
+                    int64_t k, int64_t stride, int64_t groups, ckpt_error *err);
 /* Every convolution of the net in execution order: stem, then per block [down], conv[0..]. */
 size_t ckpt__net_conv_count(const ckpt__net *n);
 ckpt__conv *ckpt__net_conv_at(ckpt__net *n, size_t i);

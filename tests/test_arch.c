@@ -24,6 +24,9 @@
 #include "check.h"
 
 #include <nettle/sha2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 typedef struct ref {
     const char *name;
@@ -226,16 +229,29 @@ static void test_refs(void)
     }
 }
 
+static int no_weight(void *ud, const char *key, const int64_t *shape, int ndim, float *out,
+                     ckpt_error *err)
+{
+    (void)ud, (void)key, (void)shape, (void)ndim, (void)out;
+    err->status = CKPT_EMISMATCH;
+    return CKPT_EMISMATCH;
+}
+
 static void test_table(void)
 {
-    CHECK_EQ_INT(ckpt_arch_count(), 10);
+    /* the ten ResNets first, then the other families */
+    CHECK(ckpt_arch_count() >= 10);
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         const ckpt_arch *a = ckpt_arch_by_name(table[i].name);
         CHECK(a != NULL);
         if (!a)
             continue;
-        CHECK_EQ_STR(ckpt_arch_name(i), table[i].name);
+        CHECK_EQ_STR(ckpt_arch_name(ckpt_arch_at(i)), table[i].name);
         CHECK(ckpt_arch_at(i) == a);
+        CHECK_EQ_STR(ckpt_arch_family(a), "resnet");
+        CHECK(ckpt_arch_runnable(a));
+        CHECK_EQ_STR(ckpt_arch_head(a, false), "fc.weight");
+        CHECK_EQ_STR(ckpt_arch_head(a, true), "fc.bias");
         CHECK_EQ_INT(ckpt_arch_parameters(a, 1000), table[i].params);
         ckpt_sd_model *m = NULL;
         ckpt_error err = {0};
@@ -244,8 +260,8 @@ static void test_table(void)
             CHECK_EQ_INT(m->sd.n_entries, table[i].keys);
         ckpt_sd_model_free(m);
     }
-    CHECK(ckpt_arch_at(10) == NULL);
-    CHECK(ckpt_arch_name(10) == NULL);
+    CHECK(ckpt_arch_at(ckpt_arch_count()) == NULL);
+    CHECK(ckpt_arch_name(NULL) == NULL);
     CHECK(ckpt_arch_by_name("resnet51") == NULL);
     CHECK(ckpt_arch_by_name(NULL) == NULL);
 
@@ -274,17 +290,58 @@ static void test_table(void)
         CHECK_EQ_STR(fcw->key, "fc.weight");
         CHECK_EQ_INT(fcw->shape[0], 51);
         CHECK_EQ_INT(fcw->shape[1], 2048);
+        /* the class count read back from the head, with and without a weight of that width */
+        CHECK_EQ_INT(ckpt_arch_classes(r50, &m->sd), 51);
+        CHECK_EQ_INT(ckpt_arch_classes(ckpt_arch_by_name("resnet18"), &m->sd), 51);
         ckpt_sd_model_free(m);
     }
-    /* block structure for the inference engine */
-    const ckpt_arch *x = ckpt_arch_by_name("resnext101_32x8d");
-    CHECK_EQ_INT(x->block, CKPT_ARCH_BOTTLENECK);
-    CHECK_EQ_INT(x->layers[2], 23);
-    CHECK_EQ_INT(ckpt_arch_width(x, 0), 256);
-    CHECK_EQ_INT(ckpt_arch_width(ckpt_arch_by_name("resnext101_64x4d"), 0), 256);
-    CHECK_EQ_INT(ckpt_arch_width(ckpt_arch_by_name("wide_resnet50_2"), 3), 1024);
+    /* block widths, read from the layout (conv2 of a stage's first block is [w, w/groups,
+     * 3, 3]) */
+    static const struct {
+        const char *arch, *key;
+        int64_t out, in;
+    } widths[] = {
+        {"resnext101_32x8d", "layer1.0.conv2.weight", 256, 8},
+        {"resnext101_64x4d", "layer1.0.conv2.weight", 256, 4},
+        {"wide_resnet50_2", "layer4.0.conv2.weight", 1024, 1024},
+    };
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) {
+        CHECK_OK(ckpt_arch_model(ckpt_arch_by_name(widths[i].arch), 10, &m, &err), err);
+        const ckpt_sd_entry *e = NULL;
+        for (size_t j = 0; m && j < m->sd.n_entries && !e; j++)
+            if (!strcmp(m->sd.entries[j].key, widths[i].key))
+                e = &m->sd.entries[j];
+        CHECK(e != NULL);
+        if (e) {
+            CHECK_EQ_INT(e->shape[0], widths[i].out);
+            CHECK_EQ_INT(e->shape[1], widths[i].in);
+        }
+        ckpt_sd_model_free(m);
+    }
     CHECK_EQ_INT(ckpt_arch_features(ckpt_arch_by_name("resnet18")), 512);
-    CHECK_EQ_INT(ckpt_arch_planes(3), 512);
+    CHECK_EQ_INT(ckpt_arch_features(ckpt_arch_by_name("resnet50")), 2048);
+
+    /* the check-only VGG family: torchvision's published size of vgg11 (num_params in its
+     * weights' meta), the head where torchvision has it, no network builder */
+    const ckpt_arch *vgg = ckpt_arch_by_name("vgg11");
+    CHECK(vgg != NULL);
+    if (vgg) {
+        CHECK_EQ_STR(ckpt_arch_family(vgg), "vgg");
+        CHECK(!ckpt_arch_runnable(vgg));
+        CHECK_EQ_INT(ckpt_arch_parameters(vgg, 1000), 132863336);
+        CHECK_EQ_STR(ckpt_arch_head(vgg, false), "classifier.6.weight");
+        CHECK_OK(ckpt_arch_model(vgg, 7, &m, &err), err);
+        if (m) {
+            CHECK_EQ_STR(m->class_name, "VGG");
+            CHECK_EQ_INT(m->sd.n_entries, 22);
+            CHECK_EQ_INT(ckpt_arch_classes(vgg, &m->sd), 7);
+        }
+        ckpt_sd_model_free(m);
+        ckpt_model *run = NULL;
+        CHECK_EQ_INT(ckpt_model_new(vgg, 7, no_weight, NULL, NULL, &run, &err),
+                     CKPT_EUNSUPPORTED);
+        CHECK(run == NULL);
+    }
 
     CHECK_EQ_INT(ckpt_arch_model(r50, 0, &m, &err), CKPT_EINVAL);
     CHECK(m == NULL);
@@ -439,10 +496,77 @@ static void test_judge(void)
     }
 }
 
+/* ---- the words only when asked for ------------------------------------------------------- */
+
+/* A safetensors file of one float32 tensor "head.w" [2] that no architecture knows. */
+static const char *write_unknown(char *path, size_t size)
+{
+    static const char hdr[] = "{\"head.w\":{\"dtype\":\"F32\",\"shape\":[2],"
+                              "\"data_offsets\":[0,8]}}";
+    size_t n = sizeof hdr - 1, padded = (n + 7) / 8 * 8;
+    snprintf(path, size, "/tmp/ckpt-test-arch-%ld.safetensors", (long)getpid());
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return NULL;
+    unsigned char len[8] = {0};
+    for (int i = 0; i < 8; i++)
+        len[i] = (unsigned char)(padded >> (8 * i));
+    float data[2] = {1.0f, 2.0f};
+    fwrite(len, 1, 8, fp);
+    fwrite(hdr, 1, n, fp);
+    for (size_t i = n; i < padded; i++)
+        fputc(' ', fp);
+    fwrite(data, sizeof data[0], 2, fp);
+    return fclose(fp) == 0 ? path : NULL;
+}
+
+static void test_explain(void)
+{
+    char path[256];
+    CHECK(write_unknown(path, sizeof path) != NULL);
+    ckpt_file *f = NULL;
+    ckpt_error err = {0};
+    CHECK_OK(ckpt_open(path, NULL, &f, &err), err);
+    if (!f)
+        return;
+    /* without explain: the verdict's inputs, no words */
+    ckpt_sd_report *r = NULL;
+    ckpt_sd_check_options o = {0};
+    CHECK_OK(ckpt_sd_check(f, &o, &r, &err), err);
+    if (r) {
+        CHECK(r->model == NULL && r->verdict == NULL);
+        CHECK_EQ_INT(r->n_warnings, 0);
+        CHECK(r->python == NULL);
+        /* added later, once; library words name no command-line option */
+        CHECK_OK(ckpt_sd_explain(r, &err), err);
+        CHECK(r->python != NULL);
+        size_t n = r->n_warnings;
+        bool unknown = false;
+        for (size_t i = 0; i < n; i++) {
+            unknown |= !strcmp(r->warnings[i].code, "arch_unknown");
+            CHECK(strstr(r->warnings[i].message, "--") == NULL);
+        }
+        CHECK(unknown);
+        CHECK_OK(ckpt_sd_explain(r, &err), err);
+        CHECK_EQ_INT(r->n_warnings, n);
+        ckpt_sd_report_free(r);
+    }
+    /* with explain: the same words at once */
+    o.explain = true;
+    CHECK_OK(ckpt_sd_check(f, &o, &r, &err), err);
+    if (r) {
+        CHECK(r->python != NULL && r->n_warnings > 0);
+        ckpt_sd_report_free(r);
+    }
+    ckpt_close(f);
+    unlink(path);
+}
+
 int main(void)
 {
     test_table();
     test_refs();
     test_judge();
+    test_explain();
     return check_exit();
 }

@@ -164,7 +164,7 @@ static void test_conv_ops(void)
     double worst[2] = {0, 0};
     for (size_t ci = 0; ci < sizeof conv_cases / sizeof conv_cases[0]; ci++) {
         const conv_case *t = &conv_cases[ci];
-        ckpt__conv c = {"test", t->ic, t->oc, t->k, t->stride, t->k / 2, t->groups, NULL, NULL};
+        ckpt__conv c = {"test", NULL, t->ic, t->oc, t->k, t->stride, t->k / 2, t->groups, NULL, NULL};
         size_t nw = (size_t)(t->oc * (t->ic / t->groups) * t->k * t->k);
         int64_t oh = ckpt__conv_out(t->h, t->k, t->stride, t->k / 2);
         int64_t ow = ckpt__conv_out(t->w, t->k, t->stride, t->k / 2);

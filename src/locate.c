@@ -1,0 +1,768 @@
+/*
+ * locate.c - finding the state dict in a checkpoint (ckpt_sd_check): the dicts of tensors
+ * that could be it (candidates), the wrapper prefix that fits each best, the architecture it
+ * fits, then the judge's verdict (judge.c) and, when asked for, the words (report.c).
+ */
+#include "sd_int.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define SD_MAX_DEPTH 8             /* containers walked from the root when looking for dicts */
+#define SD_MAX_NODES 200000        /* values visited by that walk */
+#define SD_MAX_CANDIDATES 64       /* dicts of tensors kept as candidates */
+#define SD_MAX_PREFIXES 12         /* wrapper prefixes tried per candidate */
+#define SD_MAX_PREFIX_PARTS 3      /* name components in a guessed prefix */
+
+/* ---- finding candidates ------------------------------------------------------------------ */
+
+static const char *const preferred_names[] = {
+    "state_dict", "model_state_dict", "model", "net", "network", "module", "model_state",
+    "weights", "params", "teacher", "student", "model_ema", "ema", "state_dict_ema",
+    "ema_state_dict", "ema_model",
+};
+#define N_PREFERRED (sizeof preferred_names / sizeof preferred_names[0])
+
+/* Wrapper modules whose names end up in front of every key. */
+static const struct {
+    const char *part;
+    const char *what;
+} wrappers[] = {
+    {"module", "DataParallel / DistributedDataParallel"},
+    {"_orig_mod", "torch.compile"},
+    {"model", "a Lightning module or a trainer's wrapper"},
+    {"backbone", "a detection/segmentation wrapper"},
+    {"encoder", "an encoder wrapper"},
+};
+#define N_WRAPPERS (sizeof wrappers / sizeof wrappers[0])
+
+static int wrapper_index(const char *s, size_t n)
+{
+    for (size_t i = 0; i < N_WRAPPERS; i++)
+        if (strlen(wrappers[i].part) == n && strncmp(wrappers[i].part, s, n) == 0)
+            return (int)i;
+    return -1;
+}
+
+const char *ckpt__sd_wrapper_what(const char *part, size_t n)
+{
+    int w = wrapper_index(part, n);
+    return w >= 0 ? wrappers[w].what : NULL;
+}
+
+typedef struct check_ctx {
+    ckpt__arena *ar;
+    ckpt_error *err;
+    const ckpt_sd_check_options *opt;
+    ckpt__cand **cands;
+    size_t n_cands;
+    size_t visited;
+    const char *path[SD_MAX_DEPTH + 1];
+    bool is_index[SD_MAX_DEPTH + 1];
+    bool has_float;         /* a plain Python float somewhere (1.13's weights_only refuses it) */
+} check_ctx;
+
+static int name_rank(const char *name)
+{
+    for (size_t i = 0; i < N_PREFERRED; i++)
+        if (!strcmp(preferred_names[i], name))
+            return (int)i + 1;
+    return (int)N_PREFERRED + 1;
+}
+
+static int add_candidate(check_ctx *c, const ckpt_value *d, size_t depth, size_t n_tensors)
+{
+    ckpt__arena *ar = c->ar;
+    ckpt__cand *k = ckpt__arena_alloc(ar, sizeof *k);
+    if (!k)
+        return ckpt__arena_error(ar, c->err);
+    k->pub.path = ckpt__arena_alloc(ar, (depth + 1) * sizeof *k->pub.path);
+    k->is_index = ckpt__arena_alloc(ar, (depth + 1) * sizeof *k->is_index);
+    if (!k->pub.path || !k->is_index)
+        return ckpt__arena_error(ar, c->err);
+    ckpt__strbuf b = {0};
+    for (size_t i = 0; i < depth; i++) {
+        k->pub.path[i] = c->path[i];
+        k->is_index[i] = c->is_index[i];
+        if (i)
+            ckpt__sb_add(&b, "/");
+        ckpt__sb_add(&b, c->path[i]);
+    }
+    k->pub.path_len = depth;
+    k->pub.path_str = ckpt__sb_finish(&b, ar);
+    if (!k->pub.path_str)
+        return ckpt__arena_error(ar, c->err);
+    k->pub.dict = d;
+    k->pub.n_tensors = n_tensors;
+    k->pub.n_entries = d->u.dict.len;
+    k->pub.prefix = "";
+    k->order = c->n_cands;
+    k->name_rank = depth ? name_rank(c->path[depth - 1]) : 0;
+    for (size_t i = 0; i < depth; i++)
+        if (strstr(c->path[i], "optim")) /* an optimizer's per-parameter state */
+            k->name_rank += (int)N_PREFERRED + 2;
+    k->strings = true;
+    for (size_t i = 0; i < d->u.dict.len; i++)
+        if (d->u.dict.keys[i]->type != CKPT_T_STR)
+            k->strings = false;
+    if (k->strings) {
+        if (!ckpt__strmap_init(ar, &k->keys, d->u.dict.len))
+            return ckpt__arena_error(ar, c->err);
+        for (size_t i = 0; i < d->u.dict.len; i++)
+            ckpt__strmap_add(&k->keys, d->u.dict.keys[i]->u.str.data, i);
+    }
+    ckpt__cand **nc =
+        ckpt__arena_grow(ar, c->cands, c->n_cands * sizeof *nc, (c->n_cands + 1) * sizeof *nc);
+    if (!nc)
+        return ckpt__arena_error(ar, c->err);
+    c->cands = nc;
+    c->cands[c->n_cands++] = k;
+    return CKPT_OK;
+}
+
+static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
+{
+    if (!v || ++c->visited > SD_MAX_NODES)
+        return CKPT_OK;
+    if (v->type == CKPT_T_FLOAT && !(v->flags & CKPT_VF_NUMPY))
+        c->has_float = true;
+    if (v->type == CKPT_T_DICT) {
+        size_t n_tensors = 0;
+        bool strings = true;
+        for (size_t i = 0; i < v->u.dict.len; i++) {
+            if (v->u.dict.vals[i]->type == CKPT_T_TENSOR)
+                n_tensors++;
+            if (v->u.dict.keys[i]->type != CKPT_T_STR)
+                strings = false;
+        }
+        /* an int-keyed dict is an optimizer's per-parameter state, not a model */
+        if (!strings)
+            return CKPT_OK;
+        if (n_tensors > 0 && 2 * n_tensors >= v->u.dict.len &&
+            c->n_cands < SD_MAX_CANDIDATES) {
+            int rc = add_candidate(c, v, depth, n_tensors);
+            if (rc)
+                return rc;
+        }
+        if (depth >= SD_MAX_DEPTH)
+            return CKPT_OK;
+        for (size_t i = 0; i < v->u.dict.len; i++) {
+            const ckpt_value *x = v->u.dict.vals[i];
+            if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
+                x->type != CKPT_T_FLOAT)
+                continue;
+            c->path[depth] = v->u.dict.keys[i]->u.str.data;
+            c->is_index[depth] = false;
+            int rc = walk(c, x, depth + 1);
+            if (rc)
+                return rc;
+        }
+    } else if (v->type == CKPT_T_LIST || v->type == CKPT_T_TUPLE) {
+        if (depth >= SD_MAX_DEPTH)
+            return CKPT_OK;
+        for (size_t i = 0; i < v->u.seq.len && c->visited <= SD_MAX_NODES; i++) {
+            const ckpt_value *x = v->u.seq.items[i];
+            if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
+                x->type != CKPT_T_FLOAT)
+                continue;
+            char *seg = ckpt__arena_printf(c->ar, "%zu", i);
+            if (!seg)
+                return ckpt__arena_error(c->ar, c->err);
+            c->path[depth] = seg;
+            c->is_index[depth] = true;
+            int rc = walk(c, x, depth + 1);
+            if (rc)
+                return rc;
+        }
+    }
+    return CKPT_OK;
+}
+
+/* Follow "a/b/0" from the root. */
+static int resolve_key(check_ctx *c, const ckpt_value *root, const char *key,
+                       const ckpt_value **out, size_t *depth)
+{
+    const ckpt_value *v = root;
+    size_t d = 0;
+    const char *s = key;
+    while (*s) {
+        const char *slash = strchr(s, '/');
+        size_t n = slash ? (size_t)(slash - s) : strlen(s);
+        if (d >= SD_MAX_DEPTH)
+            return CKPT_FAIL(c->err, CKPT_ELIMIT, "key path '%s' is deeper than %d", key,
+                             SD_MAX_DEPTH);
+        char *seg = ckpt__arena_strndup(c->ar, s, n);
+        if (!seg)
+            return ckpt__arena_error(c->ar, c->err);
+        const ckpt_value *next = NULL;
+        bool index = false;
+        char *end;
+        long long iv = strtoll(seg, &end, 10);
+        bool numeric = n > 0 && *end == '\0';
+        if (v->type == CKPT_T_DICT) {
+            next = ckpt_dict_get(v, seg);
+            for (size_t i = 0; !next && numeric && i < v->u.dict.len; i++)
+                if (v->u.dict.keys[i]->type == CKPT_T_INT && v->u.dict.keys[i]->u.i == iv)
+                    next = v->u.dict.vals[i];
+        } else if ((v->type == CKPT_T_LIST || v->type == CKPT_T_TUPLE) && numeric && iv >= 0 &&
+                   (unsigned long long)iv < v->u.seq.len) {
+            next = v->u.seq.items[iv];
+            index = true;
+        }
+        if (!next)
+            return CKPT_FAIL(c->err, CKPT_ENOTFOUND, "no '%s' in the file (key path '%s')", seg,
+                             key);
+        c->path[d] = seg;
+        c->is_index[d] = index;
+        d++;
+        v = next;
+        s += n;
+        if (*s == '/')
+            s++;
+    }
+    *out = v;
+    *depth = d;
+    return CKPT_OK;
+}
+
+/* ---- fitting a candidate to a model ------------------------------------------------------ */
+
+typedef struct fit {
+    size_t names, shapes;
+    long long quality;
+} fit;
+
+/* The value the unwrapped dict would hold for key, or NULL. */
+static const ckpt_value *stripped_get(const ckpt__cand *k, const char *prefix, const char *key)
+{
+    size_t plen = strlen(prefix);
+    size_t i = ckpt__strmap_get2(&k->keys, prefix, plen, key, strlen(key));
+    if (i == SIZE_MAX && (plen == 0 || !ckpt__starts_with(key, prefix)))
+        i = ckpt__strmap_get(&k->keys, key);
+    return i == SIZE_MAX ? NULL : k->pub.dict->u.dict.vals[i];
+}
+
+/* any_head: the model's head was built for 1000 classes but any class count fits. */
+static fit fit_model(const ckpt__cand *k, const char *prefix, const ckpt_sd_model *m, bool any_head)
+{
+    fit f = {0, 0, 0};
+    const char *head_w = any_head ? ckpt_arch_head(m->arch, false) : NULL;
+    const char *head_b = any_head ? ckpt_arch_head(m->arch, true) : NULL;
+    for (size_t i = 0; i < m->sd.n_entries; i++) {
+        const ckpt_sd_entry *e = &m->sd.entries[i];
+        const ckpt_value *v = stripped_get(k, prefix, e->key);
+        if (!v)
+            continue;
+        f.names++;
+        if (!e->is_tensor) {
+            f.shapes++;
+            continue;
+        }
+        if (v->type != CKPT_T_TENSOR)
+            continue;
+        const ckpt_tensor *t = v->u.tensor;
+        bool ok;
+        if (head_w && !strcmp(e->key, head_w))
+            ok = t->ndim == 2 && t->shape[1] == e->shape[1];
+        else if (head_b && !strcmp(e->key, head_b))
+            ok = t->ndim == 1;
+        else
+            ok = ckpt__same_shape(t->ndim, t->shape, e->ndim, e->shape) ||
+                 (e->ndim == 0 && t->ndim == 1 && t->shape[0] > 0);
+        f.shapes += ok;
+    }
+    f.quality = (long long)f.shapes + (long long)f.names - (long long)m->sd.n_entries -
+                (long long)k->pub.n_entries;
+    return f;
+}
+
+/* Length of key's first `parts` components with their dot ("a.b." for 2), when something
+ * follows them; else 0. */
+static size_t lead_len(const char *key, int parts)
+{
+    const char *p = key, *dot = NULL;
+    for (int j = 0; j < parts; j++) {
+        dot = strchr(p, '.');
+        if (!dot)
+            return 0;
+        p = dot + 1;
+    }
+    return *p ? (size_t)(p - key) : 0;
+}
+
+/* Wrapper prefixes worth trying on k, "" first. */
+static size_t gather_prefixes(ckpt__arena *ar, const ckpt__cand *k, const char **out)
+{
+    size_t n = 0;
+    out[n++] = "";
+    const ckpt_value *d = k->pub.dict;
+    size_t nkeys = d->u.dict.len;
+    /* runs of known wrapper names: module., module._orig_mod., ... */
+    for (size_t i = 0; i < nkeys && n < SD_MAX_PREFIXES; i++) {
+        const char *key = d->u.dict.keys[i]->u.str.data, *p = key;
+        for (int depth = 0; depth < SD_MAX_PREFIX_PARTS; depth++) {
+            const char *dot = strchr(p, '.');
+            if (!dot || wrapper_index(p, (size_t)(dot - p)) < 0)
+                break;
+            size_t len = (size_t)(dot - key) + 1;
+            bool have = false;
+            for (size_t j = 0; j < n; j++)
+                have |= strlen(out[j]) == len && strncmp(out[j], key, len) == 0;
+            if (!have && n < SD_MAX_PREFIXES) {
+                char *s = ckpt__arena_strndup(ar, key, len);
+                if (s)
+                    out[n++] = s;
+            }
+            p = dot + 1;
+        }
+    }
+    /* the leading components (1 to 3) of a majority of the keys: Boyer-Moore vote, then a
+     * count, so a hostile key list costs linear time */
+    for (int parts = 1; parts <= SD_MAX_PREFIX_PARTS && n < SD_MAX_PREFIXES; parts++) {
+        const char *cand_key = NULL;
+        size_t cand_len = 0, votes = 0;
+        for (size_t i = 0; i < nkeys; i++) {
+            const char *key = d->u.dict.keys[i]->u.str.data;
+            size_t len = lead_len(key, parts);
+            if (votes == 0 && len) {
+                cand_key = key;
+                cand_len = len;
+                votes = 1;
+            } else if (len && len == cand_len && strncmp(key, cand_key, len) == 0) {
+                votes++;
+            } else if (votes) {
+                votes--;
+            }
+        }
+        if (!cand_key)
+            continue;
+        size_t count = 0;
+        for (size_t i = 0; i < nkeys; i++)
+            count += strncmp(d->u.dict.keys[i]->u.str.data, cand_key, cand_len) == 0;
+        bool have = false;
+        for (size_t j = 0; j < n; j++)
+            have |= strlen(out[j]) == cand_len && strncmp(out[j], cand_key, cand_len) == 0;
+        if (!have && 2 * count >= nkeys) {
+            char *pfx = ckpt__arena_strndup(ar, cand_key, cand_len);
+            if (pfx)
+                out[n++] = pfx;
+        }
+    }
+    return n;
+}
+
+/* Without a model: the longest run of wrapper names that every key starts with (and goes on
+ * after). any_wrapper false: only module. and _orig_mod., which are never a real submodule. */
+static const char *common_wrapper(ckpt__arena *ar, const ckpt_sd *sd, bool any_wrapper)
+{
+    if (sd->n_entries == 0)
+        return "";
+    const char *first = sd->entries[0].key, *p = first;
+    size_t best = 0;
+    for (;;) {
+        const char *dot = strchr(p, '.');
+        int w = dot ? wrapper_index(p, (size_t)(dot - p)) : -1;
+        if (w < 0 || (!any_wrapper && w > 1))
+            break;
+        size_t len = (size_t)(dot - first) + 1;
+        bool all = true;
+        for (size_t i = 0; i < sd->n_entries && all; i++)
+            all = strncmp(sd->entries[i].key, first, len) == 0 && sd->entries[i].key[len];
+        if (!all)
+            break;
+        best = len;
+        p = dot + 1;
+    }
+    return best ? ckpt__arena_strndup(ar, first, best) : "";
+}
+
+/* The class count of the unwrapped dict's head (as ckpt_arch_classes reads it), else
+ * torchvision's default. */
+static int64_t head_classes(const ckpt__cand *k, const char *prefix, const ckpt_arch *a)
+{
+    const ckpt_value *w = stripped_get(k, prefix, ckpt_arch_head(a, false));
+    const ckpt_value *b = stripped_get(k, prefix, ckpt_arch_head(a, true));
+    const ckpt_tensor *tw = w && w->type == CKPT_T_TENSOR ? w->u.tensor : NULL;
+    const ckpt_tensor *tb = b && b->type == CKPT_T_TENSOR ? b->u.tensor : NULL;
+    int64_t nc = 0;
+    if (tw && tw->ndim == 2 && tw->shape[1] == ckpt_arch_features(a))
+        nc = tw->shape[0];
+    else if (tb && tb->ndim == 1)
+        nc = tb->shape[0];
+    else if (tw && tw->ndim == 2)
+        nc = tw->shape[0];
+    return nc >= 1 && nc <= SD_MAX_CLASSES ? nc : SD_DEFAULT_CLASSES;
+}
+
+static int cand_cmp(const void *pa, const void *pb)
+{
+    const ckpt__cand *a = *(const ckpt__cand *const *)pa, *b = *(const ckpt__cand *const *)pb;
+    if (a->recognised != b->recognised)
+        return a->recognised ? -1 : 1;
+    /* fit only says something between candidates that fit; smaller dicts misfit less */
+    if (a->recognised && a->quality != b->quality)
+        return a->quality > b->quality ? -1 : 1;
+    if (a->name_rank != b->name_rank)
+        return a->name_rank < b->name_rank ? -1 : 1;
+    if (a->pub.n_tensors != b->pub.n_tensors)
+        return a->pub.n_tensors > b->pub.n_tensors ? -1 : 1;
+    return a->order < b->order ? -1 : a->order > b->order;
+}
+
+/* The key map of the chosen dict d (unwrapped into r->sd) for r->model: which file key each
+ * model key comes from (the last one that unwraps to it, as ckpt_sd_from_value keeps the last
+ * value), and every other file key with why it is left out. */
+static int key_map(ckpt__arena *ar, ckpt_sd_report *r, const ckpt_value *d, ckpt_error *err)
+{
+    const ckpt_sd *sd = r->sd;
+    const ckpt_sd_model *m = r->model;
+    size_t plen = strlen(sd->prefix), n = d->u.dict.len;
+    ckpt__strmap entries, model;
+    const char **from = ckpt__arena_alloc(ar, (sd->n_entries + 1) * sizeof *from);
+    size_t *from_i = ckpt__arena_alloc(ar, (sd->n_entries + 1) * sizeof *from_i);
+    bool *used = ckpt__arena_alloc(ar, (n + 1) * sizeof *used);
+    ckpt_sd_key_pair *map = ckpt__arena_alloc(ar, (m->sd.n_entries + 1) * sizeof *map);
+    ckpt_sd_left_out *out = ckpt__arena_alloc(ar, (n + 1) * sizeof *out);
+    if (!from || !from_i || !used || !map || !out ||
+        !ckpt__strmap_init(ar, &entries, sd->n_entries) ||
+        !ckpt__strmap_init(ar, &model, m->sd.n_entries))
+        return ckpt__arena_error(ar, err);
+    memset(used, 0, (n + 1) * sizeof *used);
+    for (size_t i = 0; i < sd->n_entries; i++)
+        ckpt__strmap_add(&entries, sd->entries[i].key, i);
+    for (size_t i = 0; i < m->sd.n_entries; i++)
+        ckpt__strmap_add(&model, m->sd.entries[i].key, i);
+    for (size_t i = 0; i < n; i++) { /* string keys only: ckpt__sd_build made sd from d */
+        const char *fk = d->u.dict.keys[i]->u.str.data;
+        bool under = plen && ckpt__starts_with(fk, sd->prefix);
+        size_t j = ckpt__strmap_get(&entries, under ? fk + plen : fk);
+        if (j != SIZE_MAX) {
+            from[j] = fk;
+            from_i[j] = i;
+        }
+    }
+    size_t nm = 0, nl = 0;
+    for (size_t i = 0; i < m->sd.n_entries; i++) {
+        size_t j = ckpt__strmap_get(&entries, m->sd.entries[i].key);
+        if (j == SIZE_MAX || !sd->entries[j].is_tensor)
+            continue;
+        map[nm].model_key = m->sd.entries[i].key;
+        map[nm++].file_key = from[j];
+        used[from_i[j]] = true;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (used[i])
+            continue;
+        const char *fk = d->u.dict.keys[i]->u.str.data;
+        bool under = !plen || ckpt__starts_with(fk, sd->prefix);
+        const char *key = under && plen ? fk + plen : fk;
+        size_t j = ckpt__strmap_get(&entries, key);
+        const char *why;
+        if (!under)
+            why = "outside_prefix";
+        else if (j != SIZE_MAX && from_i[j] != i)
+            why = "repeated";
+        else if (ckpt__strmap_get(&model, key) == SIZE_MAX)
+            why = "not_in_model";
+        else
+            why = "not_a_tensor";
+        out[nl].file_key = fk;
+        out[nl++].why = why;
+    }
+    r->key_map = map;
+    r->n_key_map = nm;
+    r->left_out = out;
+    r->n_left_out = nl;
+    return CKPT_OK;
+}
+
+/* The template's state dict: found and unwrapped like a checkpoint's, minus the model. */
+static int template_model(ckpt__check_priv *p, const ckpt_sd_check_options *opt,
+                          ckpt_sd_model **out, ckpt_error *err)
+{
+    check_ctx c = {0};
+    c.ar = p->ar;
+    c.err = err;
+    c.opt = opt;
+    const ckpt_value *root = ckpt_root(opt->against), *d = NULL;
+    int rc;
+    if (opt->against_key) {
+        size_t depth;
+        if ((rc = resolve_key(&c, root, opt->against_key, &d, &depth)))
+            return rc;
+        if (d->type != CKPT_T_DICT)
+            return CKPT_FAIL(err, CKPT_EINVAL, "template: '%s' is a %s, not a dict",
+                             opt->against_key, ckpt_type_name(d->type));
+    } else {
+        if ((rc = walk(&c, root, 0)))
+            return rc;
+        if (c.n_cands == 0)
+            return CKPT_FAIL(err, CKPT_ENOTFOUND, "template: no dict of tensors in the file");
+        for (size_t i = 0; i < c.n_cands; i++)
+            c.cands[i]->recognised = true;
+        qsort(c.cands, c.n_cands, sizeof *c.cands, cand_cmp);
+        d = c.cands[0]->pub.dict;
+    }
+    ckpt_sd *t;
+    if ((rc = ckpt__sd_build(p->ar, d, "", &t, err)))
+        return rc;
+    const char *wrap = common_wrapper(p->ar, t, false);
+    if (!wrap)
+        return ckpt__arena_error(p->ar, err);
+    if (wrap[0] && (rc = ckpt__sd_build(p->ar, d, wrap, &t, err)))
+        return rc;
+    return ckpt__model_from_template(p->ar, t, NULL, out, err);
+}
+
+int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_sd_report **out,
+                  ckpt_error *err)
+{
+    *out = NULL;
+    ckpt_sd_check_options opt = {0};
+    if (opt_in)
+        opt = *opt_in;
+    bool auto_arch = !opt.arch || !strcmp(opt.arch, "auto");
+    const ckpt_arch *named = auto_arch ? NULL : ckpt_arch_by_name(opt.arch);
+    if (!auto_arch && !named)
+        return CKPT_FAIL(err, CKPT_EINVAL, "unknown architecture '%s'", opt.arch);
+    if (opt.num_classes < 0 || opt.num_classes > SD_MAX_CLASSES)
+        return CKPT_FAIL(err, CKPT_EINVAL, "class count %lld is out of range",
+                         (long long)opt.num_classes);
+    if (opt.against && named)
+        return CKPT_FAIL(err, CKPT_EINVAL,
+                         "a template and a named architecture exclude each other");
+    const ckpt_value *root = ckpt_root(f);
+    if (!root)
+        return CKPT_FAIL(err, CKPT_EINVAL, "the file has no content");
+
+    ckpt__arena *ar = ckpt__sd_arena();
+    if (!ar)
+        return CKPT_NOMEM(err);
+    ckpt__check_priv *p = ckpt__arena_alloc(ar, sizeof *p);
+    ckpt_sd_report *r = ckpt__arena_alloc(ar, sizeof *r);
+    if (!p || !r) {
+        ckpt__arena_free(ar);
+        return CKPT_NOMEM(err);
+    }
+    p->ar = ar;
+    r->internal = p;
+    /* one model per known architecture, or the template's slot */
+    ckpt_sd_model **scratch = ckpt__arena_alloc(ar, (ckpt_arch_count() + 1) * sizeof *scratch);
+    size_t n_scratch = 0;
+    int rc = CKPT_OK;
+    if (!scratch) {
+        ckpt__arena_free(ar);
+        return CKPT_NOMEM(err);
+    }
+    check_ctx c = {0};
+    c.ar = ar;
+    c.err = err;
+    c.opt = &opt;
+    const char *strip = NULL;
+    if (opt.strip_prefix) {
+        size_t n = strlen(opt.strip_prefix);
+        if (n && opt.strip_prefix[n - 1] != '.')
+            strip = ckpt__arena_printf(ar, "%s.", opt.strip_prefix);
+        else
+            strip = ckpt__arena_strdup(ar, opt.strip_prefix);
+        if (!strip) {
+            rc = ckpt__arena_error(ar, err);
+            goto fail;
+        }
+    }
+
+    /* candidates */
+    if ((rc = walk(&c, root, 0)))
+        goto fail;
+    ckpt__cand *chosen = NULL;
+    if (opt.key) { /* "" is the root itself */
+        const ckpt_value *d;
+        size_t depth;
+        if ((rc = resolve_key(&c, root, opt.key, &d, &depth)))
+            goto fail;
+        if (d->type != CKPT_T_DICT) {
+            rc = CKPT_FAIL(err, CKPT_EINVAL, "'%s' is a %s, not a dict of tensors", opt.key,
+                           ckpt_type_name(d->type));
+            goto fail;
+        }
+        for (size_t i = 0; i < c.n_cands && !chosen; i++)
+            if (c.cands[i]->pub.dict == d)
+                chosen = c.cands[i];
+        if (!chosen) {
+            size_t nt = 0;
+            for (size_t i = 0; i < d->u.dict.len; i++)
+                nt += d->u.dict.vals[i]->type == CKPT_T_TENSOR;
+            if ((rc = add_candidate(&c, d, depth, nt)))
+                goto fail;
+            chosen = c.cands[c.n_cands - 1];
+        }
+        if (!chosen->strings) {
+            rc = CKPT_FAIL(err, CKPT_EUNSUPPORTED, "'%s' has keys that are not strings", opt.key);
+            goto fail;
+        }
+    }
+    if (c.n_cands == 0) {
+        const ckpt_value *cls = root->type == CKPT_T_OBJECT ? root->u.obj.callable : NULL;
+        if (cls && cls->type == CKPT_T_GLOBAL)
+            rc = CKPT_FAIL(err, CKPT_ENOTFOUND,
+                           "the file is a whole pickled '%s.%s' object, not a state dict: "
+                           "only Python with that class can load it (save its state_dict() "
+                           "instead)", cls->u.global.module, cls->u.global.name);
+        else
+            rc = CKPT_FAIL(err, CKPT_ENOTFOUND, "no dict of tensors in the file: nothing to check");
+        goto fail;
+    }
+
+    /* the models a candidate is fitted to */
+    ckpt_sd_model *tmodel = NULL;
+    bool any_head = false;
+    if (opt.against) {
+        if ((rc = template_model(p, &opt, &tmodel, err)))
+            goto fail;
+        scratch[n_scratch++] = NULL; /* keeps indexes uniform: slot 0 is the template */
+    } else if (named) {
+        int64_t nc = opt.num_classes ? opt.num_classes : SD_DEFAULT_CLASSES;
+        if ((rc = ckpt_arch_model(named, nc, &scratch[n_scratch], err)))
+            goto fail;
+        n_scratch++;
+    } else {
+        any_head = opt.num_classes == 0;
+        for (size_t i = 0; i < ckpt_arch_count(); i++) {
+            int64_t nc = opt.num_classes ? opt.num_classes : SD_DEFAULT_CLASSES;
+            if ((rc = ckpt_arch_model(ckpt_arch_at(i), nc, &scratch[n_scratch], err)))
+                goto fail;
+            n_scratch++;
+        }
+    }
+    for (size_t ci = 0; ci < c.n_cands; ci++) {
+        ckpt__cand *k = c.cands[ci];
+        if (!k->strings)
+            continue;
+        const char *prefixes[SD_MAX_PREFIXES];
+        size_t np = strip ? 1 : gather_prefixes(ar, k, prefixes);
+        if (strip)
+            prefixes[0] = strip;
+        bool have = false;
+        for (size_t pi = 0; pi < np; pi++) {
+            for (size_t mi = 0; mi < n_scratch; mi++) {
+                const ckpt_sd_model *m = tmodel ? tmodel : scratch[mi];
+                fit ft = fit_model(k, prefixes[pi], m, any_head);
+                if (!have || ft.quality > k->quality) {
+                    have = true;
+                    k->quality = ft.quality;
+                    k->names = ft.names;
+                    k->pub.prefix = prefixes[pi];
+                    k->pub.arch = m->arch;
+                    k->pub.matched = ft.shapes;
+                    k->pub.expected = m->sd.n_entries;
+                }
+            }
+        }
+        k->recognised = opt.against || named ||
+                        (2 * k->names >= k->pub.expected && 2 * k->names >= k->pub.n_tensors);
+        if (!k->recognised)
+            k->pub.arch = NULL;
+    }
+    qsort(c.cands, c.n_cands, sizeof *c.cands, cand_cmp);
+    if (!chosen)
+        chosen = c.cands[0];
+
+    /* publish the candidates, best first */
+    r->candidates = ckpt__arena_alloc(ar, c.n_cands * sizeof *r->candidates);
+    if (!r->candidates) {
+        rc = ckpt__arena_error(ar, err);
+        goto fail;
+    }
+    r->n_candidates = c.n_cands;
+    for (size_t i = 0; i < c.n_cands; i++) {
+        r->candidates[i] = c.cands[i]->pub;
+        if (c.cands[i] == chosen)
+            r->chosen = &r->candidates[i];
+    }
+
+    /* the model and the unwrapped dict */
+    const char *prefix = chosen->pub.prefix;
+    ckpt_sd *sd;
+    if (!chosen->recognised && !strip) {
+        if ((rc = ckpt__sd_build(ar, chosen->pub.dict, "", &sd, err)))
+            goto fail;
+        if (!(prefix = common_wrapper(ar, sd, true))) {
+            rc = ckpt__arena_error(ar, err);
+            goto fail;
+        }
+    }
+    if ((rc = ckpt__sd_build(ar, chosen->pub.dict, prefix, &sd, err)))
+        goto fail;
+    r->sd = sd;
+    r->prefix = sd->prefix;
+    if (tmodel) {
+        r->model = tmodel;
+    } else if (chosen->recognised) {
+        const ckpt_arch *a = named ? named : chosen->pub.arch;
+        int64_t nc = opt.num_classes ? opt.num_classes
+                                     : named ? SD_DEFAULT_CLASSES : head_classes(chosen, prefix, a);
+        if ((rc = ckpt_arch_model(a, nc, &p->owned_model, err)))
+            goto fail;
+        r->model = p->owned_model;
+        r->arch = a;
+        r->num_classes = nc;
+    }
+    if (r->model) {
+        ckpt_sd_verdict *v;
+        if ((rc = ckpt__judge(ar, r->model, sd, &v, err)))
+            goto fail;
+        r->verdict = v;
+        if ((rc = key_map(ar, r, chosen->pub.dict, err)))
+            goto fail;
+        if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
+            ckpt_sd *whole;
+            ckpt_error ignored;
+            /* a root with non-string keys is no state dict at all: skip the comparison */
+            if (ckpt__sd_build(ar, root, "", &whole, &ignored) == CKPT_OK) {
+                if ((rc = ckpt__judge(ar, r->model, whole, &v, err)))
+                    goto fail;
+                r->whole_file = v;
+            }
+        }
+    }
+    for (size_t i = 0; i < sd->n_entries; i++) {
+        const ckpt_sd_entry *e = &sd->entries[i];
+        if (!e->is_tensor)
+            continue;
+        r->n_tensors++;
+        if (!ckpt__is_bn_buffer(e->key)) {
+            int64_t n = ckpt__sd_numel(e);
+            if (ckpt__add_overflow(r->n_parameters, n, &r->n_parameters))
+                r->n_parameters = INT64_MAX;
+        }
+    }
+    /* what the words need later (ckpt_sd_explain) */
+    p->chosen = chosen;
+    p->root = root;
+    p->file = f;
+    p->has_float = c.has_float;
+    p->opt = opt;
+    if (opt.explain && (rc = ckpt_sd_explain(r, err)))
+        goto fail;
+    for (size_t i = 0; i < n_scratch; i++)
+        ckpt_sd_model_free(scratch[i]);
+    *out = r;
+    return CKPT_OK;
+
+fail:
+    for (size_t i = 0; i < n_scratch; i++)
+        ckpt_sd_model_free(scratch[i]);
+    ckpt_sd_model_free(p->owned_model);
+    ckpt__arena_free(ar);
+    return rc;
+}
+
+void ckpt_sd_report_free(ckpt_sd_report *c)
+{
+    if (!c)
+        return;
+    ckpt__check_priv *p = c->internal;
+    ckpt_sd_model_free(p->owned_model);
+    ckpt__arena_free(p->ar);
+}

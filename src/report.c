@@ -1,0 +1,537 @@
+/*
+ * report.c - the words of ckpt_sd_check for people: warnings (each with a stable code) and the
+ * lines of Python that load the file. Built only when the caller asks for them.
+ */
+#include "sd_int.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define SD_MAX_LISTED 8            /* names quoted in one warning */
+#define SD_MAX_SCAN_READ (64u << 20) /* bytes of one tensor read to test its values */
+
+/* ---- ckpt check ------------------------------------------------------------------------- */
+
+static int warn(ckpt__check_priv *p, ckpt_error *err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int warn(ckpt__check_priv *p, ckpt_error *err, const char *code, const char *fmt, ...)
+{
+    ckpt_sd_warning *w = ckpt__arena_alloc(p->ar, sizeof *w);
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (!w || !(w->message = ckpt__arena_strdup(p->ar, tmp)) ||
+        !ckpt__vec_push(p->ar, &p->warnings, w))
+        return ckpt__arena_error(p->ar, err);
+    w->code = code;
+    return CKPT_OK;
+}
+
+/* 'a', 'b', 'c' and 4 more */
+static void sb_names(ckpt__strbuf *b, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n && i < SD_MAX_LISTED; i++) {
+        if (i)
+            ckpt__sb_add(b, ", ");
+        ckpt__sb_printf(b, "'%s'", names[i]);
+    }
+    if (n > SD_MAX_LISTED)
+        ckpt__sb_printf(b, " and %zu more", n - SD_MAX_LISTED);
+}
+
+/* "DataParallel / DistributedDataParallel, then torch.compile" */
+static const char *wrapper_story(ckpt__arena *ar, const char *prefix)
+{
+    ckpt__strbuf b = {0};
+    const char *p = prefix;
+    while (*p) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        const char *what = ckpt__sd_wrapper_what(p, n);
+        if (b.len)
+            ckpt__sb_add(&b, ", then ");
+        ckpt__sb_add(&b, what ? what : "a wrapper module");
+        p += n;
+        if (*p == '.')
+            p++;
+    }
+    return ckpt__sb_finish(&b, ar);
+}
+
+/* Python's expression for the chosen dict: ckpt['model'], ckpt['optimizer_states'][0]. */
+static void sb_pypath(ckpt__strbuf *b, const ckpt__cand *k)
+{
+    ckpt__sb_add(b, "ckpt");
+    for (size_t i = 0; i < k->pub.path_len; i++) {
+        if (k->is_index[i]) {
+            ckpt__sb_printf(b, "[%s]", k->pub.path[i]);
+        } else {
+            ckpt__sb_add(b, "[");
+            ckpt__sb_pystr(b, k->pub.path[i]);
+            ckpt__sb_add(b, "]");
+        }
+    }
+}
+
+typedef struct value_scan {
+    int64_t nan_tensors, inf_tensors;
+    const char *nan_first, *inf_first;
+    size_t bn_layers, bn_at_init;
+} value_scan;
+
+/* NaN/Inf in one tensor: the storage is scanned first (once per storage and dtype: a hash of
+ * them); only a storage that holds some is looked at through the tensor's view, and only when
+ * the view is no larger than the storage (a broadcast view is judged by its storage). */
+typedef struct storage_memo {
+    const ckpt_storage *s;
+    ckpt_dtype dt;
+    int64_t nan, inf;
+} storage_memo;
+
+typedef struct memo_table {
+    storage_memo *slots;
+    size_t cap; /* power of two */
+} memo_table;
+
+static storage_memo *memo_slot(memo_table *t, const ckpt_storage *s, ckpt_dtype dt, bool *fresh)
+{
+    uint64_t h = ((uint64_t)(uintptr_t)s * 0x9e3779b97f4a7c15ull) ^ (uint64_t)dt;
+    for (size_t i = (size_t)(h >> 17) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+        storage_memo *m = &t->slots[i];
+        if (!m->s) {
+            m->s = s;
+            m->dt = dt;
+            *fresh = true;
+            return m;
+        }
+        if (m->s == s && m->dt == dt) {
+            *fresh = false;
+            return m;
+        }
+    }
+}
+
+static int scan_nonfinite(const ckpt_tensor *t, memo_table *memo, int64_t *nan, int64_t *inf,
+                          ckpt_error *err)
+{
+    *nan = *inf = 0;
+    ckpt_dtype part;
+    if (!ckpt__dtype_components(t->dtype, &part) || !ckpt__dtype_is_floating(part) ||
+        t->numel == 0 || !t->storage)
+        return CKPT_OK;
+    size_t es = ckpt_dtype_size(t->dtype);
+    uint64_t storage_elems = t->storage->nbytes / es;
+    bool fresh;
+    storage_memo *m = memo_slot(memo, t->storage, t->dtype, &fresh);
+    if (fresh) {
+        const uint8_t *data;
+        int rc = ckpt__storage_bytes(t->storage, &data, err);
+        if (rc)
+            return rc;
+        ckpt__count_nonfinite(t->dtype, data, (size_t)storage_elems, &m->nan, &m->inf);
+    }
+    if (m->nan == 0 && m->inf == 0)
+        return CKPT_OK;
+    if ((uint64_t)t->numel > storage_elems) {
+        *nan = m->nan;
+        *inf = m->inf;
+        return CKPT_OK;
+    }
+    size_t nb;
+    uint8_t *buf = ckpt__tensor_copy(t, &nb, err);
+    if (!buf)
+        return err ? err->status : CKPT_ENOMEM;
+    ckpt__count_nonfinite(t->dtype, buf, (size_t)t->numel, nan, inf);
+    free(buf);
+    return CKPT_OK;
+}
+
+/* Every element of t equals x (false for a tensor too large to be BatchNorm statistics). */
+static int all_equal(const ckpt_tensor *t, double x, bool *out, ckpt_error *err)
+{
+    ckpt_dtype part;
+    *out = false;
+    if (ckpt__dtype_components(t->dtype, &part) != 1 ||
+        (uint64_t)t->numel > SD_MAX_SCAN_READ / ckpt_dtype_size(t->dtype))
+        return CKPT_OK;
+    size_t nb;
+    uint8_t *buf = ckpt__tensor_copy(t, &nb, err);
+    if (!buf)
+        return err ? err->status : CKPT_ENOMEM;
+    size_t es = ckpt_dtype_size(t->dtype);
+    bool all = true;
+    for (int64_t i = 0; i < t->numel && all; i++)
+        all = ckpt__elem_double(t->dtype, buf + (size_t)i * es) == x;
+    free(buf);
+    *out = all;
+    return CKPT_OK;
+}
+
+static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_model *m,
+                       value_scan *vs, ckpt_error *err)
+{
+    memset(vs, 0, sizeof *vs);
+    memo_table memo = {NULL, 16};
+    while (memo.cap < 2 * sd->n_entries + 1)
+        memo.cap *= 2;
+    memo.slots = ckpt__arena_alloc(p->ar, memo.cap * sizeof *memo.slots);
+    if (!memo.slots)
+        return ckpt__arena_error(p->ar, err);
+    for (size_t i = 0; i < sd->n_entries; i++) {
+        const ckpt_sd_entry *e = &sd->entries[i];
+        if (!e->is_tensor)
+            continue;
+        int64_t nan, inf;
+        int rc = scan_nonfinite(e->value->u.tensor, &memo, &nan, &inf, err);
+        if (rc)
+            return rc;
+        if (nan && !vs->nan_tensors++)
+            vs->nan_first = e->key;
+        if (inf && !vs->inf_tensors++)
+            vs->inf_first = e->key;
+    }
+    /* BatchNorm statistics straight from the constructor: mean 0 and variance 1 */
+    ckpt__strmap keys;
+    if (!ckpt__strmap_init(p->ar, &keys, sd->n_entries))
+        return ckpt__arena_error(p->ar, err);
+    for (size_t i = 0; i < sd->n_entries; i++)
+        ckpt__strmap_add(&keys, sd->entries[i].key, i);
+    for (size_t mi = 0; m && mi < m->n_modules; mi++) {
+        const ckpt_sd_module *mod = &m->modules[mi];
+        if (!mod->batchnorm)
+            continue;
+        const char *sm = mod->path[0] ? ".running_mean" : "running_mean";
+        const char *sv = mod->path[0] ? ".running_var" : "running_var";
+        size_t jm = ckpt__strmap_get2(&keys, mod->path, strlen(mod->path), sm, strlen(sm));
+        size_t jv = ckpt__strmap_get2(&keys, mod->path, strlen(mod->path), sv, strlen(sv));
+        if (jm == SIZE_MAX || jv == SIZE_MAX || !sd->entries[jm].is_tensor ||
+            !sd->entries[jv].is_tensor)
+            continue;
+        vs->bn_layers++;
+        bool zero = false, one = false;
+        int rc = all_equal(sd->entries[jm].value->u.tensor, 0.0, &zero, err);
+        if (!rc)
+            rc = all_equal(sd->entries[jv].value->u.tensor, 1.0, &one, err);
+        if (rc)
+            return rc;
+        vs->bn_at_init += zero && one;
+    }
+    return CKPT_OK;
+}
+
+static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
+                   const ckpt_value *root, const ckpt_sd_check_options *opt, const ckpt_file *f,
+                   bool has_float, ckpt_error *err)
+{
+    ckpt__arena *ar = p->ar;
+    const ckpt_sd *sd = r->sd;
+    const ckpt_sd_verdict *v = r->verdict;
+    int rc = CKPT_OK;
+    ckpt__strbuf b = {0};
+
+    if (k->pub.path_len > 0 && root->type == CKPT_T_DICT) {
+        const char **sib = ckpt__arena_alloc(ar, (root->u.dict.len + 1) * sizeof *sib);
+        if (!sib)
+            return ckpt__arena_error(ar, err);
+        size_t ns = 0;
+        for (size_t i = 0; i < root->u.dict.len; i++) {
+            const ckpt_value *key = root->u.dict.keys[i];
+            if (key->type == CKPT_T_STR && strcmp(key->u.str.data, k->pub.path[0]) != 0)
+                sib[ns++] = key->u.str.data;
+        }
+        ckpt__sb_printf(&b, "a training checkpoint: the weights are under '%s' (%zu tensors)",
+                        k->pub.path_str, k->pub.n_tensors);
+        if (ns) {
+            ckpt__sb_add(&b, ", next to ");
+            sb_names(&b, sib, ns);
+        }
+        ckpt__sb_add(&b, "; load that entry, not the whole file");
+        const char *msg = ckpt__sb_finish(&b, ar);
+        if (!msg || (rc = warn(p, err, "training_checkpoint", "%s", msg)))
+            return msg ? rc : ckpt__arena_error(ar, err);
+    }
+    if (r->whole_file && r->model) {
+        const ckpt_sd_verdict *w = r->whole_file;
+        size_t n = r->model->sd.n_entries;
+        rc = CKPT_OK;
+        if (w->n_loaded == 0)
+            rc = warn(p, err, "strict_false",
+                      "model.load_state_dict(<the whole file>, strict=False) would match none of "
+                      "the %zu keys and leave every weight at its random initialisation: outputs "
+                      "would then change from run to run",
+                      n);
+        else if (w->n_loaded + w->n_filled < n)
+            rc = warn(p, err, "strict_false",
+                      "model.load_state_dict(<the whole file>, strict=False) would match only "
+                      "%zu of the %zu keys and leave the rest at their random initialisation",
+                      w->n_loaded, n);
+        if (rc)
+            return rc;
+    }
+    if (sd->prefix[0]) {
+        const char *story = wrapper_story(ar, sd->prefix);
+        if (!story || (rc = warn(p, err, "prefix_stripped",
+                                 "the keys carry the prefix '%s' (added by %s); ckpt stripped it",
+                                 sd->prefix, story)))
+            return story ? rc : ckpt__arena_error(ar, err);
+    }
+    if (r->arch) {
+        const char *head = ckpt_arch_head(r->arch, false);
+        const ckpt_sd_entry *fc = NULL;
+        for (size_t i = 0; i < sd->n_entries && !fc; i++)
+            if (!strcmp(sd->entries[i].key, head) && sd->entries[i].is_tensor)
+                fc = &sd->entries[i];
+        bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
+        ckpt__sb_printf(&b, "%s torchvision.models.%s(num_classes=%lld)",
+                        auto_arch ? "recognised as" : "checked against", ckpt_arch_name(r->arch),
+                        (long long)r->num_classes);
+        if (fc) {
+            ckpt__sb_printf(&b, "; %s is ", head);
+            ckpt__sb_dims(&b, fc->ndim, fc->shape);
+        }
+        const char *msg = ckpt__sb_finish(&b, ar);
+        if (!msg || (rc = warn(p, err, "arch", "%s", msg)))
+            return msg ? rc : ckpt__arena_error(ar, err);
+        if (fc && fc->ndim == 2 && fc->shape[0] != r->num_classes &&
+            (rc = warn(p, err, "head",
+                       "the checkpoint's head has %lld classes: build the model with "
+                       "%s(num_classes=%lld)",
+                       (long long)fc->shape[0], ckpt_arch_name(r->arch), (long long)fc->shape[0])))
+            return rc;
+    } else if (!r->model) {
+        if ((rc = warn(p, err, "arch_unknown",
+                       "the keys match none of the %zu known architectures; check against "
+                       "the model's own state_dict()",
+                       ckpt_arch_count())))
+            return rc;
+    }
+    /* other candidates */
+    if (r->n_candidates > 1) {
+        const char **names = ckpt__arena_alloc(ar, r->n_candidates * sizeof *names);
+        if (!names)
+            return ckpt__arena_error(ar, err);
+        size_t n = 0;
+        for (size_t i = 0; i < r->n_candidates; i++)
+            if (&r->candidates[i] != r->chosen)
+                names[n++] = r->candidates[i].path_str[0] ? r->candidates[i].path_str : "<root>";
+        ckpt__sb_add(&b, "other dicts of tensors in the file: ");
+        sb_names(&b, names, n);
+        const char *msg = ckpt__sb_finish(&b, ar);
+        if (!msg || (rc = warn(p, err, "other_candidates", "%s", msg)))
+            return msg ? rc : ckpt__arena_error(ar, err);
+    }
+    if (v && r->model) {
+        /* num_batches_tracked: missing and reported, or missing and filled in */
+        size_t nbt_missing = 0;
+        for (size_t i = 0; i < v->n_missing; i++)
+            nbt_missing += !strcmp(ckpt__leaf_name(v->missing[i]), "num_batches_tracked");
+        if (nbt_missing &&
+            (rc = warn(p, err, "num_batches_tracked",
+                       "%zu BatchNorm num_batches_tracked entries are missing and the dict's "
+                       "_metadata gives BatchNorm version 2, so PyTorch reports them (a dict "
+                       "without _metadata would load: BatchNorm fills them with 0)",
+                       nbt_missing)))
+            return rc;
+        if (v->n_filled &&
+            (rc = warn(p, err, "num_batches_tracked_filled",
+                       "%zu num_batches_tracked entries are missing; load_state_dict fills "
+                       "them with 0 because the dict %s",
+                       v->n_filled, sd->has_metadata ? "records an old BatchNorm version"
+                                                     : "has no _metadata")))
+            return rc;
+        for (size_t i = 0; i < v->n_mismatch; i++) {
+            const ckpt_sd_entry *c = v->mismatch[i].checkpoint, *e = v->mismatch[i].model;
+            if (c->ndim != e->ndim || c->ndim < 2 || c->ndim > CKPT_MAX_DIMS)
+                continue;
+            /* same sizes in another order: saved transposed or permuted */
+            int64_t a[CKPT_MAX_DIMS], bb[CKPT_MAX_DIMS];
+            memcpy(a, c->shape, (size_t)c->ndim * sizeof *a);
+            memcpy(bb, e->shape, (size_t)e->ndim * sizeof *bb);
+            bool perm = true;
+            for (int x = 0; x < c->ndim && perm; x++) {
+                bool found = false;
+                for (int y = 0; y < e->ndim && !found; y++)
+                    if (bb[y] == a[x] && bb[y] >= 0) {
+                        bb[y] = -1;
+                        found = true;
+                    }
+                perm = found;
+            }
+            if (perm) {
+                ckpt__sb_printf(&b, "'%s' has the model's sizes in another order (",
+                                v->mismatch[i].key);
+                ckpt__sb_dims(&b, c->ndim, c->shape);
+                ckpt__sb_add(&b, " instead of ");
+                ckpt__sb_dims(&b, e->ndim, e->shape);
+                ckpt__sb_add(&b, "): was it saved transposed?");
+                const char *msg = ckpt__sb_finish(&b, ar);
+                if (!msg || (rc = warn(p, err, "transposed", "%s", msg)))
+                    return msg ? rc : ckpt__arena_error(ar, err);
+            }
+        }
+    }
+    /* values that are not tensors */
+    {
+        const char **names = ckpt__arena_alloc(ar, (sd->n_entries + 1) * sizeof *names);
+        if (!names)
+            return ckpt__arena_error(ar, err);
+        size_t n = 0;
+        for (size_t i = 0; i < sd->n_entries; i++)
+            if (!sd->entries[i].is_tensor)
+                names[n++] = sd->entries[i].key;
+        if (n) {
+            ckpt__sb_printf(&b, "%zu value%s of the state dict %s not tensors: ", n,
+                            n == 1 ? "" : "s", n == 1 ? "is" : "are");
+            sb_names(&b, names, n);
+            const char *msg = ckpt__sb_finish(&b, ar);
+            if (!msg || (rc = warn(p, err, "not_tensor", "%s", msg)))
+                return msg ? rc : ckpt__arena_error(ar, err);
+        }
+    }
+    /* dtypes */
+    {
+        size_t counts[CKPT_DT_COUNT] = {0};
+        size_t kinds = 0;
+        for (size_t i = 0; i < sd->n_entries; i++) {
+            const ckpt_sd_entry *e = &sd->entries[i];
+            if (!e->is_tensor || !strcmp(ckpt__leaf_name(e->key), "num_batches_tracked") ||
+                (unsigned)e->dtype >= CKPT_DT_COUNT)
+                continue;
+            if (!counts[e->dtype]++)
+                kinds++;
+        }
+        if (kinds > 1) {
+            ckpt__sb_add(&b, "mixed dtypes: ");
+            bool first = true;
+            for (int dt = 0; dt < CKPT_DT_COUNT; dt++)
+                if (counts[dt]) {
+                    ckpt__sb_printf(&b, "%s%s (%zu tensors)", first ? "" : ", ",
+                                    ckpt_dtype_name((ckpt_dtype)dt), counts[dt]);
+                    first = false;
+                }
+            const char *msg = ckpt__sb_finish(&b, ar);
+            if (!msg || (rc = warn(p, err, "dtype_mixed", "%s", msg)))
+                return msg ? rc : ckpt__arena_error(ar, err);
+        }
+        for (int dt = 0; dt < CKPT_DT_COUNT; dt++) {
+            if (!counts[dt] || dt == CKPT_DT_FLOAT32)
+                continue;
+            const char *name = ckpt_dtype_name((ckpt_dtype)dt);
+            if (dt == CKPT_DT_FLOAT16 || dt == CKPT_DT_BFLOAT16 || dt == CKPT_DT_FLOAT64)
+                rc = warn(p, err, "dtype", "%zu tensors are %s: load_state_dict converts them to "
+                          "the model's dtype (float32 unless the model was converted)",
+                          counts[dt], name);
+            else
+                rc = warn(p, err, "dtype_unusual",
+                          "%zu tensors are %s, unusual for weights", counts[dt], name);
+            if (rc)
+                return rc;
+        }
+    }
+    if (opt->scan_values) {
+        value_scan vs;
+        if ((rc = scan_values(p, sd, r->model, &vs, err)))
+            return rc;
+        if (vs.nan_tensors &&
+            (rc = warn(p, err, "nan", "%lld tensor%s hold NaN values (first: '%s')",
+                       (long long)vs.nan_tensors, vs.nan_tensors == 1 ? "" : "s", vs.nan_first)))
+            return rc;
+        if (vs.inf_tensors &&
+            (rc = warn(p, err, "inf", "%lld tensor%s hold infinite values (first: '%s')",
+                       (long long)vs.inf_tensors, vs.inf_tensors == 1 ? "" : "s", vs.inf_first)))
+            return rc;
+        if (vs.bn_layers && vs.bn_at_init == vs.bn_layers &&
+            (rc = warn(p, err, "bn_init",
+                       "BatchNorm statistics are at their initial values in all %zu layers "
+                       "(running_mean 0, running_var 1): the model was never trained, or its "
+                       "running statistics were not saved",
+                       vs.bn_layers)))
+            return rc;
+    }
+
+    /* the Python that loads it */
+    bool trusted = true;
+    const ckpt_global_ref *g;
+    size_t ng = ckpt_globals(f, &g);
+    for (size_t i = 0; i < ng; i++)
+        trusted &= g[i].kind == CKPT_GLOBAL_WEIGHTS;
+    const char *fname = opt->file_name ? opt->file_name : "checkpoint.pth";
+    ckpt__sb_add(&b, "import torch\n");
+    if (r->arch)
+        ckpt__sb_add(&b, "import torchvision\n");
+    if (ckpt_file_format(f) == CKPT_FORMAT_SAFETENSORS) {
+        ckpt__sb_add(&b, "from safetensors.torch import load_file\nsd = load_file(");
+        ckpt__sb_pystr(&b, fname);
+        ckpt__sb_add(&b, ")\n");
+    } else {
+        ckpt__sb_add(&b, "ckpt = torch.load(");
+        ckpt__sb_pystr(&b, fname);
+        ckpt__sb_printf(&b, ", map_location='cpu', weights_only=%s)", trusted ? "True" : "False");
+        if (!trusted)
+            ckpt__sb_add(&b, "  # it pickles more than tensors: only for files you trust");
+        else if (has_float)
+            ckpt__sb_add(&b, "  # torch >= 2.0 (1.13's weights_only refuses Python floats)");
+        ckpt__sb_add(&b, "\nsd = ");
+        sb_pypath(&b, k);
+        ckpt__sb_add(&b, "\n");
+    }
+    if (sd->prefix[0]) {
+        ckpt__sb_add(&b, "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, ");
+        ckpt__sb_pystr(&b, sd->prefix);
+        ckpt__sb_add(&b, ")\n");
+    }
+    /* a head of another size: the lines build the model the file fits */
+    int64_t nc = r->num_classes;
+    size_t problems = v ? v->n_missing + v->n_unexpected + v->n_errors : 0;
+    if (r->arch && v) {
+        for (size_t i = 0; i < v->n_mismatch; i++) {
+            const ckpt_sd_mismatch *mm = &v->mismatch[i];
+            bool fcw = !strcmp(mm->key, ckpt_arch_head(r->arch, false)) &&
+                       mm->checkpoint->ndim == 2 &&
+                       mm->checkpoint->shape[1] == ckpt_arch_features(r->arch);
+            bool fcb = !strcmp(mm->key, ckpt_arch_head(r->arch, true)) &&
+                       mm->checkpoint->ndim == 1;
+            if (fcw || fcb) {
+                nc = mm->checkpoint->shape[0];
+                problems--;
+            }
+        }
+    }
+    if (r->arch)
+        ckpt__sb_printf(&b, "model = torchvision.models.%s(num_classes=%lld)\n",
+                        ckpt_arch_name(r->arch), (long long)nc);
+    else
+        ckpt__sb_add(&b, "model = MyModel()  # your model class\n");
+    ckpt__sb_add(&b, "model.load_state_dict(sd, strict=True)");
+    if (problems)
+        ckpt__sb_printf(&b,
+                        "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",
+                        v->n_missing, v->n_unexpected, v->n_errors);
+    ckpt__sb_add(&b, "\nmodel.eval()\n");
+    r->python = ckpt__sb_finish(&b, ar);
+    return r->python ? CKPT_OK : ckpt__arena_error(ar, err);
+}
+
+int ckpt_sd_explain(ckpt_sd_report *r, ckpt_error *err)
+{
+    if (!r)
+        return CKPT_FAIL(err, CKPT_EINVAL, "no report given");
+    ckpt__check_priv *p = r->internal;
+    if (p->explained)
+        return CKPT_OK;
+    p->warnings.len = 0;
+    int rc = explain(p, r, p->chosen, p->root, &p->opt, p->file, p->has_float, err);
+    if (rc)
+        return rc;
+    r->warnings = ckpt__arena_alloc(p->ar, (p->warnings.len + 1) * sizeof *r->warnings);
+    if (!r->warnings)
+        return ckpt__arena_error(p->ar, err);
+    for (size_t i = 0; i < p->warnings.len; i++)
+        r->warnings[i] = *(ckpt_sd_warning *)p->warnings.items[i];
+    r->n_warnings = p->warnings.len;
+    p->explained = true;
+    return CKPT_OK;
+}

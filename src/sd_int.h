@@ -1,0 +1,52 @@
+/*
+ * sd_int.h - what the state-dict modules share: sd.c (views, templates), locate.c (finding),
+ * judge.c (PyTorch's rules), report.c (words) and diff.c. Internal.
+ */
+#ifndef CKPT_SD_INT_H
+#define CKPT_SD_INT_H
+
+#include "util.h"
+
+#define SD_DEFAULT_CLASSES 1000    /* torchvision's default num_classes */
+#define SD_MAX_CLASSES INT32_MAX
+
+/* A dict of tensors that could be the state dict, as locate.c fits it. */
+typedef struct ckpt__cand {
+    ckpt_sd_candidate pub;
+    bool *is_index;         /* per path segment: a list/tuple index */
+    size_t order;           /* in walk order */
+    int name_rank;
+    ckpt__strmap keys;            /* raw key -> item index */
+    long long quality;
+    size_t names;           /* model keys present by name (for recognising) */
+    bool recognised;
+    bool strings;           /* every key is a str */
+} ckpt__cand;
+
+/* A report's own state (its `internal`). */
+typedef struct ckpt__check_priv {
+    ckpt__arena *ar;
+    ckpt_sd_model *owned_model; /* made by ckpt_arch_model: its own arena */
+    ckpt__vec warnings;         /* ckpt_sd_warning * */
+    bool explained;             /* warnings and python are built */
+    /* what ckpt_sd_explain needs: */
+    const ckpt__cand *chosen;
+    const ckpt_value *root;
+    const ckpt_file *file;
+    bool has_float;             /* a plain Python float somewhere in the file */
+    ckpt_sd_check_options opt;
+} ckpt__check_priv;
+
+/* views (sd.c) */
+int ckpt__sd_build(ckpt__arena *ar, const ckpt_value *d, const char *prefix, ckpt_sd **out,
+                   ckpt_error *err);
+const char *ckpt__type_label(const ckpt_value *v);
+int ckpt__model_from_template(ckpt__arena *ar, const ckpt_sd *tmpl, const char *class_name,
+                              ckpt_sd_model **out, ckpt_error *err);
+/* the judge (judge.c) */
+int ckpt__judge(ckpt__arena *ar, const ckpt_sd_model *m, const ckpt_sd *sd,
+                ckpt_sd_verdict **out, ckpt_error *err);
+/* locate.c: who adds a wrapper name ("module": "DataParallel / ..."), NULL when unknown */
+const char *ckpt__sd_wrapper_what(const char *part, size_t n);
+
+#endif /* CKPT_SD_INT_H */

@@ -1,0 +1,56 @@
+/*
+ * util.h - the small tools of util.c, shared by the state-dict modules. Internal.
+ */
+#ifndef CKPT_UTIL_H
+#define CKPT_UTIL_H
+
+#include "internal.h"
+
+/* A string map (key -> index) in an arena: open addressing, FNV-1a. Lookups may give the key
+ * as two pieces, so "prefix" + "name" needs no concatenation. */
+typedef struct ckpt__strmap {
+    size_t cap; /* power of two */
+    const char **keys;
+    size_t *vals;
+} ckpt__strmap;
+
+/* A growable string on the C heap, copied into an arena when done. On allocation failure it
+ * stops growing and remembers it. */
+typedef struct ckpt__strbuf {
+    char *s;
+    size_t len, cap;
+    bool failed;
+} ckpt__strbuf;
+
+/* A pointer array that grows in an arena. */
+typedef struct ckpt__vec {
+    void **items;
+    size_t len, cap;
+} ckpt__vec;
+
+ckpt__arena *ckpt__sd_arena(void);
+bool ckpt__starts_with(const char *s, const char *p);
+const char *ckpt__leaf_name(const char *key);
+bool ckpt__strmap_init(ckpt__arena *ar, ckpt__strmap *m, size_t n);
+size_t ckpt__strmap_add(ckpt__strmap *m, const char *key, size_t v);
+size_t ckpt__strmap_get2(const ckpt__strmap *m, const char *a, size_t na, const char *b, size_t nb);
+size_t ckpt__strmap_get(const ckpt__strmap *m, const char *key);
+void ckpt__sb_addn(ckpt__strbuf *b, const char *s, size_t n);
+void ckpt__sb_add(ckpt__strbuf *b, const char *s);
+void ckpt__sb_printf(ckpt__strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+char *ckpt__sb_finish(ckpt__strbuf *b, ckpt__arena *ar);
+void ckpt__sb_shape(ckpt__strbuf *b, int ndim, const int64_t *shape);
+void ckpt__sb_dims(ckpt__strbuf *b, int ndim, const int64_t *shape);
+void ckpt__sb_pystr(ckpt__strbuf *b, const char *s);
+bool ckpt__vec_push(ckpt__arena *ar, ckpt__vec *v, void *item);
+bool ckpt__same_shape(int na, const int64_t *a, int nb, const int64_t *b);
+int64_t ckpt__sd_numel(const ckpt_sd_entry *e);
+bool ckpt__is_bn_buffer(const char *key);
+double ckpt__half_to_double(uint16_t h);
+int ckpt__dtype_components(ckpt_dtype dt, ckpt_dtype *part);
+double ckpt__elem_double(ckpt_dtype dt, const uint8_t *p);
+bool ckpt__dtype_is_floating(ckpt_dtype dt);
+uint8_t *ckpt__tensor_copy(const ckpt_tensor *t, size_t *nbytes, ckpt_error *err);
+void ckpt__count_nonfinite(ckpt_dtype dt, const uint8_t *p, size_t n, int64_t *nan, int64_t *inf);
+
+#endif /* CKPT_UTIL_H */
