@@ -272,6 +272,27 @@ class StateDict(unittest.TestCase):
             ckpt.check(path, key="no/such")
         self.assertEqual(cm.exception.status, "ENOTFOUND")
 
+    def test_against_and_no_model(self):
+        import ckpt
+        import torch
+        path = dict((n, p) for n, p, _ in self.files)["module_legacy"]
+        sd = torch.load(path)
+        tmpl = os.path.join(self.tmp.name, "template.pth")
+        torch.save({k[len("module."):]: v for k, v in list(sd.items())[:-1]}, tmpl)
+        got = ckpt.check(path, against=tmpl)
+        self.assertFalse(got["ok"])
+        self.assertEqual(got["unexpected"], ["fc.bias"])
+        doc = lib.run_json(self, ["check", "--json", "--against", tmpl, path], ok_codes=(1,))
+        self.assertEqual(got, doc)
+        odd = os.path.join(self.tmp.name, "odd.pth")
+        torch.save({"model": {"module.w": torch.ones(2), "module.b": torch.zeros(2)}}, odd)
+        with self.assertRaises(ckpt.Error) as cm:
+            ckpt.check(odd)
+        self.assertEqual(cm.exception.status, "EMISMATCH")
+        self.assertIn("'model' (2 tensors) matches none", cm.exception.message)
+        self.assertEqual({k: v.tolist() for k, v in ckpt.load_state_dict(odd).items()},
+                         {"w": [1.0, 1.0], "b": [0.0, 0.0]})
+
     def test_zero_copy_outlives_close(self):
         import ckpt
         import numpy as np
@@ -306,6 +327,76 @@ class StateDict(unittest.TestCase):
                 self.assertEqual(a.tobytes(), torch_bytes(ref[k]), k)
             self.assertEqual(f["t"].numpy("float32").tobytes(),
                              lib.tensor_bytes(ref["t"].float()))
+
+
+class Odd(unittest.TestCase):
+    """Trees Python's pickle makes that a state dict never holds."""
+
+    def setUp(self):
+        self.limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(20000)   # pickle, json and inspect_node recurse per level
+
+    def tearDown(self):
+        sys.setrecursionlimit(self.limit)
+
+    def test_cycle_depth_set_bigint(self):
+        import ckpt
+        import pickle
+        loop = []
+        loop.append(loop)
+        deep = []
+        for _ in range(900):
+            deep = [deep]
+        obj = {"loop": loop, "deep": deep, "set": {1, "a", (2, 3)}, "fz": frozenset([4]),
+               "big": -2**200, "c": 1.5 - 2j, "b": b"\x00\xff", 3: "int key"}
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "odd.pkl")
+            with open(path, "wb") as f:
+                pickle.dump(obj, f, protocol=4)
+            doc = lib.run_json(self, ["inspect", "--json", path])
+            with ckpt.open(path) as f:
+                self.assertEqual(f.format, "pickle")
+                root = f.root
+                self.assertIsInstance(root["loop"][0], ckpt.Cycle)
+                self.assertEqual(root["set"], obj["set"])
+                self.assertEqual(root["fz"], obj["fz"])
+                self.assertIsInstance(root["fz"], frozenset)
+                for k in ("big", "c", "b", 3):
+                    self.assertEqual(root[k], obj[k])
+                x, n = root["deep"], 0
+                while x:
+                    x, n = x[0], n + 1
+                self.assertEqual(n, 900)
+                self.assertEqual(inspect_node(root), cli_node(doc["root"]))
+
+    def test_safetensors(self):
+        import ckpt
+        import torch
+        g = torch.Generator().manual_seed(3)
+        tensors = {"a.weight": torch.randn(3, 4, generator=g),
+                   "b.bias": torch.randn(5, generator=g).bfloat16(),
+                   "c.count": torch.tensor([1, -2, 3], dtype=torch.int64)}
+        st = {torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}
+        header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
+        for k, t in tensors.items():
+            b = lib.tensor_bytes(t)
+            header[k] = {"dtype": st[t.dtype], "shape": list(t.shape),
+                         "data_offsets": [off, off + len(b)]}
+            blobs.append(b)
+            off += len(b)
+        h = json.dumps(header).encode()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "w.safetensors")
+            with open(path, "wb") as f:
+                f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+            with ckpt.open(path) as f:
+                self.assertEqual(f.format, "safetensors")
+                self.assertEqual(f.root.attrs, {"format": "pt"})
+                for k, t in tensors.items():
+                    self.assertEqual(f[k].numpy().tobytes(), torch_bytes(t), k)
+            got = ckpt.load_state_dict(path)
+            self.assertEqual(sorted(got), sorted(tensors))
+            self.assertEqual(got["b.bias"].dtype.name, "float32")
 
 
 EVIL = """
