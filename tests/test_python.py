@@ -369,6 +369,30 @@ class Odd(unittest.TestCase):
                 self.assertEqual(n, 900)
                 self.assertEqual(inspect_node(root), cli_node(doc["root"]))
 
+    def test_shared_references(self):
+        """A memoised list used twice is walked once per path, as `ckpt tensors` does; one
+        that doubles 40 times is stopped, not walked 2^40 times."""
+        import ckpt
+        import torch
+        with tempfile.TemporaryDirectory() as d:
+            small, big = os.path.join(d, "small.pt"), os.path.join(d, "big.pt")
+            a = [torch.ones(2)]
+            for _ in range(3):
+                a = [a, a]
+            torch.save({"a": a}, small)
+            for _ in range(37):
+                a = [a, a]
+            torch.save({"a": a}, big)
+            doc = lib.run_json(self, ["tensors", "--json", small])
+            with ckpt.open(small) as f:
+                got = [[key_str(k) for k in p] for p, _ in f.tensors()]
+            self.assertEqual(got, [t["path"] for t in doc["tensors"]])
+            self.assertEqual(len(got), 8)
+            with ckpt.open(big) as f:
+                with self.assertRaises(ckpt.Error) as cm:
+                    f.tensors()
+                self.assertEqual(cm.exception.status, "ELIMIT")
+
     def test_safetensors(self):
         import ckpt
         import torch

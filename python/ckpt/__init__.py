@@ -19,6 +19,7 @@ file (no copy), which stays mapped as long as such an array is alive, even after
 
 import ctypes
 import os
+import sys
 
 import numpy as np
 
@@ -80,9 +81,9 @@ class _Handle:
         self.ptr = ptr
         self.closed = False
 
-    def __del__(self):
+    def __del__(self, _close=_lib.ckpt_close):  # bound now: _lib may be gone at exit
         if self.ptr:
-            _lib.ckpt_close(self.ptr)
+            _close(self.ptr)
             self.ptr = None
 
 
@@ -193,7 +194,7 @@ class Tensor:
     def __repr__(self):
         return "<ckpt.Tensor %s %s>" % (self.dtype, list(self.shape))
 
-    def __array__(self, dtype=None):
+    def __array__(self, dtype=None, copy=None):
         return self.numpy(dtype)
 
     def numpy(self, dtype=None):
@@ -340,6 +341,10 @@ def _global_refs(refs, n):
             for g in (refs[i] for i in range(n))]
 
 
+_WALK_MIN_ITEMS = 1 << 17      # cli.h's CLI_MIN_ITEMS
+_WALK_ITEMS_PER_DISTINCT = 4   # and CLI_ITEMS_PER_DISTINCT
+
+
 class File:
     """An opened checkpoint. .root is the unpickled object as `ckpt inspect` shows it (dicts,
     lists, tuples, scalars, str/bytes, Global, Object, Tensor, Storage); f[key] is
@@ -361,19 +366,33 @@ class File:
         return self.root[key]
 
     def tensors(self):
-        """(path, Tensor) for every tensor, depth first; path holds dict keys and list/tuple
-        indexes, as `ckpt tensors` lists them."""
-        out, seen = [], set()
+        """(path, Tensor) for every tensor reachable through dicts, lists and tuples, depth
+        first; path holds dict keys and list/tuple indexes, as `ckpt tensors` lists them (a
+        tensor reachable by two paths is listed twice). Raises Error (ELIMIT) when shared
+        references expand the walk past the CLI's budget: a few times the distinct items."""
+        containers = (dict, list, tuple)
+        distinct, stack = set(), [self.root]
+        while stack:   # the budget: every item counted once
+            v = stack.pop()
+            if isinstance(v, containers) and id(v) not in distinct:
+                distinct.add(id(v))
+                stack.extend(v.values() if isinstance(v, dict) else v)
+        budget = max(_WALK_MIN_ITEMS, _WALK_ITEMS_PER_DISTINCT * len(distinct))
+        out, on_path, count = [], set(), [0]
 
         def walk(v, path):
+            count[0] += 1
+            if count[0] > budget:
+                raise Error("ELIMIT", "shared references expand the tree past %d items" % budget)
             if isinstance(v, Tensor):
                 out.append((path, v))
-            elif isinstance(v, (dict, list, tuple)) and id(v) not in seen:
-                seen.add(id(v))
+            elif isinstance(v, containers) and id(v) not in on_path:
+                on_path.add(id(v))
                 items = v.items() if isinstance(v, dict) else enumerate(v)
                 for k, x in items:
                     walk(x, path + (k,))
-        walk(self.root, ())
+                on_path.discard(id(v))
+        _deep(walk, self.root, ())
         return out
 
     def close(self):
@@ -395,15 +414,19 @@ class File:
                                         " closed" if self._h is None else "")
 
 
-def _build_tree(handle, root):
-    import sys
-    # containers nest up to CKPT_DEFAULT_MAX_DEPTH deep, a few Python frames each
+def _deep(fn, *args):
+    """fn(*args) with room to recurse: containers nest up to CKPT_DEFAULT_MAX_DEPTH (1000)
+    deep, a few Python frames each."""
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10000))
     try:
-        return _Builder(handle).build(root)
+        return fn(*args)
     finally:
         sys.setrecursionlimit(limit)
+
+
+def _build_tree(handle, root):
+    return _deep(_Builder(handle).build, root)
 
 
 def open(path):  # noqa: A001 - ckpt.open mirrors the library's ckpt_open
@@ -438,9 +461,9 @@ class _Checked:
         if rc != 0:
             _raise(rc, err, path)
 
-    def __del__(self):
+    def __del__(self, _free=_lib.ckpt_sd_report_free):
         if getattr(self, "r", None):
-            _lib.ckpt_sd_report_free(self.r)
+            _free(self.r)
             self.r = None
 
     def no_model(self):
