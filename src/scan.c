@@ -154,7 +154,9 @@ bool ckpt__scan_entry(ckpt_file *f, const ckpt__zip_entry *e, const char **parse
 
 static int scan_zip(ckpt_file *f, const char **parse_error, ckpt_error *err)
 {
-    int rc = ckpt__zip_open(f->arena, f->map, f->size, &f->zip, err);
+    /* Lazily, as ckpt_open does: one bad local header (of a tensor record, say) must not hide
+     * the other entries' pickles, which torch.load would still run. */
+    int rc = ckpt__zip_open_lazy(f->arena, f->map, f->size, &f->zip, err);
     if (rc)
         return rc;
     size_t found = 0, encrypted = 0;
