@@ -55,6 +55,9 @@ else
     : >"$logs/main.log"
 fi
 end=$(date +%s)
+# Workers stopped at the time limit skip atexit: remove the scratch folders fuzz_write and
+# fuzz_cli make.
+rm -rf "${TMPDIR:-/tmp}/ckpt-fuzz-$name-"?????? /dev/shm/ckpt-fuzz-"$name"-??????
 
 # CPU seconds of the fuzzer processes (children of this shell, once reaped).
 ticks=$(getconf CLK_TCK)
