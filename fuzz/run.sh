@@ -47,6 +47,7 @@ if [ "$jobs" -gt 1 ]; then
     set -- "$@" -jobs="$jobs" -workers="$jobs"
 fi
 
+: >"$work/start"   # findings are the files newer than this
 cpu0=$(awk '{print $16 + $17}' /proc/$$/stat)
 start=$(date +%s)
 if [ "$secs" -gt 0 ]; then   # 0: only minimise the saved corpus
@@ -67,7 +68,8 @@ cpu=$(awk -v t="$ticks" -v c0="$cpu0" '{printf "%d", ($16 + $17 - c0) / t}' /pro
 all=$(ls "$logs"/*.log)
 execs=$(cat $all | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s += $1} END {print s + 0}')
 edges=$(cat $all | sed -n 's/.* cov: \([0-9]*\) .*/\1/p' | sort -n | tail -1)
-found=$(find "$findings" -type f -newer "$work/new" 2>/dev/null | wc -l)
+found=$(find "$findings" -type f -newer "$work/start" ! -name 'slow-unit-*' 2>/dev/null | wc -l)
+slow=$(find "$findings" -type f -newer "$work/start" -name 'slow-unit-*' 2>/dev/null | wc -l)
 
 # Minimise saved + new inputs into the smallest set with the same coverage (libFuzzer prefers
 # the smaller of two inputs) and make that the saved corpus. Named files (hand-made seeds,
@@ -99,6 +101,7 @@ fi
 grep -h -E "^==[0-9]+==ERROR|^SUMMARY|DEADLYSIGNAL|^artifact_prefix|Test unit written" $all \
     2>/dev/null | sort -u | head -20 || true
 echo "fuzz_$name: ${secs} s wall x $jobs job(s), $((end - start)) s elapsed; corpus ${added:-+0} files" \
-     "($(ls "$corpus" | wc -l) files, $(du -sk "$corpus" | cut -f1) KB); findings in $findings"
+     "($(ls "$corpus" | wc -l) files, $(du -sk "$corpus" | cut -f1) KB); $slow slow inputs;" \
+     "findings in $findings"
 printf '| %s | %d min %02d s | %s | %s | %s | %s |\n' "$name" $((cpu / 60)) $((cpu % 60)) \
     "$execs" "${edges:-?}" "$found" "$(date -u +%Y-%m-%d)"
