@@ -2,8 +2,8 @@
  * util.c - small tools the state-dict modules share (locate.c, judge.c, report.c, diff.c, sd.c):
  * a string map, a growable string, a pointer vector, shape helpers and element decoding.
  *
- * These were private to sd.c; they live here until the library's shared keyed hash map,
- * buffer and fp16 code replace them (issue 10: one copy of each utility).
+ * These were private to sd.c. The string map rides on hash.c's keyed index, the one hash
+ * table of the library.
  */
 #include "util.h"
 
@@ -30,61 +30,65 @@ const char *ckpt__leaf_name(const char *key)
     return d ? d + 1 : key;
 }
 
-static uint64_t hash2(const char *a, size_t na, const char *b, size_t nb)
+#define SEED_STRMAP 0x7374726d
+
+/* The keyed hash of a + b, as one string. */
+static uint64_t strmap_hash(const char *a, size_t na, const char *b, size_t nb)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < na; i++)
-        h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
-    for (size_t i = 0; i < nb; i++)
-        h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
-    return h;
+    ckpt__hasher h;
+    ckpt__hasher_init(&h, SEED_STRMAP);
+    ckpt__hasher_add(&h, a, na);
+    ckpt__hasher_add(&h, b, nb);
+    return ckpt__hasher_end(&h);
 }
 
 bool ckpt__strmap_init(ckpt__arena *ar, ckpt__strmap *m, size_t n)
 {
-    size_t cap = 16;
-    while (cap < 2 * n + 1) {
-        if (cap > SIZE_MAX / 4)
-            return false;
-        cap *= 2;
-    }
-    m->cap = cap;
-    m->keys = ckpt__arena_alloc(ar, cap * sizeof *m->keys);
-    m->vals = ckpt__arena_alloc(ar, cap * sizeof *m->vals);
-    return m->keys && m->vals;
+    *m = (ckpt__strmap){.ar = ar, .cap = n ? n : 1};
+    if (m->cap > SIZE_MAX / sizeof *m->keys)
+        return false;
+    m->keys = ckpt__arena_alloc(ar, m->cap * sizeof *m->keys);
+    m->vals = ckpt__arena_alloc(ar, m->cap * sizeof *m->vals);
+    return m->keys && m->vals && ckpt__hindex_reserve(ar, &m->index, m->cap) == 0;
 }
 
-static size_t strmap_slot(const ckpt__strmap *m, const char *a, size_t na, const char *b, size_t nb)
+/* The entry holding a + b, or SIZE_MAX. */
+static size_t strmap_find(const ckpt__strmap *m, uint64_t h, const char *a, size_t na,
+                          const char *b, size_t nb)
 {
-    size_t i = (size_t)hash2(a, na, b, nb) & (m->cap - 1);
-    for (;; i = (i + 1) & (m->cap - 1)) {
-        const char *k = m->keys[i];
-        if (!k)
-            return i;
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&m->index, h, &pos); it;
+         it = ckpt__hindex_next(&m->index, h, &pos)) {
+        const char *k = m->keys[it - 1];
         /* a and b hold no NUL, so a match of a proves k is at least na long */
         if (strncmp(k, a, na) == 0 && strncmp(k + na, b, nb) == 0 && k[na + nb] == '\0')
-            return i;
+            return it - 1;
     }
+    return SIZE_MAX;
 }
 
-/* Sets key -> v unless present; returns the index stored for key. Callers size the map for
- * every key they insert, so a free slot always exists. */
+/* Sets key -> v unless present; returns the index stored for key (SIZE_MAX if the map is
+ * full: callers size it for every key they insert). */
 size_t ckpt__strmap_add(ckpt__strmap *m, const char *key, size_t v)
 {
-    size_t i = strmap_slot(m, key, strlen(key), "", 0);
-    if (!m->keys[i]) {
-        m->keys[i] = key;
-        m->vals[i] = v;
-    }
-    return m->vals[i];
+    size_t n = strlen(key);
+    uint64_t h = strmap_hash(key, n, "", 0);
+    size_t at = strmap_find(m, h, key, n, "", 0);
+    if (at != SIZE_MAX)
+        return m->vals[at];
+    if (m->len == m->cap || ckpt__hindex_add(m->ar, &m->index, h, m->len) != 0)
+        return SIZE_MAX;
+    m->keys[m->len] = key;
+    m->vals[m->len++] = v;
+    return v;
 }
 
 size_t ckpt__strmap_get2(const ckpt__strmap *m, const char *a, size_t na, const char *b, size_t nb)
 {
-    if (!m->cap)
+    if (!m->len)
         return SIZE_MAX;
-    size_t i = strmap_slot(m, a, na, b, nb);
-    return m->keys[i] ? m->vals[i] : SIZE_MAX;
+    size_t at = strmap_find(m, strmap_hash(a, na, b, nb), a, na, b, nb);
+    return at == SIZE_MAX ? SIZE_MAX : m->vals[at];
 }
 
 size_t ckpt__strmap_get(const ckpt__strmap *m, const char *key)

@@ -6,12 +6,15 @@
 
 #include "internal.h"
 
-/* A string map (key -> index) in an arena: open addressing, FNV-1a. Lookups may give the key
- * as two pieces, so "prefix" + "name" needs no concatenation. */
+/* A string map (key -> index) in an arena, over the library's keyed hash index (hash.c), so a
+ * file's author cannot choose keys that collide. Lookups may give the key as two pieces, so
+ * "prefix" + "name" needs no concatenation. Sized at init for every key it will hold. */
 typedef struct ckpt__strmap {
-    size_t cap; /* power of two */
-    const char **keys;
+    ckpt__arena *ar;
+    const char **keys; /* in insertion order */
     size_t *vals;
+    size_t len, cap;
+    ckpt__hindex index; /* over keys */
 } ckpt__strmap;
 
 /* A growable string on the C heap, copied into an arena when done. On allocation failure it
