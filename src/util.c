@@ -246,16 +246,7 @@ static uint64_t load_le(const uint8_t *p, size_t n)
 
 double ckpt__half_to_double(uint16_t h)
 {
-    int e = (h >> 10) & 0x1f;
-    double m = h & 0x3ff;
-    double v;
-    if (e == 0)
-        v = ldexp(m, -24);
-    else if (e == 31)
-        v = m ? NAN : INFINITY;
-    else
-        v = ldexp(m + 1024, e - 25);
-    return (h & 0x8000) ? -v : v;
+    return ckpt__f32_from_bits(ckpt__f16_to_f32(h));
 }
 
 static double f32_bits(uint32_t u)
@@ -295,7 +286,7 @@ double ckpt__elem_double(ckpt_dtype dt, const uint8_t *p)
         return d;
     }
     case CKPT_DT_FLOAT16: return ckpt__half_to_double((uint16_t)load_le(p, 2));
-    case CKPT_DT_BFLOAT16: return f32_bits((uint32_t)load_le(p, 2) << 16);
+    case CKPT_DT_BFLOAT16: return f32_bits(ckpt__bf16_to_f32((uint16_t)load_le(p, 2)));
     case CKPT_DT_INT64: return (double)(int64_t)load_le(p, 8);
     case CKPT_DT_INT32: return (int32_t)(uint32_t)load_le(p, 4);
     case CKPT_DT_INT16: return (int16_t)(uint16_t)load_le(p, 2);
