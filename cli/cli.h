@@ -11,6 +11,7 @@
 
 #include "ckpt.h"
 #include "commands.h"
+#include "util.h" /* ckpt__strbuf */
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -105,10 +106,8 @@ int cli_check_expanded(const char *path, uint64_t bytes, uint64_t input_size, ui
 
 /* ---- text buffer (format.c) ------------------------------------------------------------- */
 
-typedef struct cli_sb {
-    char *buf; /* NUL-terminated when non-NULL */
-    size_t len, cap;
-} cli_sb;
+/* The library's growable buffer (src/util.h); these wrappers exit on out of memory. */
+typedef ckpt__strbuf cli_sb;
 
 void sb_putn(cli_sb *sb, const char *s, size_t n);
 void sb_puts(cli_sb *sb, const char *s);

@@ -20,28 +20,25 @@
 
 /* ---- buffer ---------------------------------------------------------------------------- */
 
+static _Noreturn void out_of_memory(void)
+{
+    fputs("ckpt: error: out of memory\n", stderr);
+    exit(CLI_EXIT_ERROR);
+}
+
 void *cli_xrealloc(void *p, size_t n)
 {
     void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fputs("ckpt: error: out of memory\n", stderr);
-        exit(CLI_EXIT_ERROR);
-    }
+    if (!q)
+        out_of_memory();
     return q;
 }
 
 void sb_putn(cli_sb *sb, const char *s, size_t n)
 {
-    if (sb->len + n + 1 > sb->cap) {
-        size_t cap = sb->cap ? sb->cap : 256;
-        while (cap < sb->len + n + 1)
-            cap *= 2;
-        sb->buf = cli_xrealloc(sb->buf, cap);
-        sb->cap = cap;
-    }
-    memcpy(sb->buf + sb->len, s, n);
-    sb->len += n;
-    sb->buf[sb->len] = '\0';
+    ckpt__sb_addn(sb, s, n);
+    if (sb->failed)
+        out_of_memory();
 }
 
 void sb_puts(cli_sb *sb, const char *s) { sb_putn(sb, s, strlen(s)); }
@@ -80,9 +77,7 @@ void sb_pad(cli_sb *sb, size_t n)
 
 void sb_free(cli_sb *sb)
 {
-    free(sb->buf);
-    sb->buf = NULL;
-    sb->len = sb->cap = 0;
+    ckpt__sb_free(sb);
 }
 
 const char *sb_str(const cli_sb *sb) { return sb->buf ? sb->buf : ""; }

@@ -1,6 +1,6 @@
 /*
  * util.c - small tools the state-dict modules share (locate.c, judge.c, report.c, diff.c, sd.c):
- * a string map, a growable string, a pointer vector, shape helpers and element decoding.
+ * a string map, the growable buffer, a pointer vector, shape helpers and element decoding.
  *
  * These were private to sd.c. The string map rides on hash.c's keyed index, the one hash
  * table of the library.
@@ -96,25 +96,35 @@ size_t ckpt__strmap_get(const ckpt__strmap *m, const char *key)
     return ckpt__strmap_get2(m, key, strlen(key), "", 0);
 }
 
-void ckpt__sb_addn(ckpt__strbuf *b, const char *s, size_t n)
+void ckpt__sb_addn(ckpt__strbuf *b, const void *s, size_t n)
 {
     if (b->failed)
         return;
+    if (n >= SIZE_MAX - b->len) {
+        b->failed = true;
+        return;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t ncap = b->cap ? b->cap : 256;
         while (ncap < b->len + n + 1)
-            ncap *= 2;
-        char *ns = realloc(b->s, ncap);
+            ncap = ncap > SIZE_MAX / 2 ? b->len + n + 1 : ncap * 2;
+        char *ns = realloc(b->buf, ncap);
         if (!ns) {
             b->failed = true;
             return;
         }
-        b->s = ns;
+        b->buf = ns;
         b->cap = ncap;
     }
-    memcpy(b->s + b->len, s, n);
+    memcpy(b->buf + b->len, s, n);
     b->len += n;
-    b->s[b->len] = '\0';
+    b->buf[b->len] = '\0';
+}
+
+void ckpt__sb_free(ckpt__strbuf *b)
+{
+    free(b->buf);
+    memset(b, 0, sizeof *b);
 }
 
 void ckpt__sb_add(ckpt__strbuf *b, const char *s)
@@ -154,9 +164,8 @@ char *ckpt__sb_finish(ckpt__strbuf *b, ckpt__arena *ar)
 {
     char *r = NULL;
     if (!b->failed)
-        r = ckpt__arena_strndup(ar, b->s ? b->s : "", b->len);
-    free(b->s);
-    memset(b, 0, sizeof *b);
+        r = ckpt__arena_strndup(ar, b->buf ? b->buf : "", b->len);
+    ckpt__sb_free(b);
     return r;
 }
 
