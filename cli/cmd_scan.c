@@ -137,10 +137,7 @@ int cmd_scan(int argc, char **argv, const cli_command *self)
     if (ckpt_scan(path, &cli_limits, &r, &err) != CKPT_OK)
         return cli_error_ckpt(path, &err);
 
-    bool unsafe = false;
-    for (size_t i = 0; i < r->n_globals; i++)
-        unsafe = unsafe || r->globals[i].kind == CKPT_GLOBAL_DANGEROUS ||
-                 r->globals[i].kind == CKPT_GLOBAL_UNKNOWN;
+    bool unsafe = !r->safe; /* an unknown or dangerous global */
     if (!unsafe && r->parse_error) {
         /* Nothing bad was seen, but not everything could be seen. */
         rc = cli_error(path, "%s", r->parse_error);
