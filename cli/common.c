@@ -49,9 +49,10 @@ static int parse_limit(const cli_command *cmd, const limit_opt *o, const char *s
     if (!isdigit((unsigned char)*p))
         return cli_usage_error(cmd, "--%s takes a number, not '%s'", o->name, s);
     bool over = false;
-    for (; isdigit((unsigned char)*p); p++)
-        over |= __builtin_mul_overflow(v, 10, &v) |
-                __builtin_add_overflow(v, (uint64_t)(*p - '0'), &v);
+    for (; isdigit((unsigned char)*p); p++) {
+        over |= __builtin_mul_overflow(v, 10, &v);
+        over |= __builtin_add_overflow(v, (uint64_t)(*p - '0'), &v);
+    }
     if (*p && o->arg[0] == 'S') {
         const char *units = "KMGTPE";
         const char *u = strchr(units, toupper((unsigned char)*p));
@@ -169,6 +170,7 @@ static void put_clean(const char *s, FILE *to)
         fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, to);
 }
 
+__attribute__((format(printf, 3, 0)))
 static void report(const char *what, const char *path, const char *fmt, va_list ap)
 {
     char msg[1024];

@@ -45,7 +45,7 @@ int cmd_help(int argc, char **argv, const cli_command *self)
 {
     const char *pos[1];
     int npos;
-    int rc = cli_parse_args(self, argc, argv, (const cli_opt[]){{NULL}}, pos, 0, 1, &npos);
+    int rc = cli_parse_args(self, argc, argv, (const cli_opt[]){{0}}, pos, 0, 1, &npos);
     if (rc >= 0)
         return rc;
     if (npos == 0) {
