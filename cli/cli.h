@@ -65,6 +65,9 @@ extern ckpt_options cli_limits;
 /* "ckpt: error: MESSAGE" and the usage line on stderr; returns CLI_EXIT_ERROR. */
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* What the exit status means, for every command (main.c; `ckpt help` prints it). */
+extern const char cli_exit_status_text[];
+
 void cli_print_help(const cli_command *cmd, FILE *to);
 
 /* ---- errors, warnings, output (common.c) ------------------------------------------------ */

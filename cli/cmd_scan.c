@@ -26,8 +26,6 @@ const char cmd_scan_help[] =
     "Options:\n"
     "  --json     one JSON document on stdout (schema in docs/CLI.md)\n"
     "\n"
-    "Exit status: 0 only weights and data globals; 1 unknown or dangerous globals; 2 error.\n"
-    "\n"
     "Examples:\n"
     "  ckpt scan pytorch_model.bin\n"
     "  ckpt scan --json downloaded.pt | jq '.globals[] | select(.kind == \"dangerous\")'\n";

@@ -83,6 +83,7 @@ void cli_print_help(const cli_command *cmd, FILE *to)
             cmd->summary + 1);
     if (cmd->help && *cmd->help)
         fprintf(to, "\n%s", cmd->help);
+    fputs("\nExit status: see 'ckpt help'.\n", to);
     fputs("\nLimits on what a file may make ckpt do (every command; SIZE takes K, M, G):\n", to);
     for (const limit_opt *o = limit_opts; o->name; o++)
         fprintf(to, "  --%s %s%*s default %llu%s\n", o->name, o->arg,
