@@ -26,6 +26,7 @@ BUILD = os.path.dirname(lib.CKPT_BIN) if lib.CKPT_BIN else None
 if not os.environ.get("CKPT_LIBRARY") and BUILD:
     os.environ["CKPT_LIBRARY"] = os.path.join(BUILD, "libckpt.so")
 sys.path.insert(0, PYDIR)
+from test_python import _preload  # noqa: E402  (re-exec under a sanitizer build's runtimes)
 
 
 def all_patterns(dtype):
@@ -92,4 +93,5 @@ class Half(unittest.TestCase):
 
 
 if __name__ == "__main__":
+    _preload()
     lib.main("test_half")
