@@ -11,6 +11,7 @@
 
 #include "ckpt.h"
 #include "commands.h"
+#include "util.h" /* ckpt__strbuf */
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -64,6 +65,9 @@ extern ckpt_options cli_limits;
 /* "ckpt: error: MESSAGE" and the usage line on stderr; returns CLI_EXIT_ERROR. */
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* What the exit status means, for every command (main.c; `ckpt help` prints it). */
+extern const char cli_exit_status_text[];
+
 void cli_print_help(const cli_command *cmd, FILE *to);
 
 /* ---- errors, warnings, output (common.c) ------------------------------------------------ */
@@ -105,10 +109,8 @@ int cli_check_expanded(const char *path, uint64_t bytes, uint64_t input_size, ui
 
 /* ---- text buffer (format.c) ------------------------------------------------------------- */
 
-typedef struct cli_sb {
-    char *buf; /* NUL-terminated when non-NULL */
-    size_t len, cap;
-} cli_sb;
+/* The library's growable buffer (src/util.h); these wrappers exit on out of memory. */
+typedef ckpt__strbuf cli_sb;
 
 void sb_putn(cli_sb *sb, const char *s, size_t n);
 void sb_puts(cli_sb *sb, const char *s);

@@ -35,8 +35,6 @@ const char cmd_diff_help[] =
     "                 views are expanded (default: 64 times the two files' size, at least\n"
     "                 1G; K, M, G suffixes)\n"
     "\n"
-    "Exit status: 0 every tensor matches; 1 something differs; 2 error.\n"
-    "\n"
     "Examples:\n"
     "  ckpt diff rsp-resnet-50-ckpt.pth resnet50-clean.pth\n"
     "  ckpt diff a.pt b.pt --atol 1e-6 --json\n";

@@ -56,8 +56,6 @@ const char cmd_extract_help[] =
     "A state dict that is none of the known architectures needs --against (a checkpoint of\n"
     "its model) or --no-check.\n"
     "\n"
-    "Exit status: 0 written; 1 refused: the strict load would fail (nothing written); 2 error.\n"
-    "\n"
     "Examples:\n"
     "  ckpt extract rsp-resnet-50-ckpt.pth -o resnet50.safetensors\n"
     "  ckpt extract train.pt -o model.pth --key model_ema --dtype float16\n"

@@ -26,8 +26,6 @@ const char cmd_scan_help[] =
     "Options:\n"
     "  --json     one JSON document on stdout (schema in docs/CLI.md)\n"
     "\n"
-    "Exit status: 0 only weights and data globals; 1 unknown or dangerous globals; 2 error.\n"
-    "\n"
     "Examples:\n"
     "  ckpt scan pytorch_model.bin\n"
     "  ckpt scan --json downloaded.pt | jq '.globals[] | select(.kind == \"dangerous\")'\n";
@@ -137,10 +135,7 @@ int cmd_scan(int argc, char **argv, const cli_command *self)
     if (ckpt_scan(path, &cli_limits, &r, &err) != CKPT_OK)
         return cli_error_ckpt(path, &err);
 
-    bool unsafe = false;
-    for (size_t i = 0; i < r->n_globals; i++)
-        unsafe = unsafe || r->globals[i].kind == CKPT_GLOBAL_DANGEROUS ||
-                 r->globals[i].kind == CKPT_GLOBAL_UNKNOWN;
+    bool unsafe = !r->safe; /* an unknown or dangerous global */
     if (!unsafe && r->parse_error) {
         /* Nothing bad was seen, but not everything could be seen. */
         rc = cli_error(path, "%s", r->parse_error);

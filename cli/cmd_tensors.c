@@ -14,6 +14,7 @@
  * is bounded relative to the file's size (--max-output).
  */
 #include "cli.h"
+#include "util.h" /* the library's keyed hash index, in an arena */
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -62,33 +63,23 @@ typedef struct tensors_ctx {
         const ckpt_tensor *t;
         char hex[65];
     } *hashed;
-    size_t n_hashed_slots, n_hashed;
+    size_t n_hashed, cap_hashed;
+    ckpt__arena *hash_ar; /* for hash_index, made at the first hash */
+    ckpt__hindex hash_index; /* over hashed, keyed by the tensor's address */
     uint64_t hashed_bytes, max_hashed; /* logical bytes hashed so far, and the limit */
     const char *max_expanded;          /* --max-expanded, or NULL */
 } tensors_ctx;
 
+#define SEED_TENSOR 0x74656e73
+
 static bool tensor_sha256(tensors_ctx *c, const ckpt_tensor *t, char hex[65])
 {
-    if (c->n_hashed * 2 >= c->n_hashed_slots) {
-        size_t n = c->n_hashed_slots ? c->n_hashed_slots * 2 : 256;
-        struct hashed *h = cli_xrealloc(NULL, n * sizeof *h);
-        memset(h, 0, n * sizeof *h);
-        for (size_t i = 0; i < c->n_hashed_slots; i++) {
-            if (!c->hashed[i].t)
-                continue;
-            size_t j = ((uintptr_t)c->hashed[i].t >> 4) & (n - 1);
-            while (h[j].t)
-                j = (j + 1) & (n - 1);
-            h[j] = c->hashed[i];
-        }
-        free(c->hashed);
-        c->hashed = h;
-        c->n_hashed_slots = n;
-    }
-    size_t j = ((uintptr_t)t >> 4) & (c->n_hashed_slots - 1);
-    for (; c->hashed[j].t; j = (j + 1) & (c->n_hashed_slots - 1))
-        if (c->hashed[j].t == t) {
-            memcpy(hex, c->hashed[j].hex, 65);
+    uint64_t h = ckpt__hash_u64((uint64_t)(uintptr_t)t, SEED_TENSOR);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&c->hash_index, h, &pos); it;
+         it = ckpt__hindex_next(&c->hash_index, h, &pos))
+        if (c->hashed[it - 1].t == t) {
+            memcpy(hex, c->hashed[it - 1].hex, 65);
             return true;
         }
     /* ckpt_tensor_sha256 bounds one broadcast view; the sum over many is bounded here. */
@@ -110,9 +101,18 @@ static bool tensor_sha256(tensors_ctx *c, const ckpt_tensor *t, char hex[65])
     }
     if (ckpt_tensor_sha256(t, hex, &c->err) != CKPT_OK)
         return false;
-    c->hashed[j].t = t;
-    memcpy(c->hashed[j].hex, hex, 65);
-    c->n_hashed++;
+    if ((!c->hash_ar && !(c->hash_ar = ckpt__sd_arena())) ||
+        ckpt__hindex_add(c->hash_ar, &c->hash_index, h, c->n_hashed) != 0) {
+        c->err.status = CKPT_ENOMEM;
+        snprintf(c->err.message, sizeof c->err.message, "out of memory");
+        return false;
+    }
+    if (c->n_hashed == c->cap_hashed) {
+        c->cap_hashed = c->cap_hashed ? 2 * c->cap_hashed : 256;
+        c->hashed = cli_xrealloc(c->hashed, c->cap_hashed * sizeof *c->hashed);
+    }
+    c->hashed[c->n_hashed].t = t;
+    memcpy(c->hashed[c->n_hashed++].hex, hex, 65);
     return true;
 }
 
@@ -457,6 +457,7 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
     free(c->rows);
     free(c->offs);
     free(c->hashed);
+    ckpt__arena_free(c->hash_ar);
     sb_free(&c->cur);
     free(c);
     ckpt_close(f);

@@ -49,9 +49,10 @@ static int parse_limit(const cli_command *cmd, const limit_opt *o, const char *s
     if (!isdigit((unsigned char)*p))
         return cli_usage_error(cmd, "--%s takes a number, not '%s'", o->name, s);
     bool over = false;
-    for (; isdigit((unsigned char)*p); p++)
-        over |= __builtin_mul_overflow(v, 10, &v) |
-                __builtin_add_overflow(v, (uint64_t)(*p - '0'), &v);
+    for (; isdigit((unsigned char)*p); p++) {
+        over |= __builtin_mul_overflow(v, 10, &v);
+        over |= __builtin_add_overflow(v, (uint64_t)(*p - '0'), &v);
+    }
     if (*p && o->arg[0] == 'S') {
         const char *units = "KMGTPE";
         const char *u = strchr(units, toupper((unsigned char)*p));
@@ -82,6 +83,7 @@ void cli_print_help(const cli_command *cmd, FILE *to)
             cmd->summary + 1);
     if (cmd->help && *cmd->help)
         fprintf(to, "\n%s", cmd->help);
+    fputs("\nExit status: see 'ckpt help'.\n", to);
     fputs("\nLimits on what a file may make ckpt do (every command; SIZE takes K, M, G):\n", to);
     for (const limit_opt *o = limit_opts; o->name; o++)
         fprintf(to, "  --%s %s%*s default %llu%s\n", o->name, o->arg,
@@ -169,6 +171,7 @@ static void put_clean(const char *s, FILE *to)
         fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, to);
 }
 
+__attribute__((format(printf, 3, 0)))
 static void report(const char *what, const char *path, const char *fmt, va_list ap)
 {
     char msg[1024];

@@ -20,28 +20,25 @@
 
 /* ---- buffer ---------------------------------------------------------------------------- */
 
+static _Noreturn void out_of_memory(void)
+{
+    fputs("ckpt: error: out of memory\n", stderr);
+    exit(CLI_EXIT_ERROR);
+}
+
 void *cli_xrealloc(void *p, size_t n)
 {
     void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fputs("ckpt: error: out of memory\n", stderr);
-        exit(CLI_EXIT_ERROR);
-    }
+    if (!q)
+        out_of_memory();
     return q;
 }
 
 void sb_putn(cli_sb *sb, const char *s, size_t n)
 {
-    if (sb->len + n + 1 > sb->cap) {
-        size_t cap = sb->cap ? sb->cap : 256;
-        while (cap < sb->len + n + 1)
-            cap *= 2;
-        sb->buf = cli_xrealloc(sb->buf, cap);
-        sb->cap = cap;
-    }
-    memcpy(sb->buf + sb->len, s, n);
-    sb->len += n;
-    sb->buf[sb->len] = '\0';
+    ckpt__sb_addn(sb, s, n);
+    if (sb->failed)
+        out_of_memory();
 }
 
 void sb_puts(cli_sb *sb, const char *s) { sb_putn(sb, s, strlen(s)); }
@@ -80,9 +77,7 @@ void sb_pad(cli_sb *sb, size_t n)
 
 void sb_free(cli_sb *sb)
 {
-    free(sb->buf);
-    sb->buf = NULL;
-    sb->len = sb->cap = 0;
+    ckpt__sb_free(sb);
 }
 
 const char *sb_str(const cli_sb *sb) { return sb->buf ? sb->buf : ""; }
@@ -723,34 +718,60 @@ void cli_key_str(cli_sb *sb, const ckpt_value *key)
 /* ---- distinct items: a visited set of containers ---- */
 
 typedef struct ptr_set {
-    const void **slot;
-    size_t cap, len; /* cap is a power of two */
+    const void **items; /* in insertion order */
+    size_t len, cap;
+    ckpt__arena *ar;    /* for index */
+    ckpt__hindex index; /* over items: the library's keyed hash index */
 } ptr_set;
+
+#define SEED_PTR 0x70747273
+
+static uint64_t ptr_hash(const void *p)
+{
+    return ckpt__hash_u64((uint64_t)(uintptr_t)p, SEED_PTR);
+}
+
+/* The index of p in s, or SIZE_MAX. */
+static size_t ptr_set_find(const ptr_set *s, const void *p, uint64_t h)
+{
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&s->index, h, &pos); it;
+         it = ckpt__hindex_next(&s->index, h, &pos))
+        if (s->items[it - 1] == p)
+            return it - 1;
+    return SIZE_MAX;
+}
+
+/* Appends p (not in s yet); its index. */
+static size_t ptr_set_put(ptr_set *s, const void *p, uint64_t h)
+{
+    if (!s->ar && !(s->ar = ckpt__sd_arena()))
+        out_of_memory();
+    if (ckpt__hindex_add(s->ar, &s->index, h, s->len) != 0)
+        out_of_memory();
+    if (s->len == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 1024;
+        s->items = cli_xrealloc(s->items, s->cap * sizeof *s->items);
+    }
+    s->items[s->len] = p;
+    return s->len++;
+}
 
 /* Adds p; false if it was there already. */
 static bool ptr_set_add(ptr_set *s, const void *p)
 {
-    if (2 * (s->len + 1) > s->cap) {
-        ptr_set bigger = {NULL, s->cap ? 2 * s->cap : 1024, 0};
-        bigger.slot = cli_xrealloc(NULL, bigger.cap * sizeof *bigger.slot);
-        memset(bigger.slot, 0, bigger.cap * sizeof *bigger.slot);
-        for (size_t i = 0; i < s->cap; i++) {
-            if (s->slot[i])
-                ptr_set_add(&bigger, s->slot[i]);
-        }
-        free(s->slot);
-        *s = bigger;
-    }
-    size_t h = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull;
-    for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
-        if (s->slot[i] == p)
-            return false;
-        if (!s->slot[i]) {
-            s->slot[i] = p;
-            s->len++;
-            return true;
-        }
-    }
+    uint64_t h = ptr_hash(p);
+    if (ptr_set_find(s, p, h) != SIZE_MAX)
+        return false;
+    ptr_set_put(s, p, h);
+    return true;
+}
+
+static void ptr_set_free(ptr_set *s)
+{
+    free(s->items);
+    ckpt__arena_free(s->ar);
+    memset(s, 0, sizeof *s);
 }
 
 static void push_pending(const ckpt_value ***st, size_t *n, size_t *cap, const ckpt_value *v)
@@ -806,7 +827,7 @@ void cli_walk_init(cli_walk *w, const ckpt_value *root)
         }
     }
     free(st);
-    free(seen.slot);
+    ptr_set_free(&seen);
     w->max_items = distinct * CLI_ITEMS_PER_DISTINCT;
     if (w->max_items < CLI_MIN_ITEMS)
         w->max_items = CLI_MIN_ITEMS;
@@ -878,7 +899,8 @@ bool cli_walk_charge(cli_walk *w, uint64_t n)
  * container it was in: a path is rebuilt from these only when a reference is printed. */
 struct cli_seen {
     ptr_set set;       /* the containers, keyed by address ... */
-    uint32_t *rec_of;  /* ... and, at the same slot, their record */
+    uint32_t *rec_of;  /* ... and, at the same index, their record */
+    size_t cap_rec_of;
     struct seen_rec {
         uint32_t parent;
         bool marked;     /* cli_walk_mark was called under it */
@@ -888,22 +910,10 @@ struct cli_seen {
     cli_sb comps;
 };
 
-/* The slot of p in s (or of the empty slot where it would go). */
-static size_t ptr_slot(const ptr_set *s, const void *p)
-{
-    size_t h = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull;
-    size_t i = h & (s->cap - 1);
-    while (s->slot[i] && s->slot[i] != p)
-        i = (i + 1) & (s->cap - 1);
-    return i;
-}
-
 static bool seen_find(const cli_seen *s, const void *p, uint32_t *rec)
 {
-    if (!s->set.cap)
-        return false;
-    size_t i = ptr_slot(&s->set, p);
-    if (!s->set.slot[i])
+    size_t i = ptr_set_find(&s->set, p, ptr_hash(p));
+    if (i == SIZE_MAX)
         return false;
     *rec = s->rec_of[i];
     return true;
@@ -911,28 +921,12 @@ static bool seen_find(const cli_seen *s, const void *p, uint32_t *rec)
 
 static void seen_put(cli_seen *s, const void *p, uint32_t rec)
 {
-    if (2 * (s->set.len + 1) > s->set.cap) {
-        size_t cap = s->set.cap ? 2 * s->set.cap : 1024;
-        ptr_set bigger = {cli_xrealloc(NULL, cap * sizeof(void *)), cap, 0};
-        uint32_t *recs = cli_xrealloc(NULL, cap * sizeof *recs);
-        memset(bigger.slot, 0, cap * sizeof(void *));
-        for (size_t i = 0; i < s->set.cap; i++) {
-            if (!s->set.slot[i])
-                continue;
-            size_t j = ptr_slot(&bigger, s->set.slot[i]);
-            bigger.slot[j] = s->set.slot[i];
-            recs[j] = s->rec_of[i];
-            bigger.len++;
-        }
-        free(s->set.slot);
-        free(s->rec_of);
-        s->set = bigger;
-        s->rec_of = recs;
+    size_t i = ptr_set_put(&s->set, p, ptr_hash(p));
+    if (s->cap_rec_of < s->set.cap) {
+        s->cap_rec_of = s->set.cap;
+        s->rec_of = cli_xrealloc(s->rec_of, s->cap_rec_of * sizeof *s->rec_of);
     }
-    size_t i = ptr_slot(&s->set, p);
-    s->set.slot[i] = p;
     s->rec_of[i] = rec;
-    s->set.len++;
 }
 
 void cli_walk_share(cli_walk *w)
@@ -947,7 +941,7 @@ void cli_walk_free(cli_walk *w)
 {
     if (!w->seen)
         return;
-    free(w->seen->set.slot);
+    ptr_set_free(&w->seen->set);
     free(w->seen->rec_of);
     free(w->seen->recs);
     sb_free(&w->seen->comps);

@@ -31,11 +31,23 @@ static void print_overview(FILE *to)
           to);
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(to, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fputs("\nRun 'ckpt help COMMAND' for a command's options and examples.\n"
-          "Exit status: 0 success; 1 a finding (scan: unsafe globals, check: the load fails,\n"
-          "diff: a difference); 2 an error.\n",
-          to);
+    fputs("\nRun 'ckpt help COMMAND' for a command's options and examples.\n\n", to);
+    fputs(cli_exit_status_text, to);
 }
+
+/* The one statement of what the exit status means (docs/CLI.md "Exit status" is the same
+ * table, and test_readme.py checks that they agree); every --help points here. */
+const char cli_exit_status_text[] =
+    "Exit status:\n"
+    "  0  success\n"
+    "  1  a finding: scan found an unknown or dangerous global; check: the strict load would\n"
+    "     fail; diff: the files differ; extract, run: refused because the strict load would\n"
+    "     fail, nothing written or run; run --repeat: outputs differed between runs\n"
+    "  2  an error: the file is unreadable or invalid, the command line is wrong, stdout could\n"
+    "     not be written; check, extract, run: no architecture matches and no --against;\n"
+    "     run: an image could not be read (the others are still classified and printed).\n"
+    "     stdout is then empty (run: but for the images read) and stderr holds one line\n"
+    "     'ckpt: error: FILE: what is wrong'\n";
 
 const char cmd_help_help[] = "Examples:\n"
                              "  ckpt help\n"
@@ -45,7 +57,7 @@ int cmd_help(int argc, char **argv, const cli_command *self)
 {
     const char *pos[1];
     int npos;
-    int rc = cli_parse_args(self, argc, argv, (const cli_opt[]){{NULL}}, pos, 0, 1, &npos);
+    int rc = cli_parse_args(self, argc, argv, (const cli_opt[]){{0}}, pos, 0, 1, &npos);
     if (rc >= 0)
         return rc;
     if (npos == 0) {

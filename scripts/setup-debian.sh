@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything ckpt needs on Debian 12, as root (or through sudo). Idempotent.
-# Build: cmake, a C compiler, pkg-config and the libraries libckpt links.
+# Build: cmake, a C compiler (and clang, for the second -Werror build of scripts/test.sh),
+# pkg-config and the libraries libckpt links.
 # Tests, benchmarks and the demo only: Debian's PyTorch 1.13, torchvision, Pillow, numpy,
 # scikit-learn (its handwritten digits train the demo's model), strace, GNU time.
 set -euo pipefail
 packages=(
-  build-essential cmake pkg-config
+  build-essential clang cmake pkg-config
   zlib1g-dev nettle-dev libjansson-dev libjpeg62-turbo-dev libpng-dev libdnnl-dev
   python3-torch python3-torchvision python3-pil python3-numpy python3-sklearn
   strace time

@@ -33,66 +33,13 @@ bool ckpt_dtype_is_float(ckpt_dtype dt)
            dt == CKPT_DT_BFLOAT16;
 }
 
-/* ---- scalar conversions on bit patterns ----------------------------------------------- */
+/* ---- scalar conversions on bit patterns (half.c) -------------------------------------- */
 
 static uint32_t f32_bits(float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
     return u;
-}
-
-static float f32_from(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static uint16_t f32_to_f16(uint32_t x)
-{
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7FFFFFFFu;
-    if (ax > 0x7F800000u)
-        return sign | 0x7E00u;
-    if (ax >= 0x477FF000u) /* 65520 and up round to infinity (65504 is odd: ties go up) */
-        return sign | 0x7C00u;
-    if (ax >= 0x38800000u) { /* a normal half: rebias the exponent, round the low 13 bits */
-        ax += 0xC8000FFFu + ((ax >> 13) & 1u);
-        return sign | (uint16_t)(ax >> 13);
-    }
-    if (ax <= 0x33000000u) /* at most 2^-25, half the smallest subnormal: ties to even 0 */
-        return sign;
-    uint32_t e = ax >> 23, m = (ax & 0x7FFFFFu) | 0x800000u;
-    uint32_t shift = 126 - e; /* 14 .. 24 */
-    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1u)))
-        q++;
-    return sign | (uint16_t)q;
-}
-
-static uint32_t f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-    if (exp == 0x1F)
-        return sign | 0x7F800000u | (man ? 0x400000u | (man << 13) : 0);
-    if (exp)
-        return sign | ((exp + 112) << 23) | (man << 13);
-    if (!man)
-        return sign;
-    uint32_t e = 113; /* normalise a subnormal */
-    while (!(man & 0x400u)) {
-        man <<= 1;
-        e--;
-    }
-    return sign | (e << 23) | ((man & 0x3FFu) << 13);
-}
-
-static uint16_t f32_to_bf16(uint32_t x, uint16_t nan)
-{
-    if ((x & 0x7FFFFFFFu) > 0x7F800000u)
-        return nan;
-    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
 
 /* ---- bulk conversion ------------------------------------------------------------------- */
@@ -111,12 +58,12 @@ static float load_float(ckpt_dtype from, const uint8_t *p)
     case CKPT_DT_FLOAT16: {
         uint16_t h;
         memcpy(&h, p, 2);
-        return f32_from(f16_to_f32(h));
+        return ckpt__f32_from_bits(ckpt__f16_to_f32(h));
     }
     case CKPT_DT_BFLOAT16: {
         uint16_t b;
         memcpy(&b, p, 2);
-        return f32_from((uint32_t)b << 16);
+        return ckpt__f32_from_bits(ckpt__bf16_to_f32(b));
     }
     case CKPT_DT_FLOAT64: {
         double d;
@@ -144,7 +91,7 @@ static void convert_n(ckpt_dtype to, uint8_t *dst, ckpt_dtype from, const uint8_
         for (size_t i = 0; i < n; i++) {
             uint32_t x;
             memcpy(&x, src + 4 * i, 4);
-            uint16_t h = f32_to_f16(x);
+            uint16_t h = ckpt__f32_to_f16(x);
             memcpy(dst + 2 * i, &h, 2);
         }
         return;
@@ -153,7 +100,7 @@ static void convert_n(ckpt_dtype to, uint8_t *dst, ckpt_dtype from, const uint8_
         for (size_t i = 0; i < n; i++) {
             uint32_t x;
             memcpy(&x, src + 4 * i, 4);
-            uint16_t b = f32_to_bf16(x, rule->f32);
+            uint16_t b = ckpt__f32_to_bf16(x, rule->f32);
             memcpy(dst + 2 * i, &b, 2);
         }
         return;
@@ -172,7 +119,7 @@ static void convert_n(ckpt_dtype to, uint8_t *dst, ckpt_dtype from, const uint8_
         if (to == CKPT_DT_FLOAT32) {
             memcpy(d, &x, 4);
         } else if (to == CKPT_DT_FLOAT16) {
-            uint16_t h = f32_to_f16(x);
+            uint16_t h = ckpt__f32_to_f16(x);
             memcpy(d, &h, 2);
         } else {
             uint16_t nan = BF16_NAN_SCALAR;
@@ -180,7 +127,7 @@ static void convert_n(ckpt_dtype to, uint8_t *dst, ckpt_dtype from, const uint8_
                 nan = rule->f32;
             else if (from == CKPT_DT_FLOAT64)
                 nan = rule->index + i < rule->f64_tail ? BF16_NAN_VECTOR : BF16_NAN_SCALAR;
-            uint16_t b = f32_to_bf16(x, nan);
+            uint16_t b = ckpt__f32_to_bf16(x, nan);
             memcpy(d, &b, 2);
         }
     }

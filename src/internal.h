@@ -70,6 +70,14 @@ const char *ckpt__size_str(char buf[32], uint64_t n);
 /* The right error for an arena allocation that returned NULL. */
 int ckpt__arena_error(const ckpt__arena *ar, ckpt_error *err);
 
+/* ---- float16 and bfloat16, on bit patterns, as torch converts them (half.c) --------------- */
+
+uint32_t ckpt__f16_to_f32(uint16_t h);  /* exact; NaN quietened, payload kept */
+uint16_t ckpt__f32_to_f16(uint32_t x);  /* nearest even; NaN -> sign | 0x7E00 */
+uint32_t ckpt__bf16_to_f32(uint16_t b); /* exact, NaN untouched */
+uint16_t ckpt__f32_to_bf16(uint32_t x, uint16_t nan); /* nearest even; NaN -> nan */
+float ckpt__f32_from_bits(uint32_t u);
+
 /* ---- keyed hashing and the hash index (hash.c) --------------------------------------------- */
 
 /* SipHash-1-3 under a per-process random key: what a file's author cannot aim collisions at.

@@ -1389,15 +1389,6 @@ static int rebuild_from_type(pk *p, ckpt_value **a, size_t na, int nesting, ckpt
     return CKPT_OK;
 }
 
-static double half_to_double(unsigned h)
-{
-    unsigned e = (h >> 10) & 31, m = h & 1023;
-    double v = e == 0    ? ldexp(m, -24)
-               : e == 31 ? (m ? NAN : INFINITY)
-                         : ldexp(m + 1024, (int)e - 25);
-    return h & 0x8000 ? -v : v;
-}
-
 /* numpy.core.multiarray.scalar(dtype, bytes): the value itself (docs/FORMAT.md §4.3). The
  * dtype is the OBJECT numpy.dtype('f8', False, True) with BUILD state (3, '<', ...). */
 static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
@@ -1473,7 +1464,7 @@ static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
             memcpy(&f, &w, 4);
             d[h] = f;
         } else {
-            d[h] = half_to_double((unsigned)u[h]);
+            d[h] = ckpt__f32_from_bits(ckpt__f16_to_f32((uint16_t)u[h]));
         }
     }
     switch (types[ti].type) {

@@ -92,26 +92,35 @@ typedef struct storage_memo {
 } storage_memo;
 
 typedef struct memo_table {
-    storage_memo *slots;
-    size_t cap; /* power of two */
+    ckpt__arena *ar;
+    storage_memo *items; /* one per tensor at most */
+    size_t len;
+    ckpt__hindex index; /* over items, keyed by (storage, dtype) */
 } memo_table;
 
+#define SEED_MEMO 0x6d656d6f
+
+/* The memo of (s, dt), added if fresh; NULL when the arena is out. */
 static storage_memo *memo_slot(memo_table *t, const ckpt_storage *s, ckpt_dtype dt, bool *fresh)
 {
-    uint64_t h = ((uint64_t)(uintptr_t)s * 0x9e3779b97f4a7c15ull) ^ (uint64_t)dt;
-    for (size_t i = (size_t)(h >> 17) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
-        storage_memo *m = &t->slots[i];
-        if (!m->s) {
-            m->s = s;
-            m->dt = dt;
-            *fresh = true;
-            return m;
-        }
-        if (m->s == s && m->dt == dt) {
+    ckpt__hasher hs;
+    ckpt__hasher_init(&hs, SEED_MEMO);
+    ckpt__hasher_u64(&hs, (uint64_t)(uintptr_t)s);
+    ckpt__hasher_u64(&hs, (uint64_t)dt);
+    uint64_t h = ckpt__hasher_end(&hs);
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&t->index, h, &pos); it;
+         it = ckpt__hindex_next(&t->index, h, &pos))
+        if (t->items[it - 1].s == s && t->items[it - 1].dt == dt) {
             *fresh = false;
-            return m;
+            return &t->items[it - 1];
         }
-    }
+    if (ckpt__hindex_add(t->ar, &t->index, h, t->len) != 0)
+        return NULL;
+    storage_memo *m = &t->items[t->len++];
+    *m = (storage_memo){.s = s, .dt = dt};
+    *fresh = true;
+    return m;
 }
 
 static int scan_nonfinite(const ckpt_tensor *t, memo_table *memo, int64_t *nan, int64_t *inf,
@@ -126,6 +135,8 @@ static int scan_nonfinite(const ckpt_tensor *t, memo_table *memo, int64_t *nan, 
     uint64_t storage_elems = t->storage->nbytes / es;
     bool fresh;
     storage_memo *m = memo_slot(memo, t->storage, t->dtype, &fresh);
+    if (!m)
+        return ckpt__arena_error(memo->ar, err);
     if (fresh) {
         const uint8_t *data;
         int rc = ckpt__storage_bytes(t->storage, &data, err);
@@ -174,11 +185,9 @@ static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_mod
                        value_scan *vs, ckpt_error *err)
 {
     memset(vs, 0, sizeof *vs);
-    memo_table memo = {NULL, 16};
-    while (memo.cap < 2 * sd->n_entries + 1)
-        memo.cap *= 2;
-    memo.slots = ckpt__arena_alloc(p->ar, memo.cap * sizeof *memo.slots);
-    if (!memo.slots)
+    memo_table memo = {.ar = p->ar};
+    memo.items = ckpt__arena_alloc(p->ar, (sd->n_entries + 1) * sizeof *memo.items);
+    if (!memo.items || ckpt__hindex_reserve(p->ar, &memo.index, sd->n_entries) != 0)
         return ckpt__arena_error(p->ar, err);
     for (size_t i = 0; i < sd->n_entries; i++) {
         const ckpt_sd_entry *e = &sd->entries[i];

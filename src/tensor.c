@@ -100,42 +100,20 @@ static void walk(const ckpt_tensor *t, const uint8_t *base, run_fn run, void *ud
 
 /* ---- conversion to float32 ------------------------------------------------------------- */
 
-static float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else if (exp) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man) {
-        /* subnormal: normalise */
-        int e = -1;
-        do {
-            e++;
-            man <<= 1;
-        } while (!(man & 0x400));
-        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
-    } else {
-        bits = sign;
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 static float load_f32(ckpt_dtype dt, const uint8_t *p)
 {
     switch (dt) {
     case CKPT_DT_FLOAT32: { float v; memcpy(&v, p, 4); return v; }
     case CKPT_DT_FLOAT64: { double v; memcpy(&v, p, 8); return (float)v; }
-    case CKPT_DT_FLOAT16: { uint16_t v; memcpy(&v, p, 2); return half_to_float(v); }
+    case CKPT_DT_FLOAT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        return ckpt__f32_from_bits(ckpt__f16_to_f32(v));
+    }
     case CKPT_DT_BFLOAT16: {
         uint16_t v;
         memcpy(&v, p, 2);
-        uint32_t bits = (uint32_t)v << 16;
-        float f;
-        memcpy(&f, &bits, 4);
-        return f;
+        return ckpt__f32_from_bits(ckpt__bf16_to_f32(v));
     }
     case CKPT_DT_INT64: { int64_t v; memcpy(&v, p, 8); return (float)v; }
     case CKPT_DT_INT32: { int32_t v; memcpy(&v, p, 4); return (float)v; }

@@ -1,9 +1,9 @@
 /*
  * util.c - small tools the state-dict modules share (locate.c, judge.c, report.c, diff.c, sd.c):
- * a string map, a growable string, a pointer vector, shape helpers and element decoding.
+ * a string map, the growable buffer, a pointer vector, shape helpers and element decoding.
  *
- * These were private to sd.c; they live here until the library's shared keyed hash map,
- * buffer and fp16 code replace them (issue 10: one copy of each utility).
+ * These were private to sd.c. The string map rides on hash.c's keyed index, the one hash
+ * table of the library.
  */
 #include "util.h"
 
@@ -30,61 +30,65 @@ const char *ckpt__leaf_name(const char *key)
     return d ? d + 1 : key;
 }
 
-static uint64_t hash2(const char *a, size_t na, const char *b, size_t nb)
+#define SEED_STRMAP 0x7374726d
+
+/* The keyed hash of a + b, as one string. */
+static uint64_t strmap_hash(const char *a, size_t na, const char *b, size_t nb)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < na; i++)
-        h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
-    for (size_t i = 0; i < nb; i++)
-        h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
-    return h;
+    ckpt__hasher h;
+    ckpt__hasher_init(&h, SEED_STRMAP);
+    ckpt__hasher_add(&h, a, na);
+    ckpt__hasher_add(&h, b, nb);
+    return ckpt__hasher_end(&h);
 }
 
 bool ckpt__strmap_init(ckpt__arena *ar, ckpt__strmap *m, size_t n)
 {
-    size_t cap = 16;
-    while (cap < 2 * n + 1) {
-        if (cap > SIZE_MAX / 4)
-            return false;
-        cap *= 2;
-    }
-    m->cap = cap;
-    m->keys = ckpt__arena_alloc(ar, cap * sizeof *m->keys);
-    m->vals = ckpt__arena_alloc(ar, cap * sizeof *m->vals);
-    return m->keys && m->vals;
+    *m = (ckpt__strmap){.ar = ar, .cap = n ? n : 1};
+    if (m->cap > SIZE_MAX / sizeof *m->keys)
+        return false;
+    m->keys = ckpt__arena_alloc(ar, m->cap * sizeof *m->keys);
+    m->vals = ckpt__arena_alloc(ar, m->cap * sizeof *m->vals);
+    return m->keys && m->vals && ckpt__hindex_reserve(ar, &m->index, m->cap) == 0;
 }
 
-static size_t strmap_slot(const ckpt__strmap *m, const char *a, size_t na, const char *b, size_t nb)
+/* The entry holding a + b, or SIZE_MAX. */
+static size_t strmap_find(const ckpt__strmap *m, uint64_t h, const char *a, size_t na,
+                          const char *b, size_t nb)
 {
-    size_t i = (size_t)hash2(a, na, b, nb) & (m->cap - 1);
-    for (;; i = (i + 1) & (m->cap - 1)) {
-        const char *k = m->keys[i];
-        if (!k)
-            return i;
+    size_t pos;
+    for (size_t it = ckpt__hindex_first(&m->index, h, &pos); it;
+         it = ckpt__hindex_next(&m->index, h, &pos)) {
+        const char *k = m->keys[it - 1];
         /* a and b hold no NUL, so a match of a proves k is at least na long */
         if (strncmp(k, a, na) == 0 && strncmp(k + na, b, nb) == 0 && k[na + nb] == '\0')
-            return i;
+            return it - 1;
     }
+    return SIZE_MAX;
 }
 
-/* Sets key -> v unless present; returns the index stored for key. Callers size the map for
- * every key they insert, so a free slot always exists. */
+/* Sets key -> v unless present; returns the index stored for key (SIZE_MAX if the map is
+ * full: callers size it for every key they insert). */
 size_t ckpt__strmap_add(ckpt__strmap *m, const char *key, size_t v)
 {
-    size_t i = strmap_slot(m, key, strlen(key), "", 0);
-    if (!m->keys[i]) {
-        m->keys[i] = key;
-        m->vals[i] = v;
-    }
-    return m->vals[i];
+    size_t n = strlen(key);
+    uint64_t h = strmap_hash(key, n, "", 0);
+    size_t at = strmap_find(m, h, key, n, "", 0);
+    if (at != SIZE_MAX)
+        return m->vals[at];
+    if (m->len == m->cap || ckpt__hindex_add(m->ar, &m->index, h, m->len) != 0)
+        return SIZE_MAX;
+    m->keys[m->len] = key;
+    m->vals[m->len++] = v;
+    return v;
 }
 
 size_t ckpt__strmap_get2(const ckpt__strmap *m, const char *a, size_t na, const char *b, size_t nb)
 {
-    if (!m->cap)
+    if (!m->len)
         return SIZE_MAX;
-    size_t i = strmap_slot(m, a, na, b, nb);
-    return m->keys[i] ? m->vals[i] : SIZE_MAX;
+    size_t at = strmap_find(m, strmap_hash(a, na, b, nb), a, na, b, nb);
+    return at == SIZE_MAX ? SIZE_MAX : m->vals[at];
 }
 
 size_t ckpt__strmap_get(const ckpt__strmap *m, const char *key)
@@ -92,25 +96,35 @@ size_t ckpt__strmap_get(const ckpt__strmap *m, const char *key)
     return ckpt__strmap_get2(m, key, strlen(key), "", 0);
 }
 
-void ckpt__sb_addn(ckpt__strbuf *b, const char *s, size_t n)
+void ckpt__sb_addn(ckpt__strbuf *b, const void *s, size_t n)
 {
     if (b->failed)
         return;
+    if (n >= SIZE_MAX - b->len) {
+        b->failed = true;
+        return;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t ncap = b->cap ? b->cap : 256;
         while (ncap < b->len + n + 1)
-            ncap *= 2;
-        char *ns = realloc(b->s, ncap);
+            ncap = ncap > SIZE_MAX / 2 ? b->len + n + 1 : ncap * 2;
+        char *ns = realloc(b->buf, ncap);
         if (!ns) {
             b->failed = true;
             return;
         }
-        b->s = ns;
+        b->buf = ns;
         b->cap = ncap;
     }
-    memcpy(b->s + b->len, s, n);
+    memcpy(b->buf + b->len, s, n);
     b->len += n;
-    b->s[b->len] = '\0';
+    b->buf[b->len] = '\0';
+}
+
+void ckpt__sb_free(ckpt__strbuf *b)
+{
+    free(b->buf);
+    memset(b, 0, sizeof *b);
 }
 
 void ckpt__sb_add(ckpt__strbuf *b, const char *s)
@@ -150,9 +164,8 @@ char *ckpt__sb_finish(ckpt__strbuf *b, ckpt__arena *ar)
 {
     char *r = NULL;
     if (!b->failed)
-        r = ckpt__arena_strndup(ar, b->s ? b->s : "", b->len);
-    free(b->s);
-    memset(b, 0, sizeof *b);
+        r = ckpt__arena_strndup(ar, b->buf ? b->buf : "", b->len);
+    ckpt__sb_free(b);
     return r;
 }
 
@@ -242,16 +255,7 @@ static uint64_t load_le(const uint8_t *p, size_t n)
 
 double ckpt__half_to_double(uint16_t h)
 {
-    int e = (h >> 10) & 0x1f;
-    double m = h & 0x3ff;
-    double v;
-    if (e == 0)
-        v = ldexp(m, -24);
-    else if (e == 31)
-        v = m ? NAN : INFINITY;
-    else
-        v = ldexp(m + 1024, e - 25);
-    return (h & 0x8000) ? -v : v;
+    return ckpt__f32_from_bits(ckpt__f16_to_f32(h));
 }
 
 static double f32_bits(uint32_t u)
@@ -291,7 +295,7 @@ double ckpt__elem_double(ckpt_dtype dt, const uint8_t *p)
         return d;
     }
     case CKPT_DT_FLOAT16: return ckpt__half_to_double((uint16_t)load_le(p, 2));
-    case CKPT_DT_BFLOAT16: return f32_bits((uint32_t)load_le(p, 2) << 16);
+    case CKPT_DT_BFLOAT16: return f32_bits(ckpt__bf16_to_f32((uint16_t)load_le(p, 2)));
     case CKPT_DT_INT64: return (double)(int64_t)load_le(p, 8);
     case CKPT_DT_INT32: return (int32_t)(uint32_t)load_le(p, 4);
     case CKPT_DT_INT16: return (int16_t)(uint16_t)load_le(p, 2);

@@ -6,18 +6,22 @@
 
 #include "internal.h"
 
-/* A string map (key -> index) in an arena: open addressing, FNV-1a. Lookups may give the key
- * as two pieces, so "prefix" + "name" needs no concatenation. */
+/* A string map (key -> index) in an arena, over the library's keyed hash index (hash.c), so a
+ * file's author cannot choose keys that collide. Lookups may give the key as two pieces, so
+ * "prefix" + "name" needs no concatenation. Sized at init for every key it will hold. */
 typedef struct ckpt__strmap {
-    size_t cap; /* power of two */
-    const char **keys;
+    ckpt__arena *ar;
+    const char **keys; /* in insertion order */
     size_t *vals;
+    size_t len, cap;
+    ckpt__hindex index; /* over keys */
 } ckpt__strmap;
 
-/* A growable string on the C heap, copied into an arena when done. On allocation failure it
- * stops growing and remembers it. */
+/* The one growable buffer (text or bytes) of the library and the CLI: on the C heap, kept
+ * NUL-terminated, copied into an arena when done or freed. On allocation failure it stops
+ * growing and remembers it (the CLI's sb_* wrappers exit instead). Zero-initialised is empty. */
 typedef struct ckpt__strbuf {
-    char *s;
+    char *buf; /* NUL-terminated when non-NULL */
     size_t len, cap;
     bool failed;
 } ckpt__strbuf;
@@ -35,7 +39,8 @@ bool ckpt__strmap_init(ckpt__arena *ar, ckpt__strmap *m, size_t n);
 size_t ckpt__strmap_add(ckpt__strmap *m, const char *key, size_t v);
 size_t ckpt__strmap_get2(const ckpt__strmap *m, const char *a, size_t na, const char *b, size_t nb);
 size_t ckpt__strmap_get(const ckpt__strmap *m, const char *key);
-void ckpt__sb_addn(ckpt__strbuf *b, const char *s, size_t n);
+void ckpt__sb_addn(ckpt__strbuf *b, const void *s, size_t n);
+void ckpt__sb_free(ckpt__strbuf *b);
 void ckpt__sb_add(ckpt__strbuf *b, const char *s);
 void ckpt__sb_printf(ckpt__strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 char *ckpt__sb_finish(ckpt__strbuf *b, ckpt__arena *ar);

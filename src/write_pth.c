@@ -18,7 +18,7 @@
  * offset is], an "FB" field padding the data to a multiple of 64, the data, the descriptor
  * (u32 sizes, or u64 with a ZIP64 field); then the central directory (real CRC-32s, 0xFFFFFFFF
  * and a ZIP64 field for big values), the ZIP64 end record, its locator, the end record. */
-#include "internal.h"
+#include "util.h" /* the growable buffer */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,30 +54,11 @@ static const char *storage_class(ckpt_dtype dt)
 
 /* ---- the pickle ------------------------------------------------------------------------- */
 
-typedef struct pk {
-    uint8_t *buf;
-    size_t len, cap;
-    bool oom;
-} pk;
+typedef ckpt__strbuf pk; /* the pickle's bytes */
 
 static void pk_put(pk *p, const void *data, size_t n)
 {
-    if (p->oom)
-        return;
-    if (p->len + n > p->cap) {
-        size_t cap = p->cap ? p->cap : 4096;
-        while (cap < p->len + n)
-            cap *= 2;
-        uint8_t *b = realloc(p->buf, cap);
-        if (!b) {
-            p->oom = true;
-            return;
-        }
-        p->buf = b;
-        p->cap = cap;
-    }
-    memcpy(p->buf + p->len, data, n);
-    p->len += n;
+    ckpt__sb_addn(p, data, n);
 }
 
 static void pk_byte(pk *p, uint8_t b)
@@ -678,14 +659,14 @@ int ckpt_write_pth(const char *path, const struct ckpt_sd *sd, const ckpt_write_
         if (owner[i] != i)
             rep->shared[k++] = (ckpt_write_shared){pl[i].e->key, pl[owner[i]].e->key};
     build_pickle(&p, sd, pl, storage_of);
-    if (p.oom) {
+    if (p.failed) {
         rc = CKPT_NOMEM(err);
         goto out;
     }
 
     /* the records and where everything goes */
     static const uint8_t byteorder[] = "little", version[] = "3\n";
-    recs[n_recs++] = (record){.name = NULL, .bytes = p.buf, .size = p.len};
+    recs[n_recs++] = (record){.name = NULL, .bytes = (const uint8_t *)p.buf, .size = p.len};
     recs[n_recs++] = (record){.name = NULL, .bytes = byteorder, .size = 6};
     for (size_t i = 0; i < n; i++) {
         if (owner[i] != i)
@@ -764,7 +745,7 @@ out:
     for (size_t i = 0; i < n_recs; i++)
         free(recs[i].name);
     free(recs);
-    free(p.buf);
+    ckpt__sb_free(&p);
     free(storage_of);
     free(owner);
     free(pl);

@@ -193,6 +193,9 @@ def mutate(kind, sd, nc):
         out["head.weight"] = tiny((5, 5))
         out["layer4.9.conv1.weight"] = tiny((1,))
         out["fc.weight_g"] = tiny((2,))
+        # one module rejecting two keys: PyTorch names its _extra_state first, whatever the
+        # dict's order (Module._load_from_state_dict checks it before its loop)
+        out["layer2.bogus"] = tiny((1,))
         out["layer2._extra_state"] = tiny((1,))
     elif kind == "head":
         out["fc.weight"] = tiny((nc + 5, sd["fc.weight"].shape[1]))
@@ -702,6 +705,27 @@ class Diff(unittest.TestCase):
         self.compare(j, data()["extra"]["diff_half"])
         rc, j = self.run_diff("values-a.pt", "values-half.pt", "--atol", "1e-3")
         self.assertEqual(rc, 0, [t for t in j["tensors"] if not t["match"]][:3])
+
+    def test_atol_boundary(self):
+        """--atol is torch.allclose(a, b, rtol=0, atol=ATOL): a difference equal to atol
+        passes. Exact binary differences (0.5, 2^-10) leave no rounding to hide behind."""
+        import torch
+        a = {"w": torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64),
+             "h": torch.tensor([1.0, 0.5], dtype=torch.float16)}
+        b = {"w": torch.tensor([1.5, 2.0, -3.25], dtype=torch.float64),
+             "h": torch.tensor([1.0 + 2 ** -10, 0.5], dtype=torch.float16)}
+        with tempfile.TemporaryDirectory() as d:
+            pa, pb = os.path.join(d, "a.pt"), os.path.join(d, "b.pt")
+            torch.save(a, pa)
+            torch.save(b, pb)
+            for atol in ["0.5", "0.4999", "0.0009765625", "0.0009765"]:
+                rc, out, err = L.run_ckpt(["diff", pa, pb, "--atol", atol, "--json"])
+                self.assertIn(rc, (0, 1), err)
+                got = {t["key"]: t["match"] for t in json.loads(out)["tensors"]}
+                want = {k: torch.allclose(a[k].double(), b[k].double(), rtol=0,
+                                          atol=float(atol)) for k in a}
+                self.assertEqual(got, want, atol)
+                self.assertEqual(rc, 0 if all(want.values()) else 1, atol)
 
     def test_usage(self):
         rc, out, err = L.run_ckpt(["diff", os.path.join(FIX, "values-a.pt")])

@@ -556,6 +556,27 @@ class Dtypes(unittest.TestCase):
         rc, so, se = L.run_ckpt(["tensors", out, "--json"])
         self.assertEqual(rc, 0, se)
 
+    def test_views_differing_in_strides_only(self):
+        """{w: W, wt: W.t()} with W square: one storage, offset and shape alike, strides not.
+        Written as one record, wt would load as W: wrong weights that still load strictly."""
+        import torch
+        g = torch.Generator().manual_seed(10)
+        w = torch.randn(4, 4, generator=g)
+        src = os.path.join(self.tmp, "wt.pt")
+        torch.save({"w": w, "wt": w.t(), "w2": w.view(2, 8)[:, :4]}, src)
+        ref = torch.load(src)
+        for ext in ("pth", "safetensors"):
+            out = os.path.join(self.tmp, "wt." + ext)
+            extract(self, src, out, "--no-check", "--force")
+            if ext == "pth":
+                got = torch.load(out, weights_only=True)
+            else:
+                got = {n: st_tensor(dt, shape, raw)
+                       for n, dt, shape, raw in parse_safetensors(self, out)[1]}
+            for k, v in ref.items():
+                self.assertTrue(same_bits(got[k], v), "%s: %s" % (ext, k))
+            self.assertFalse(torch.equal(got["wt"], got["w"]))
+
     def test_safetensors(self):
         import torch
         ref = torch.load(fix("dtypes.pt"))

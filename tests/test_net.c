@@ -11,6 +11,7 @@
  * exists:
  *
  *   test_net run CKPT ARCH NUM_CLASSES INPUT.npy OUT.npy [--features F.npy] [--backend B]
+ *   test_net maxpool ref|dnnl IN.npy OUT.npy   (one max-pool, for test_net.py)
  *                [--threads N] [--no-winograd|--winograd-all] [--repeat N] [--prefix P]
  *                [--via-sd]
  *       logits of every image of INPUT ([B,3,H,W] float32) into OUT ([B,NUM_CLASSES]);
@@ -603,8 +604,48 @@ static int driver_bench(int argc, char **argv)
     return status;
 }
 
+/* test_net maxpool ref|dnnl IN.npy OUT.npy: one 3x3/2 pad-1 max-pool of a [C,H,W] array, for
+ * test_net.py to compare with torch's max_pool2d (NaN and infinities included). */
+static int driver_maxpool(int argc, char **argv)
+{
+    if (argc != 5) {
+        fprintf(stderr, "usage: test_net maxpool ref|dnnl IN.npy OUT.npy\n");
+        return 2;
+    }
+    ckpt_npy in;
+    ckpt_error err;
+    if (ckpt_npy_read(argv[3], &in, &err)) {
+        fprintf(stderr, "error: %s: %s\n", argv[3], err.message);
+        return 2;
+    }
+    if (in.ndim != 3) {
+        fprintf(stderr, "error: '%s' is not a [C,H,W] array\n", argv[3]);
+        ckpt_npy_free(&in);
+        return 2;
+    }
+    int64_t c = in.shape[0], h = in.shape[1], w = in.shape[2];
+    int64_t oshape[3] = {c, ckpt__conv_out(h, 3, 2, 1), ckpt__conv_out(w, 3, 2, 1)};
+    float *y = malloc((size_t)(oshape[0] * oshape[1] * oshape[2]) * sizeof *y);
+    int status = 0;
+    if (strcmp(argv[2], "ref") == 0)
+        ckpt__ref_maxpool(in.data, c, h, w, y, 2);
+    else if (ckpt__dnnl_maxpool_once(1, c, in.data, h, w, 2, y, &err) != CKPT_OK) {
+        fprintf(stderr, "error: %s\n", err.message);
+        status = 2;
+    }
+    if (status == 0 && ckpt_npy_write(argv[4], y, 3, oshape, &err)) {
+        fprintf(stderr, "error: %s\n", err.message);
+        status = 2;
+    }
+    free(y);
+    ckpt_npy_free(&in);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "maxpool") == 0)
+        return driver_maxpool(argc, argv);
     if (argc > 1 && strcmp(argv[1], "run") == 0)
         return driver_run(argc, argv);
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
