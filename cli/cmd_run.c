@@ -81,6 +81,7 @@ const char cmd_run_help[] =
 
 typedef struct run_options {
     cli_locate l; /* --arch, --key, ... and, once located, the weights */
+    cli_inputs in; /* directories, --files-from, --jsonl, --shard, ... for the images */
     bool json, logits, features;
     const char *labels, *input_npy, *save_input;
     const char **images; /* the image paths */
@@ -93,6 +94,7 @@ typedef struct item {
     const char *name;   /* the image path, or "X.npy[k]" */
     char *owned_name;
     char *error;        /* why it could not be run, or NULL */
+    const char *status; /* with error: the library's status name, or "error" */
     const float *input; /* its 3 x H x W floats when they are already in memory, else NULL */
 } item;
 
@@ -110,6 +112,8 @@ typedef struct run_state {
     int64_t classes, nfeat;
     float *logits, *features; /* n_items x classes, n_items x nfeat, of the first run */
     long differing_runs;
+    size_t emitted;       /* --jsonl: the items whose records are written */
+    cli_progress progress;
 } run_state;
 
 /* As cli_xrealloc does when memory runs out: report and exit 2. */
@@ -174,6 +178,7 @@ static int parse_options(const cli_command *self, int argc, char **argv, run_opt
         {"input", "X.npy", NULL, &o->input_npy},
         {"save-input", "X.npy", NULL, &o->save_input},
         {"repeat", "N", NULL, &s_repeat},
+        CLI_INPUT_OPTS(&o->in),
         {NULL, NULL, NULL, NULL},
     };
     int npos = 0, rc = -1;
@@ -218,9 +223,13 @@ static int parse_options(const cli_command *self, int argc, char **argv, run_opt
                       !ckpt_backend_available((ckpt_backend)o->backend)))
         return cli_usage_error(self, "--backend takes auto, ref or dnnl (when this build has "
                                "oneDNN)");
-    if (o->input_npy && o->n_images > 0)
+    if (o->input_npy && (o->n_images > 0 || o->in.files_from))
         return cli_usage_error(self, "--input replaces the images: give FILE alone");
-    if (!o->input_npy && o->n_images == 0)
+    if ((rc = cli_inputs_check(self, &o->in)) >= 0)
+        return rc;
+    if (o->in.jsonl)
+        o->json = true;
+    if (!o->input_npy && o->n_images == 0 && !o->in.files_from)
         return cli_usage_error(self, "give at least one image (or --input X.npy)");
     return -1;
 }
@@ -375,7 +384,9 @@ static bool prepare(const run_options *o, run_state *st, size_t i, float *dst)
     it->error = strdup(err.message[0] ? err.message : ckpt_status_str(err.status));
     if (!it->error)
         out_of_memory();
+    it->status = ckpt_status_name(err.status);
     st->image_failed = true;
+    cli_progress_clear(&st->progress);
     cli_error_ckpt(it->name, &err);
     return false;
 }
@@ -389,13 +400,34 @@ static int gather_inputs(const run_options *o, run_state *st)
         if (rc >= 0)
             return rc;
     } else {
-        st->n_items = o->n_images;
+        char **paths, **errors;
+        size_t n;
+        int rc = cli_inputs_list(&o->in, o->images, o->n_images, cli_image_exts, &paths,
+                                 &errors, &n);
+        if (rc >= 0)
+            return rc;
+        if (n > RUN_MAX_IMAGES) {
+            cli_inputs_free(paths, errors, n);
+            return cli_error(NULL, "%zu images, more than %d per command; split them with "
+                             "--shard I/N", n, RUN_MAX_IMAGES);
+        }
+        st->n_items = n;
         st->in_h = st->in_w = (int)o->crop;
         st->per = (size_t)3 * (size_t)o->crop * (size_t)o->crop;
         st->items = alloc_array(st->n_items, sizeof *st->items);
         memset(st->items, 0, st->n_items * sizeof *st->items);
-        for (size_t i = 0; i < st->n_items; i++)
-            st->items[i].name = o->images[i];
+        for (size_t i = 0; i < st->n_items; i++) {
+            st->items[i].owned_name = paths[i];
+            st->items[i].name = paths[i];
+            if (errors[i]) { /* an unreadable directory */
+                st->items[i].error = errors[i];
+                st->items[i].status = "error";
+                st->image_failed = true;
+                cli_error(paths[i], "%s", errors[i]);
+            }
+        }
+        free(paths);
+        free(errors);
     }
     if (!o->save_input)
         return -1;
@@ -442,9 +474,12 @@ typedef struct batch_buf {
 } batch_buf;
 
 /* One pass over every readable item, in batches, writing each item's outputs at its index. */
+static void emit_done(const run_options *o, run_state *st, size_t upto);
+
 static int run_once(const run_options *o, run_state *st, batch_buf *b, float *logits,
                     float *features)
 {
+    bool first = logits == st->logits;
     size_t classes = (size_t)st->classes, nfeat = (size_t)st->nfeat;
     size_t i = 0;
     while (i < st->n_items) {
@@ -465,7 +500,13 @@ static int run_once(const run_options *o, run_state *st, batch_buf *b, float *lo
             memcpy(features + b->idx[j] * nfeat, b->features + j * nfeat,
                    nfeat * sizeof(float));
         }
+        if (first) {
+            emit_done(o, st, i);
+            cli_progress_update(&st->progress, i, "images");
+        }
     }
+    if (first)
+        emit_done(o, st, st->n_items);
     return -1;
 }
 
@@ -581,6 +622,68 @@ static json_t *model_json(const run_options *o, const run_state *st)
     return model;
 }
 
+/* One image's result: its top k (ti, prob: scratch of kk and classes entries), logits and
+ * features when asked; for an image that failed, the error. */
+static void item_json(json_t *res, const run_options *o, const run_state *st, size_t i,
+                      int64_t *ti, double *prob)
+{
+    int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
+    const item *it = &st->items[i];
+    const float *lg = st->logits + i * (size_t)st->classes;
+    const float *ft = st->features + i * (size_t)st->nfeat;
+    if (it->error) {
+        json_object_set_new(res, "error", cli_json_str(it->error, strlen(it->error)));
+        return;
+    }
+    topk(lg, st->classes, kk, ti);
+    softmax(lg, st->classes, prob);
+    json_t *tk = json_array();
+    for (int j = 0; j < kk; j++) {
+        json_t *e = json_object();
+        const char *label = label_of(st, ti[j]);
+        json_object_set_new(e, "index", json_integer(ti[j]));
+        json_object_set_new(e, "label", label ? cli_json_str(label, strlen(label))
+                                              : json_null());
+        json_object_set_new(e, "prob", jfloat(prob[ti[j]]));
+        json_array_append_new(tk, e);
+    }
+    json_object_set_new(res, "topk", tk);
+    if (o->logits)
+        json_object_set_new(res, "logits", float_array(lg, st->classes));
+    if (o->features)
+        json_object_set_new(res, "features", float_array(ft, st->nfeat));
+}
+
+/* --jsonl: the records of items [st->emitted, upto), each self-contained (the model too), or
+ * {"file", "error": {"status", "message"}} for an image that could not be read. */
+static void emit_done(const run_options *o, run_state *st, size_t upto)
+{
+    if (!o->in.jsonl)
+        return;
+    int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
+    int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
+    double *prob = alloc_array((size_t)st->classes, sizeof *prob);
+    cli_progress_clear(&st->progress);
+    for (; st->emitted < upto; st->emitted++) {
+        const item *it = &st->items[st->emitted];
+        json_t *rec = json_object();
+        json_object_set_new(rec, "file", cli_json_str(it->name, strlen(it->name)));
+        if (it->error) {
+            json_t *e = json_object();
+            json_object_set_new(e, "status", json_string(it->status ? it->status : "error"));
+            json_object_set_new(e, "message", cli_json_str(it->error, strlen(it->error)));
+            json_object_set_new(rec, "error", e);
+        } else {
+            json_object_set_new(rec, "image", cli_json_str(it->name, strlen(it->name)));
+            item_json(rec, o, st, st->emitted, ti, prob);
+            json_object_set_new(rec, "model", model_json(o, st));
+        }
+        cli_emit_json(it->name, rec);
+    }
+    free(ti);
+    free(prob);
+}
+
 static json_t *results_json(const run_options *o, const run_state *st)
 {
     int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
@@ -598,32 +701,10 @@ static json_t *results_json(const run_options *o, const run_state *st)
     }
     for (size_t i = 0; i < st->n_items; i++) {
         const item *it = &st->items[i];
-        const float *lg = st->logits + i * (size_t)st->classes;
-        const float *ft = st->features + i * (size_t)st->nfeat;
         json_t *res = json_object();
         json_object_set_new(res, "image", cli_json_str(it->name, strlen(it->name)));
         json_array_append_new(results, res);
-        if (it->error) {
-            json_object_set_new(res, "error", cli_json_str(it->error, strlen(it->error)));
-            continue;
-        }
-        topk(lg, st->classes, kk, ti);
-        softmax(lg, st->classes, prob);
-        json_t *tk = json_array();
-        for (int j = 0; j < kk; j++) {
-            json_t *e = json_object();
-            const char *label = label_of(st, ti[j]);
-            json_object_set_new(e, "index", json_integer(ti[j]));
-            json_object_set_new(e, "label", label ? cli_json_str(label, strlen(label))
-                                                  : json_null());
-            json_object_set_new(e, "prob", jfloat(prob[ti[j]]));
-            json_array_append_new(tk, e);
-        }
-        json_object_set_new(res, "topk", tk);
-        if (o->logits)
-            json_object_set_new(res, "logits", float_array(lg, st->classes));
-        if (o->features)
-            json_object_set_new(res, "features", float_array(ft, st->nfeat));
+        item_json(res, o, st, i, ti, prob);
     }
     free(ti);
     free(prob);
@@ -684,7 +765,9 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
 static int print_results(const run_options *o, const run_state *st)
 {
     int rc;
-    if (o->json) {
+    if (o->in.jsonl) {
+        rc = CLI_EXIT_OK; /* every record is out already */
+    } else if (o->json) {
         rc = cli_emit_json(o->l.path, results_json(o, st));
     } else {
         cli_sb out = {0};
@@ -719,8 +802,12 @@ int cmd_run(int argc, char **argv, const cli_command *self)
         rc = gather_inputs(&o, &st);
     if (rc < 0)
         rc = load_model(&o, &st);
-    if (rc < 0)
+    if (rc < 0) {
+        cli_jsonl = o.in.jsonl;
+        cli_progress_start(&st.progress, &o.in, st.n_items);
         rc = forward(&o, &st);
+        cli_progress_clear(&st.progress);
+    }
     if (rc < 0)
         rc = print_results(&o, &st);
 

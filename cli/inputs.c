@@ -123,10 +123,22 @@ static void add_arg(const cli_inputs *in, const char *path, const char *const *e
                     input_list *out)
 {
     struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-        walk_dir(in, path, exts, out);
-    else
+    if (!(stat(path, &st) == 0 && S_ISDIR(st.st_mode))) {
         add(out, path, NULL);
+        return;
+    }
+    size_t before = out->n;
+    walk_dir(in, path, exts, out);
+    /* Naming a directory that holds nothing to read is a mistake worth an error (an unpacked
+     * checkpoint 'model.pt/' is a directory too). */
+    if (out->n == before) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "is a directory with no %s files in it%s",
+                 exts == cli_image_exts ? "image" : "checkpoint",
+                 in->recursive ? (in->all ? "" : "; --all takes every file")
+                               : "; -r descends into subdirectories");
+        add(out, path, msg);
+    }
 }
 
 /* The whole of a list file (or stdin for "-"), at most CLI_MAX_LIST_BYTES. NULL after an
