@@ -39,7 +39,9 @@ const char cmd_run_help[] =
     "  --arch NAME|auto   the architecture (default: recognise it); also --num-classes N,\n"
     "                     --key PATH and --strip-prefix P, as for `ckpt check`\n"
     "  --topk K           classes to show per image (default 5)\n"
-    "  --labels FILE      class names, one per line (default: the class index)\n"
+    "  --labels FILE      class names, one per line; none: the class index only (default:\n"
+    "                     ImageNet-1k's names, as torchvision's weights carry them, for a\n"
+    "                     1000-class head, else the class index)\n"
     "  --logits           also print the raw outputs (all classes)\n"
     "  --features         also print the pooled features before fc (512 or 2048 values)\n"
     "  --json             one JSON document on stdout (schema in docs/CLI.md)\n"
@@ -99,8 +101,11 @@ typedef struct item {
 } item;
 
 typedef struct run_state {
-    char **labels;
+    char **labels; /* read from --labels FILE */
     size_t n_labels;
+    const char *const *names; /* the class names printed: labels, ImageNet's, or none */
+    size_t n_names;
+    const char *names_from;   /* "imagenet1k", the --labels file, or NULL */
     item *items;
     size_t n_items;
     ckpt_npy npy;  /* --input */
@@ -297,6 +302,27 @@ static int read_labels(const char *path, char ***out, size_t *n)
     *out = v;
     *n = count;
     return -1;
+}
+
+/* The class names built in (data/imagenet1k.txt, generated into imagenet1k.c). */
+extern const char *const cli_imagenet1k[];
+extern const size_t cli_imagenet1k_count;
+
+/* The names to print: --labels FILE, none with --labels none, else ImageNet-1k's for a head of
+ * 1000 classes (most published ResNets are ImageNet models). */
+static void pick_names(const run_options *o, run_state *st)
+{
+    if (o->labels && strcmp(o->labels, "none") == 0)
+        return;
+    if (o->labels) {
+        st->names = (const char *const *)st->labels;
+        st->n_names = st->n_labels;
+        st->names_from = o->labels;
+    } else if (o->l.r->num_classes == (int64_t)cli_imagenet1k_count) {
+        st->names = cli_imagenet1k;
+        st->n_names = cli_imagenet1k_count;
+        st->names_from = "imagenet1k";
+    }
 }
 
 /* ---- 3. the weights ---------------------------------------------------------------------- */
@@ -586,7 +612,7 @@ static void softmax(const float *logits, int64_t n, double *p)
 
 static const char *label_of(const run_state *st, int64_t index)
 {
-    return (uint64_t)index < st->n_labels ? st->labels[index] : NULL;
+    return (uint64_t)index < st->n_names ? st->names[index] : NULL;
 }
 
 static json_t *float_array(const float *v, int64_t n)
@@ -613,6 +639,8 @@ static json_t *model_json(const run_options *o, const run_state *st)
     json_object_set_new(model, "backend",
                         json_string(ckpt_backend_name(ckpt_model_backend(st->m))));
     json_object_set_new(model, "threads", json_integer(ckpt_model_threads(st->m)));
+    json_object_set_new(model, "labels", st->names_from ? cli_json_cstr(st->names_from)
+                                                        : json_null());
     if (o->input_npy) {
         json_object_set_new(model, "input", json_string(o->input_npy));
     } else {
@@ -731,8 +759,11 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
               ckpt_arch_name(r->arch), st->classes);
     cli_locate_where(out, r->chosen);
     int threads = ckpt_model_threads(st->m);
-    sb_printf(out, ", %s backend, %d thread%s\n", ckpt_backend_name(ckpt_model_backend(st->m)),
+    sb_printf(out, ", %s backend, %d thread%s", ckpt_backend_name(ckpt_model_backend(st->m)),
               threads, threads == 1 ? "" : "s");
+    if (st->names_from && strcmp(st->names_from, "imagenet1k") == 0)
+        sb_puts(out, ", ImageNet-1k class names (torchvision's; --labels none: indices only)");
+    sb_putc(out, '\n');
     for (size_t i = 0; i < st->n_items; i++) {
         const item *it = &st->items[i];
         const float *lg = st->logits + i * (size_t)st->classes;
@@ -794,12 +825,14 @@ int cmd_run(int argc, char **argv, const cli_command *self)
     const char **pos = alloc_array(2 + RUN_MAX_IMAGES, sizeof *pos); /* FILE, the images */
     o.images = pos;
     int rc = parse_options(self, argc, argv, &o);
-    if (rc < 0 && o.labels)
+    if (rc < 0 && o.labels && strcmp(o.labels, "none") != 0)
         rc = read_labels(o.labels, &st.labels, &st.n_labels);
     if (rc < 0)
         rc = locate_weights(self, &o);
-    if (rc < 0)
+    if (rc < 0) {
+        pick_names(&o, &st);
         rc = gather_inputs(&o, &st);
+    }
     if (rc < 0)
         rc = load_model(&o, &st);
     if (rc < 0) {

@@ -357,5 +357,87 @@ PartitionName=ckpt Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self.assertEqual((rc1, out1), (rc2, out2))
 
 
+class TestRunMany(unittest.TestCase):
+    """run over a directory of images: one --jsonl record per image, ImageNet-1k names."""
+
+    @classmethod
+    def setUpClass(cls):
+        import numpy as np
+        import torch
+        import torchvision
+        from PIL import Image
+        cls.tmp = tempfile.mkdtemp(prefix="ckpt-runmany-")
+        torch.manual_seed(0)
+        cls.model = os.path.join(cls.tmp, "r18.pth")
+        torch.save(torchvision.models.resnet18().state_dict(), cls.model)
+        cls.model10 = os.path.join(cls.tmp, "r18_10.pth")
+        torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), cls.model10)
+        cls.images = os.path.join(cls.tmp, "images")
+        os.makedirs(os.path.join(cls.images, "more"))
+        rng = np.random.default_rng(1)
+        cls.names = []
+        for i in range(5):
+            p = os.path.join(cls.images, "more" if i % 2 else "", "img%d.png" % i)
+            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
+            cls.names.append(p)
+        cls.broken = os.path.join(cls.images, "broken.jpg")
+        with open(cls.broken, "wb") as f:
+            f.write(b"\xff\xd8 not a jpeg")
+        with open(os.path.join(cls.images, "notes.txt"), "w") as f:
+            f.write("skipped: not an image extension\n")
+        # The reference: torchvision's own list of the weights' categories.
+        from torchvision.models import ResNet18_Weights
+        cls.categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_jsonl_per_image_with_imagenet_names(self):
+        L.require_bin(self)
+        rc, out, err = L.run_ckpt(["run", self.model, self.images, "-r", "--jsonl",
+                                   "--threads", "1"], timeout=300)
+        self.assertEqual(rc, 2, err)  # the broken image
+        recs = records(out)
+        self.assertEqual(sorted(r["file"] for r in recs), sorted(self.names + [self.broken]))
+        for r in recs:
+            if r["file"] == self.broken:
+                self.assertEqual(r["error"]["status"], "EFORMAT", r)
+                continue
+            self.assertEqual(r["model"]["labels"], "imagenet1k")
+            self.assertEqual(r["model"]["file"], self.model)
+            for t in r["topk"]:
+                self.assertEqual(t["label"], self.categories[t["index"]], t)
+        # The same results as one --json document.
+        rc, out2, err = L.run_ckpt(["run", self.model, self.images, "-r", "--json",
+                                    "--threads", "1"], timeout=300)
+        doc = json.loads(out2)
+        want = {r["image"]: r["topk"] for r in doc["results"] if "topk" in r}
+        self.assertEqual({r["file"]: r["topk"] for r in recs if "topk" in r}, want)
+
+    def test_names_header_and_off(self):
+        L.require_bin(self)
+        img = self.names[0]
+        rc, out, err = L.run_ckpt(["run", self.model, img, "--topk", "3", "--threads", "1"],
+                                  timeout=120)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("ImageNet-1k class names", out.splitlines()[0])
+        rows = out.splitlines()[2:5]
+        for row in rows:
+            idx, name = row.split(None, 2)[1:]
+            self.assertEqual(name, self.categories[int(idx)])
+        rc, out, err = L.run_ckpt(["run", self.model, img, "--json", "--labels", "none",
+                                   "--threads", "1"], timeout=120)
+        doc = json.loads(out)
+        self.assertIsNone(doc["model"]["labels"])
+        self.assertTrue(all(t["label"] is None for t in doc["results"][0]["topk"]))
+        # A 10-class head gets no ImageNet names.
+        rc, out, err = L.run_ckpt(["run", self.model10, img, "--json", "--threads", "1"],
+                                  timeout=120)
+        doc = json.loads(out)
+        self.assertIsNone(doc["model"]["labels"])
+        self.assertTrue(all(t["label"] is None for t in doc["results"][0]["topk"]))
+
+
 if __name__ == "__main__":
     L.main("test_many")
