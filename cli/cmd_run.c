@@ -58,6 +58,11 @@ const char cmd_run_help[] =
     "  --save-input X.npy write the preprocessed tensor [N,3,C,C] of the images that were read\n"
     "  --repeat N         run N times and exit 1 if any output bit differs between runs\n"
     "\n"
+    "Many images: an IMAGE may be a directory (its .jpg, .jpeg and .png files; -r for\n"
+    "subdirectories, --all for every file); --files-from F (-0), --jsonl (one record per\n"
+    "image, written as its batch ends), --skip-done F, --shard I/N and -q work as for\n"
+    "`ckpt scan` (docs/CLI.md).\n"
+    "\n"
     "At most 4096 images per command (RUN_MAX_IMAGES); run it again for more.\n"
     "\n"
     "Exit status: 0 success; 1 the weights would not load strictly, or --repeat saw a\n"
@@ -67,7 +72,8 @@ const char cmd_run_help[] =
     "Examples:\n"
     "  ckpt run rsp-resnet-50-ckpt.pth cat.jpg dog.png --labels imagenet.txt\n"
     "  ckpt run model.pth img.png --resize 232 --json --logits\n"
-    "  ckpt run model.pth img.png --save-input x.npy    # compare with your Python pipeline\n";
+    "  ckpt run model.pth img.png --save-input x.npy    # compare with your Python pipeline\n"
+    "  ckpt run model.pth photos/ -r --jsonl > classes.jsonl\n";
 
 #define RUN_DEFAULT_TOPK 5
 #define RUN_DEFAULT_RESIZE 256

@@ -27,7 +27,7 @@
                "[--strip-prefix P] [--arch NAME] [--against T] [--no-check] [--force] [--json] " \
                "[--max-expanded BYTES]",                                                     \
       "write the weights alone as a clean .pth or .safetensors file")                          \
-    X(run, "ckpt run FILE IMAGE... [--arch NAME] [--topk K] [--labels FILE] [--json] "       \
+    X(run, "ckpt run FILE IMAGE|DIR... [--arch NAME] [--topk K] [--labels FILE] [--json] "       \
            "[--logits] [--features] [--resize S] [--crop C] [--threads N] [--repeat N]",     \
       "classify images with the checkpoint's ResNet, as torchvision would")                   \
     X(help, "ckpt help [COMMAND]", "show the commands, or one command's help")
