@@ -94,7 +94,8 @@ static void walk_dir(const cli_inputs *in, const char *dir, const char *const *e
         strcpy(names[n++], e->d_name);
     }
     closedir(d);
-    qsort(names, n, sizeof *names, cmp_str);
+    if (n)
+        qsort(names, n, sizeof *names, cmp_str);
     size_t dlen = strlen(dir);
     bool slash = dlen && dir[dlen - 1] == '/';
     for (size_t i = 0; i < n; i++) {
@@ -245,7 +246,8 @@ static int read_done(const char *path, char ***out, size_t *n_out)
         line += ll + 1;
     }
     free(text);
-    qsort(v, n, sizeof *v, cmp_str);
+    if (n)
+        qsort(v, n, sizeof *v, cmp_str);
     *out = v;
     *n_out = n;
     return -1;

@@ -124,6 +124,9 @@ class TestMany(unittest.TestCase):
         self.assertEqual(rc, self.expected_rc, err[-500:])
         self.check_records(records(out), "scan -r --jsonl")
         self.assertFalse(os.path.exists(self.sentinel), "the payload ran")
+        # stderr holds ckpt's own lines only (a sanitizer's report would show here).
+        for line in err.splitlines():
+            self.assertTrue(line.startswith("ckpt: "), line)
         # Each line stands alone.
         for line in out.splitlines():
             json.loads(line)
