@@ -87,6 +87,76 @@ void cli_write_stdout(const char *buf, size_t len);
  * or 2 after an error line (out of memory). */
 int cli_emit_json(const char *path, json_t *doc);
 
+/* --jsonl (inputs.c sets it): cli_emit_json flushes each record, and a failed input gets an
+ * error record. cli_records counts the documents cli_emit_json has written. */
+extern bool cli_jsonl;
+extern unsigned long cli_records;
+/* The last error line's message and status name ("ECORRUPT"; "error" when not the library's),
+ * kept since cli_error_capture_reset for the input's error record. */
+void cli_error_capture_reset(void);
+/* {"file": PATH, "error": {"status": ..., "message": ...}} on one line of stdout. */
+void cli_emit_error_record(const char *path);
+
+/* ---- many inputs (inputs.c) ---------------------------------------------------------------- */
+
+/* The options of commands that take many inputs. Zero it, add CLI_INPUT_OPTS to the option
+ * table, then hand the positionals to cli_inputs_each. */
+typedef struct cli_inputs {
+    bool recursive, all, null_sep, jsonl, quiet;
+    const char *files_from, *skip_done, *shard;
+} cli_inputs;
+
+#define CLI_INPUT_OPTS(in)                                                                     \
+    {"recursive", NULL, &(in)->recursive, NULL}, {"all", NULL, &(in)->all, NULL},              \
+        {"files-from", "FILE", NULL, &(in)->files_from}, {"null", NULL, &(in)->null_sep, NULL}, \
+        {"jsonl", NULL, &(in)->jsonl, NULL}, {"skip-done", "FILE.jsonl", NULL, &(in)->skip_done}, \
+        {"shard", "I/N", NULL, &(in)->shard}, {"quiet", NULL, &(in)->quiet, NULL}
+
+/* The options' help lines, for the commands' help texts. */
+#define CLI_INPUT_HELP                                                                         \
+    "Many inputs (docs/CLI.md): FILE... may be several files and directories.\n"              \
+    "  -r, --recursive    descend into subdirectories (never through symbolic links)\n"       \
+    "  --all              take every regular file of a directory, not only the usual\n"      \
+    "                     extensions\n"                                                       \
+    "  --files-from F     read more paths from F, one a line ('-': standard input)\n"         \
+    "  -0, --null         the paths in F are separated by NUL bytes\n"                        \
+    "  --jsonl            one JSON record per input, each on its own line, written as it ends\n" \
+    "  --skip-done F      skip the inputs F (an earlier --jsonl output) already has records for\n" \
+    "  --shard I/N        take only share I of N (by a hash of the path): N workers cover the\n" \
+    "                     inputs exactly once\n"                                              \
+    "  -q, --quiet        no progress line on a terminal\n"
+
+/* Directory entries taken without --all. */
+extern const char *const cli_checkpoint_exts[]; /* .pt .pth .bin .ckpt .tar .safetensors */
+extern const char *const cli_image_exts[];      /* .jpg .jpeg .png */
+
+/* Called once per input; returns that input's exit status. */
+typedef int (*cli_each_fn)(const char *path, void *ctx);
+/* Validate in's options; -1 to go on, else the exit status after a usage error. */
+int cli_inputs_check(const cli_command *self, const cli_inputs *in);
+/* The inputs: pos and --files-from, directories expanded (exts), then the shard and
+ * --skip-done applied. paths[k] with errors[k] non-NULL cannot be tried (an unreadable
+ * directory). Returns -1, or 2 after an error line (an unreadable list). Free with
+ * cli_inputs_free. */
+int cli_inputs_list(const cli_inputs *in, const char *const *pos, size_t npos,
+                    const char *const *exts, char ***paths, char ***errors, size_t *n);
+void cli_inputs_free(char **paths, char **errors, size_t n);
+/* Call fn for each input, in order; the worst status (2 > 1 > 0). */
+int cli_inputs_each(const cli_command *self, const cli_inputs *in, const char *const *pos,
+                    size_t npos, const char *const *exts, cli_each_fn fn, void *ctx);
+/* The shard hash: the same on every machine. */
+uint64_t cli_path_hash(const char *path);
+
+/* One line on stderr, only when it is a terminal and --quiet is not given. */
+typedef struct cli_progress {
+    bool on, shown;
+    double start, last;
+    size_t total;
+} cli_progress;
+void cli_progress_start(cli_progress *p, const cli_inputs *in, size_t total);
+void cli_progress_update(cli_progress *p, size_t done, const char *what);
+void cli_progress_clear(cli_progress *p); /* before anything else goes to stderr */
+
 /* ---- broadcast views (common.c) ---------------------------------------------------------- */
 
 /* A view with stride 0 makes a few stored bytes stand for any number of elements. Commands that

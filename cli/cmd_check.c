@@ -39,6 +39,7 @@ const char cmd_check_help[] =
     "  --key PATH         where the state dict is, as dict keys/list indexes: model/ema\n"
     "  --strip-prefix P   remove P from the keys instead of guessing ('' removes nothing)\n"
     "  --json             one JSON document on stdout (schema in docs/CHECK.md)\n"
+    "\n" CLI_INPUT_HELP "\n"
     "\n"
     "Examples:\n"
     "  ckpt check rsp-resnet-50-ckpt.pth\n"
@@ -133,25 +134,20 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     return doc;
 }
 
-/* ckpt['model'] or ckpt */
-int cmd_check(int argc, char **argv, const cli_command *self)
+typedef struct check_opts {
+    bool json;
+    cli_locate l; /* the options; each file gets a copy */
+    const cli_command *self;
+} check_opts;
+
+static int check_one(const char *path, void *ctx)
 {
-    bool json = false;
-    cli_locate l = {0};
-    const cli_opt opts[] = {
-        CLI_LOCATE_OPTS(&l),
-        {"json", NULL, &json, NULL},
-        {NULL, NULL, NULL, NULL},
-    };
-    const char *pos[1];
-    int npos;
-    int rc = cli_parse_args(self, argc, argv, opts, pos, 1, 1, &npos);
-    if (rc >= 0)
-        return rc;
-    rc = cli_locate_open(self, &l, pos[0], true);
+    const check_opts *o = ctx;
+    cli_locate l = o->l;
+    int rc = cli_locate_open(o->self, &l, path, true);
     if (rc < 0) {
         const ckpt_sd_report *r = l.r;
-        if (json) {
+        if (o->json) {
             rc = cli_emit_json(l.path, to_json(l.path, l.against, r));
             if (rc == CLI_EXIT_OK && !r->verdict->ok)
                 rc = CLI_EXIT_FINDING;
@@ -164,5 +160,30 @@ int cmd_check(int argc, char **argv, const cli_command *self)
         }
     }
     cli_locate_close(&l);
+    return rc;
+}
+
+int cmd_check(int argc, char **argv, const cli_command *self)
+{
+    check_opts o;
+    memset(&o, 0, sizeof o);
+    o.self = self;
+    cli_inputs in = {0};
+    const cli_opt opts[] = {
+        CLI_LOCATE_OPTS(&o.l),
+        {"json", NULL, &o.json, NULL},
+        CLI_INPUT_OPTS(&in),
+        {NULL, NULL, NULL, NULL},
+    };
+    const char **pos = cli_xrealloc(NULL, (size_t)argc * sizeof *pos);
+    int npos;
+    int rc = cli_parse_args(self, argc, argv, opts, pos, 0, argc, &npos);
+    if (rc < 0 && npos == 0 && !in.files_from)
+        rc = cli_usage_error(self, "no file given");
+    if (rc < 0) {
+        o.json = o.json || in.jsonl;
+        rc = cli_inputs_each(self, &in, pos, (size_t)npos, cli_checkpoint_exts, check_one, &o);
+    }
+    free(pos);
     return rc;
 }

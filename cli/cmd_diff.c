@@ -31,6 +31,7 @@ const char cmd_diff_help[] =
     "  --atol X       values match when |a - b| <= X in float64 (dtypes may then differ);\n"
     "                 default: bit-identical values with equal dtypes\n"
     "  --json         one JSON document on stdout (schema in docs/CHECK.md)\n"
+    "  --jsonl        the same (one input, one record on one line)\n"
     "  --max-expanded BYTES  refuse when the tensors hold more than this once broadcast\n"
     "                 views are expanded (default: 64 times the two files' size, at least\n"
     "                 1G; K, M, G suffixes)\n"
@@ -220,6 +221,7 @@ int cmd_diff(int argc, char **argv, const cli_command *self)
         {"key-b", "PATH", NULL, &key_b},
         {"atol", "X", NULL, &atol_s},
         {"json", NULL, &json, NULL},
+        {"jsonl", NULL, &json, NULL}, /* one input, so one record: the same */
         {"max-expanded", "BYTES", NULL, &max_expanded},
         {NULL, NULL, NULL, NULL},
     };

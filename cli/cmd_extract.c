@@ -50,6 +50,7 @@ const char cmd_extract_help[] =
     "                     check against (the file's own key order is kept then)\n"
     "  --force            replace OUT if it exists\n"
     "  --json             one JSON document on stdout (schema in docs/EXTRACT.md)\n"
+    "  --jsonl            the same (one input, one record on one line)\n"
     "  --max-expanded BYTES  refuse to write more than this: broadcast views are written\n"
     "                     whole (default: 64 times the input's size, at least 2G; K, M, G)\n"
     "\n"
@@ -320,6 +321,7 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
         {"no-check", NULL, &no_check, NULL},
         {"force", NULL, &force, NULL},
         {"json", NULL, &json, NULL},
+        {"jsonl", NULL, &json, NULL}, /* one input, so one record: the same */
         {"max-expanded", "BYTES", NULL, &max_expanded},
         {NULL, NULL, NULL, NULL},
     };

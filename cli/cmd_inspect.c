@@ -46,7 +46,7 @@ const char cmd_inspect_help[] =
     "             --depth does not apply\n"
     "  --max-output BYTES  refuse to print more than this (default: 64 times the file's\n"
     "             size, at least 64M; K, M, G suffixes)\n"
-    "\n"
+    "\n" CLI_INPUT_HELP "\n"
     "Examples:\n"
     "  ckpt inspect resnet50-ckpt.pth\n"
     "  ckpt inspect --depth 2 resnet50-ckpt.pth\n"
@@ -436,40 +436,25 @@ static bool human(inspect_ctx *c, const char *path, const ckpt_file *f)
     return ok && charge(c);
 }
 
-int cmd_inspect(int argc, char **argv, const cli_command *self)
+typedef struct inspect_opts {
+    bool json;
+    int depth;
+    const char *max_output;
+} inspect_opts;
+
+static int inspect_one(const char *path, void *ctx)
 {
-    bool json = false;
-    const char *depth_arg = NULL;
-    const char *max_output = NULL;
-    const cli_opt opts[] = {{"json", NULL, &json, NULL},
-                            {"depth", "N", NULL, &depth_arg},
-                            {"max-output", "BYTES", NULL, &max_output},
-                            {NULL, NULL, NULL, NULL}};
-    const char *pos[1];
-    int npos;
-    int rc = cli_parse_args(self, argc, argv, opts, pos, 1, 1, &npos);
-    if (rc >= 0)
-        return rc;
-    int depth = INSPECT_DEFAULT_DEPTH;
-    if (depth_arg) {
-        char *end;
-        long d = strtol(depth_arg, &end, 10);
-        if (end == depth_arg || *end || d < 0)
-            return cli_usage_error(self, "--depth wants a number of levels, not '%s'", depth_arg);
-        depth = d > CLI_MAX_DEPTH ? CLI_MAX_DEPTH : (int)d;
-    }
-    uint64_t unused;
-    if (max_output && !cli_parse_size(max_output, &unused))
-        return cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
-                               max_output);
-    const char *path = pos[0];
+    const inspect_opts *o = ctx;
+    bool json = o->json;
+    const char *max_output = o->max_output;
+    int rc = CLI_EXIT_OK;
     ckpt_file *f = cli_open(path);
     if (!f)
         return CLI_EXIT_ERROR;
 
     inspect_ctx *c = cli_xrealloc(NULL, sizeof *c); /* two walks of a few KB each */
     memset(c, 0, sizeof *c);
-    c->depth = depth;
+    c->depth = o->depth;
     cli_walk_init(&c->w, ckpt_root(f));
     c->stats = c->w;
     c->stats.max_items *= INSPECT_STATS_BUDGET;
@@ -504,5 +489,41 @@ int cmd_inspect(int argc, char **argv, const cli_command *self)
     cli_walk_free(&c->w);
     free(c);
     ckpt_close(f);
+    return rc;
+}
+
+int cmd_inspect(int argc, char **argv, const cli_command *self)
+{
+    inspect_opts o = {false, INSPECT_DEFAULT_DEPTH, NULL};
+    const char *depth_arg = NULL;
+    cli_inputs in = {0};
+    const cli_opt opts[] = {{"json", NULL, &o.json, NULL},
+                            {"depth", "N", NULL, &depth_arg},
+                            {"max-output", "BYTES", NULL, &o.max_output},
+                            CLI_INPUT_OPTS(&in),
+                            {NULL, NULL, NULL, NULL}};
+    const char **pos = cli_xrealloc(NULL, (size_t)argc * sizeof *pos);
+    int npos;
+    int rc = cli_parse_args(self, argc, argv, opts, pos, 0, argc, &npos);
+    if (rc < 0 && npos == 0 && !in.files_from)
+        rc = cli_usage_error(self, "no file given");
+    if (rc < 0 && depth_arg) {
+        char *end;
+        long d = strtol(depth_arg, &end, 10);
+        if (end == depth_arg || *end || d < 0)
+            rc = cli_usage_error(self, "--depth wants a number of levels, not '%s'", depth_arg);
+        else
+            o.depth = d > CLI_MAX_DEPTH ? CLI_MAX_DEPTH : (int)d;
+    }
+    uint64_t unused;
+    if (rc < 0 && o.max_output && !cli_parse_size(o.max_output, &unused))
+        rc = cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
+                             o.max_output);
+    if (rc < 0) {
+        o.json = o.json || in.jsonl;
+        rc = cli_inputs_each(self, &in, pos, (size_t)npos, cli_checkpoint_exts, inspect_one,
+                             &o);
+    }
+    free(pos);
     return rc;
 }

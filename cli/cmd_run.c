@@ -39,7 +39,9 @@ const char cmd_run_help[] =
     "  --arch NAME|auto   the architecture (default: recognise it); also --num-classes N,\n"
     "                     --key PATH and --strip-prefix P, as for `ckpt check`\n"
     "  --topk K           classes to show per image (default 5)\n"
-    "  --labels FILE      class names, one per line (default: the class index)\n"
+    "  --labels FILE      class names, one per line; none: the class index only (default:\n"
+    "                     ImageNet-1k's names, as torchvision's weights carry them, for a\n"
+    "                     1000-class head, else the class index)\n"
     "  --logits           also print the raw outputs (all classes)\n"
     "  --features         also print the pooled features before fc (512 or 2048 values)\n"
     "  --json             one JSON document on stdout (schema in docs/CLI.md)\n"
@@ -56,12 +58,18 @@ const char cmd_run_help[] =
     "  --save-input X.npy write the preprocessed tensor [N,3,C,C] of the images that were read\n"
     "  --repeat N         run N times and exit 1 if any output bit differs between runs\n"
     "\n"
+    "Many images: an IMAGE may be a directory (its .jpg, .jpeg and .png files; -r for\n"
+    "subdirectories, --all for every file); --files-from F (-0), --jsonl (one record per\n"
+    "image, written as its batch ends), --skip-done F, --shard I/N and -q work as for\n"
+    "`ckpt scan` (docs/CLI.md).\n"
+    "\n"
     "At most 4096 images per command (RUN_MAX_IMAGES); run it again for more.\n"
     "\n"
     "Examples:\n"
     "  ckpt run rsp-resnet-50-ckpt.pth cat.jpg dog.png --labels imagenet.txt\n"
     "  ckpt run model.pth img.png --resize 232 --json --logits\n"
-    "  ckpt run model.pth img.png --save-input x.npy    # compare with your Python pipeline\n";
+    "  ckpt run model.pth img.png --save-input x.npy    # compare with your Python pipeline\n"
+    "  ckpt run model.pth photos/ -r --jsonl > classes.jsonl\n";
 
 #define RUN_DEFAULT_TOPK 5
 #define RUN_DEFAULT_RESIZE 256
@@ -77,6 +85,7 @@ const char cmd_run_help[] =
 
 typedef struct run_options {
     cli_locate l; /* --arch, --key, ... and, once located, the weights */
+    cli_inputs in; /* directories, --files-from, --jsonl, --shard, ... for the images */
     bool json, logits, features;
     const char *labels, *input_npy, *save_input;
     const char **images; /* the image paths */
@@ -89,12 +98,16 @@ typedef struct item {
     const char *name;   /* the image path, or "X.npy[k]" */
     char *owned_name;
     char *error;        /* why it could not be run, or NULL */
+    const char *status; /* with error: the library's status name, or "error" */
     const float *input; /* its 3 x H x W floats when they are already in memory, else NULL */
 } item;
 
 typedef struct run_state {
-    char **labels;
+    char **labels; /* read from --labels FILE */
     size_t n_labels;
+    const char *const *names; /* the class names printed: labels, ImageNet's, or none */
+    size_t n_names;
+    const char *names_from;   /* "imagenet1k", the --labels file, or NULL */
     item *items;
     size_t n_items;
     ckpt_npy npy;  /* --input */
@@ -106,6 +119,8 @@ typedef struct run_state {
     int64_t classes, nfeat;
     float *logits, *features; /* n_items x classes, n_items x nfeat, of the first run */
     long differing_runs;
+    size_t emitted;       /* --jsonl: the items whose records are written */
+    cli_progress progress;
 } run_state;
 
 /* As cli_xrealloc does when memory runs out: report and exit 2. */
@@ -170,6 +185,7 @@ static int parse_options(const cli_command *self, int argc, char **argv, run_opt
         {"input", "X.npy", NULL, &o->input_npy},
         {"save-input", "X.npy", NULL, &o->save_input},
         {"repeat", "N", NULL, &s_repeat},
+        CLI_INPUT_OPTS(&o->in),
         {NULL, NULL, NULL, NULL},
     };
     int npos = 0, rc = -1;
@@ -214,9 +230,13 @@ static int parse_options(const cli_command *self, int argc, char **argv, run_opt
                       !ckpt_backend_available((ckpt_backend)o->backend)))
         return cli_usage_error(self, "--backend takes auto, ref or dnnl (when this build has "
                                "oneDNN)");
-    if (o->input_npy && o->n_images > 0)
+    if (o->input_npy && (o->n_images > 0 || o->in.files_from))
         return cli_usage_error(self, "--input replaces the images: give FILE alone");
-    if (!o->input_npy && o->n_images == 0)
+    if ((rc = cli_inputs_check(self, &o->in)) >= 0)
+        return rc;
+    if (o->in.jsonl)
+        o->json = true;
+    if (!o->input_npy && o->n_images == 0 && !o->in.files_from)
         return cli_usage_error(self, "give at least one image (or --input X.npy)");
     return -1;
 }
@@ -284,6 +304,27 @@ static int read_labels(const char *path, char ***out, size_t *n)
     *out = v;
     *n = count;
     return -1;
+}
+
+/* The class names built in (data/imagenet1k.txt, generated into imagenet1k.c). */
+extern const char *const cli_imagenet1k[];
+extern const size_t cli_imagenet1k_count;
+
+/* The names to print: --labels FILE, none with --labels none, else ImageNet-1k's for a head of
+ * 1000 classes (most published ResNets are ImageNet models). */
+static void pick_names(const run_options *o, run_state *st)
+{
+    if (o->labels && strcmp(o->labels, "none") == 0)
+        return;
+    if (o->labels) {
+        st->names = (const char *const *)st->labels;
+        st->n_names = st->n_labels;
+        st->names_from = o->labels;
+    } else if (o->l.r->num_classes == (int64_t)cli_imagenet1k_count) {
+        st->names = cli_imagenet1k;
+        st->n_names = cli_imagenet1k_count;
+        st->names_from = "imagenet1k";
+    }
 }
 
 /* ---- 3. the weights ---------------------------------------------------------------------- */
@@ -371,7 +412,9 @@ static bool prepare(const run_options *o, run_state *st, size_t i, float *dst)
     it->error = strdup(err.message[0] ? err.message : ckpt_status_str(err.status));
     if (!it->error)
         out_of_memory();
+    it->status = ckpt_status_name(err.status);
     st->image_failed = true;
+    cli_progress_clear(&st->progress);
     cli_error_ckpt(it->name, &err);
     return false;
 }
@@ -385,13 +428,34 @@ static int gather_inputs(const run_options *o, run_state *st)
         if (rc >= 0)
             return rc;
     } else {
-        st->n_items = o->n_images;
+        char **paths, **errors;
+        size_t n;
+        int rc = cli_inputs_list(&o->in, o->images, o->n_images, cli_image_exts, &paths,
+                                 &errors, &n);
+        if (rc >= 0)
+            return rc;
+        if (n > RUN_MAX_IMAGES) {
+            cli_inputs_free(paths, errors, n);
+            return cli_error(NULL, "%zu images, more than %d per command; split them with "
+                             "--shard I/N", n, RUN_MAX_IMAGES);
+        }
+        st->n_items = n;
         st->in_h = st->in_w = (int)o->crop;
         st->per = (size_t)3 * (size_t)o->crop * (size_t)o->crop;
         st->items = alloc_array(st->n_items, sizeof *st->items);
         memset(st->items, 0, st->n_items * sizeof *st->items);
-        for (size_t i = 0; i < st->n_items; i++)
-            st->items[i].name = o->images[i];
+        for (size_t i = 0; i < st->n_items; i++) {
+            st->items[i].owned_name = paths[i];
+            st->items[i].name = paths[i];
+            if (errors[i]) { /* an unreadable directory */
+                st->items[i].error = errors[i];
+                st->items[i].status = "error";
+                st->image_failed = true;
+                cli_error(paths[i], "%s", errors[i]);
+            }
+        }
+        free(paths);
+        free(errors);
     }
     if (!o->save_input)
         return -1;
@@ -438,9 +502,12 @@ typedef struct batch_buf {
 } batch_buf;
 
 /* One pass over every readable item, in batches, writing each item's outputs at its index. */
+static void emit_done(const run_options *o, run_state *st, size_t upto);
+
 static int run_once(const run_options *o, run_state *st, batch_buf *b, float *logits,
                     float *features)
 {
+    bool first = logits == st->logits;
     size_t classes = (size_t)st->classes, nfeat = (size_t)st->nfeat;
     size_t i = 0;
     while (i < st->n_items) {
@@ -461,7 +528,13 @@ static int run_once(const run_options *o, run_state *st, batch_buf *b, float *lo
             memcpy(features + b->idx[j] * nfeat, b->features + j * nfeat,
                    nfeat * sizeof(float));
         }
+        if (first) {
+            emit_done(o, st, i);
+            cli_progress_update(&st->progress, i, "images");
+        }
     }
+    if (first)
+        emit_done(o, st, st->n_items);
     return -1;
 }
 
@@ -541,7 +614,7 @@ static void softmax(const float *logits, int64_t n, double *p)
 
 static const char *label_of(const run_state *st, int64_t index)
 {
-    return (uint64_t)index < st->n_labels ? st->labels[index] : NULL;
+    return (uint64_t)index < st->n_names ? st->names[index] : NULL;
 }
 
 static json_t *float_array(const float *v, int64_t n)
@@ -568,6 +641,8 @@ static json_t *model_json(const run_options *o, const run_state *st)
     json_object_set_new(model, "backend",
                         json_string(ckpt_backend_name(ckpt_model_backend(st->m))));
     json_object_set_new(model, "threads", json_integer(ckpt_model_threads(st->m)));
+    json_object_set_new(model, "labels", st->names_from ? cli_json_cstr(st->names_from)
+                                                        : json_null());
     if (o->input_npy) {
         json_object_set_new(model, "input", json_string(o->input_npy));
     } else {
@@ -575,6 +650,68 @@ static json_t *model_json(const run_options *o, const run_state *st)
         json_object_set_new(model, "crop", json_integer(o->crop));
     }
     return model;
+}
+
+/* One image's result: its top k (ti, prob: scratch of kk and classes entries), logits and
+ * features when asked; for an image that failed, the error. */
+static void item_json(json_t *res, const run_options *o, const run_state *st, size_t i,
+                      int64_t *ti, double *prob)
+{
+    int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
+    const item *it = &st->items[i];
+    const float *lg = st->logits + i * (size_t)st->classes;
+    const float *ft = st->features + i * (size_t)st->nfeat;
+    if (it->error) {
+        json_object_set_new(res, "error", cli_json_str(it->error, strlen(it->error)));
+        return;
+    }
+    topk(lg, st->classes, kk, ti);
+    softmax(lg, st->classes, prob);
+    json_t *tk = json_array();
+    for (int j = 0; j < kk; j++) {
+        json_t *e = json_object();
+        const char *label = label_of(st, ti[j]);
+        json_object_set_new(e, "index", json_integer(ti[j]));
+        json_object_set_new(e, "label", label ? cli_json_str(label, strlen(label))
+                                              : json_null());
+        json_object_set_new(e, "prob", jfloat(prob[ti[j]]));
+        json_array_append_new(tk, e);
+    }
+    json_object_set_new(res, "topk", tk);
+    if (o->logits)
+        json_object_set_new(res, "logits", float_array(lg, st->classes));
+    if (o->features)
+        json_object_set_new(res, "features", float_array(ft, st->nfeat));
+}
+
+/* --jsonl: the records of items [st->emitted, upto), each self-contained (the model too), or
+ * {"file", "error": {"status", "message"}} for an image that could not be read. */
+static void emit_done(const run_options *o, run_state *st, size_t upto)
+{
+    if (!o->in.jsonl)
+        return;
+    int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
+    int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
+    double *prob = alloc_array((size_t)st->classes, sizeof *prob);
+    cli_progress_clear(&st->progress);
+    for (; st->emitted < upto; st->emitted++) {
+        const item *it = &st->items[st->emitted];
+        json_t *rec = json_object();
+        json_object_set_new(rec, "file", cli_json_str(it->name, strlen(it->name)));
+        if (it->error) {
+            json_t *e = json_object();
+            json_object_set_new(e, "status", json_string(it->status ? it->status : "error"));
+            json_object_set_new(e, "message", cli_json_str(it->error, strlen(it->error)));
+            json_object_set_new(rec, "error", e);
+        } else {
+            json_object_set_new(rec, "image", cli_json_str(it->name, strlen(it->name)));
+            item_json(rec, o, st, st->emitted, ti, prob);
+            json_object_set_new(rec, "model", model_json(o, st));
+        }
+        cli_emit_json(it->name, rec);
+    }
+    free(ti);
+    free(prob);
 }
 
 static json_t *results_json(const run_options *o, const run_state *st)
@@ -594,32 +731,10 @@ static json_t *results_json(const run_options *o, const run_state *st)
     }
     for (size_t i = 0; i < st->n_items; i++) {
         const item *it = &st->items[i];
-        const float *lg = st->logits + i * (size_t)st->classes;
-        const float *ft = st->features + i * (size_t)st->nfeat;
         json_t *res = json_object();
         json_object_set_new(res, "image", cli_json_str(it->name, strlen(it->name)));
         json_array_append_new(results, res);
-        if (it->error) {
-            json_object_set_new(res, "error", cli_json_str(it->error, strlen(it->error)));
-            continue;
-        }
-        topk(lg, st->classes, kk, ti);
-        softmax(lg, st->classes, prob);
-        json_t *tk = json_array();
-        for (int j = 0; j < kk; j++) {
-            json_t *e = json_object();
-            const char *label = label_of(st, ti[j]);
-            json_object_set_new(e, "index", json_integer(ti[j]));
-            json_object_set_new(e, "label", label ? cli_json_str(label, strlen(label))
-                                                  : json_null());
-            json_object_set_new(e, "prob", jfloat(prob[ti[j]]));
-            json_array_append_new(tk, e);
-        }
-        json_object_set_new(res, "topk", tk);
-        if (o->logits)
-            json_object_set_new(res, "logits", float_array(lg, st->classes));
-        if (o->features)
-            json_object_set_new(res, "features", float_array(ft, st->nfeat));
+        item_json(res, o, st, i, ti, prob);
     }
     free(ti);
     free(prob);
@@ -646,8 +761,11 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
               ckpt_arch_name(r->arch), st->classes);
     cli_locate_where(out, r->chosen);
     int threads = ckpt_model_threads(st->m);
-    sb_printf(out, ", %s backend, %d thread%s\n", ckpt_backend_name(ckpt_model_backend(st->m)),
+    sb_printf(out, ", %s backend, %d thread%s", ckpt_backend_name(ckpt_model_backend(st->m)),
               threads, threads == 1 ? "" : "s");
+    if (st->names_from && strcmp(st->names_from, "imagenet1k") == 0)
+        sb_puts(out, ", ImageNet-1k class names (torchvision's; --labels none: indices only)");
+    sb_putc(out, '\n');
     for (size_t i = 0; i < st->n_items; i++) {
         const item *it = &st->items[i];
         const float *lg = st->logits + i * (size_t)st->classes;
@@ -680,7 +798,9 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
 static int print_results(const run_options *o, const run_state *st)
 {
     int rc;
-    if (o->json) {
+    if (o->in.jsonl) {
+        rc = CLI_EXIT_OK; /* every record is out already */
+    } else if (o->json) {
         rc = cli_emit_json(o->l.path, results_json(o, st));
     } else {
         cli_sb out = {0};
@@ -707,16 +827,22 @@ int cmd_run(int argc, char **argv, const cli_command *self)
     const char **pos = alloc_array(2 + RUN_MAX_IMAGES, sizeof *pos); /* FILE, the images */
     o.images = pos;
     int rc = parse_options(self, argc, argv, &o);
-    if (rc < 0 && o.labels)
+    if (rc < 0 && o.labels && strcmp(o.labels, "none") != 0)
         rc = read_labels(o.labels, &st.labels, &st.n_labels);
     if (rc < 0)
         rc = locate_weights(self, &o);
-    if (rc < 0)
+    if (rc < 0) {
+        pick_names(&o, &st);
         rc = gather_inputs(&o, &st);
+    }
     if (rc < 0)
         rc = load_model(&o, &st);
-    if (rc < 0)
+    if (rc < 0) {
+        cli_jsonl = o.in.jsonl;
+        cli_progress_start(&st.progress, &o.in, st.n_items);
         rc = forward(&o, &st);
+        cli_progress_clear(&st.progress);
+    }
     if (rc < 0)
         rc = print_results(&o, &st);
 

@@ -1,5 +1,5 @@
 /*
- * cmd_scan.c - `ckpt scan FILE [--json]`: every global the file's pickles name, classified,
+ * cmd_scan.c - `ckpt scan FILE... [--json]`: every global the file's pickles name, classified,
  * with where it first occurs. Exit 0 when only weights and data globals occur, 1 when any is
  * unknown or dangerous, 2 when the file cannot be scanned (or a parse error leaves a file with
  * only safe globals, which then cannot be called safe).
@@ -25,6 +25,7 @@ const char cmd_scan_help[] =
     "\n"
     "Options:\n"
     "  --json     one JSON document on stdout (schema in docs/CLI.md)\n"
+    "\n" CLI_INPUT_HELP "\n"
     "\n"
     "Examples:\n"
     "  ckpt scan pytorch_model.bin\n"
@@ -119,22 +120,15 @@ static json_t *to_json(const char *path, const ckpt_scan_result *r, bool safe)
     return doc;
 }
 
-int cmd_scan(int argc, char **argv, const cli_command *self)
+static int scan_one(const char *path, void *ctx)
 {
-    bool json = false;
-    const cli_opt opts[] = {{"json", NULL, &json, NULL}, {NULL, NULL, NULL, NULL}};
-    const char *pos[1];
-    int npos;
-    int rc = cli_parse_args(self, argc, argv, opts, pos, 1, 1, &npos);
-    if (rc >= 0)
-        return rc;
-    const char *path = pos[0];
-
+    bool json = *(const bool *)ctx;
     ckpt_scan_result *r = NULL;
     ckpt_error err = {0};
     if (ckpt_scan(path, &cli_limits, &r, &err) != CKPT_OK)
         return cli_error_ckpt(path, &err);
 
+    int rc;
     bool unsafe = !r->safe; /* an unknown or dangerous global */
     if (!unsafe && r->parse_error) {
         /* Nothing bad was seen, but not everything could be seen. */
@@ -157,4 +151,23 @@ int cmd_scan(int argc, char **argv, const cli_command *self)
     if (rc != CLI_EXIT_OK)
         return rc;
     return unsafe ? CLI_EXIT_FINDING : CLI_EXIT_OK;
+}
+
+int cmd_scan(int argc, char **argv, const cli_command *self)
+{
+    bool json = false;
+    cli_inputs in = {0};
+    const cli_opt opts[] = {{"json", NULL, &json, NULL}, CLI_INPUT_OPTS(&in),
+                            {NULL, NULL, NULL, NULL}};
+    const char **pos = cli_xrealloc(NULL, (size_t)argc * sizeof *pos);
+    int npos;
+    int rc = cli_parse_args(self, argc, argv, opts, pos, 0, argc, &npos);
+    if (rc < 0 && npos == 0 && !in.files_from)
+        rc = cli_usage_error(self, "no file given");
+    if (rc < 0) {
+        json = json || in.jsonl;
+        rc = cli_inputs_each(self, &in, pos, (size_t)npos, cli_checkpoint_exts, scan_one, &json);
+    }
+    free(pos);
+    return rc;
 }

@@ -34,7 +34,7 @@ const char cmd_tensors_help[] =
     "             size, at least 64M; K, M, G suffixes)\n"
     "  --max-expanded BYTES  --sha256: refuse to hash more than this in all (broadcast views\n"
     "             count whole; default: 64 times the file's size, at least 1G)\n"
-    "\n"
+    "\n" CLI_INPUT_HELP "\n"
     "Examples:\n"
     "  ckpt tensors model.pt\n"
     "  ckpt tensors --sha256 a.pt > a.txt; ckpt tensors --sha256 b.pt > b.txt; diff a.txt b.txt\n"
@@ -378,36 +378,24 @@ static void print_rows(const tensors_ctx *c, cli_sb *out)
     sb_free(&cell);
 }
 
-int cmd_tensors(int argc, char **argv, const cli_command *self)
+/* The options, the same for every file. */
+typedef struct tensors_opts {
+    bool json, sha256;
+    const char *max_output, *max_expanded;
+} tensors_opts;
+
+static int tensors_one(const char *path, void *ctx)
 {
+    const tensors_opts *o = ctx;
+    int rc = CLI_EXIT_OK;
+    const char *max_output = o->max_output;
     tensors_ctx *c = cli_xrealloc(NULL, sizeof *c); /* cli_walk is a few KB: not on the stack */
     memset(c, 0, sizeof *c);
-    const char *max_output = NULL;
-    const cli_opt opts[] = {{"json", NULL, &c->json, NULL},
-                            {"sha256", NULL, &c->sha256, NULL},
-                            {"max-output", "BYTES", NULL, &max_output},
-                            {"max-expanded", "BYTES", NULL, &c->max_expanded},
-                            {NULL, NULL, NULL, NULL}};
-    const char *pos[1];
-    int npos;
-    int rc = cli_parse_args(self, argc, argv, opts, pos, 1, 1, &npos);
-    if (rc >= 0) {
-        free(c);
-        return rc;
-    }
-    const char *path = pos[0];
-    uint64_t unused;
-    if (max_output && !cli_parse_size(max_output, &unused)) {
-        free(c);
-        return cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
-                               max_output);
-    }
-    if (c->max_expanded && !cli_parse_size(c->max_expanded, &c->max_hashed)) {
-        const char *bad = c->max_expanded;
-        free(c);
-        return cli_usage_error(self, "--max-expanded wants a byte count (e.g. 8G), not '%s'",
-                               bad);
-    }
+    c->json = o->json;
+    c->sha256 = o->sha256;
+    c->max_expanded = o->max_expanded;
+    if (c->max_expanded)
+        cli_parse_size(c->max_expanded, &c->max_hashed); /* validated by cmd_tensors */
     ckpt_file *f = cli_open(path);
     if (!f) {
         free(c);
@@ -461,5 +449,36 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
     sb_free(&c->cur);
     free(c);
     ckpt_close(f);
+    return rc;
+}
+
+int cmd_tensors(int argc, char **argv, const cli_command *self)
+{
+    tensors_opts o = {0};
+    cli_inputs in = {0};
+    const cli_opt opts[] = {{"json", NULL, &o.json, NULL},
+                            {"sha256", NULL, &o.sha256, NULL},
+                            {"max-output", "BYTES", NULL, &o.max_output},
+                            {"max-expanded", "BYTES", NULL, &o.max_expanded},
+                            CLI_INPUT_OPTS(&in),
+                            {NULL, NULL, NULL, NULL}};
+    const char **pos = cli_xrealloc(NULL, (size_t)argc * sizeof *pos);
+    int npos;
+    uint64_t unused;
+    int rc = cli_parse_args(self, argc, argv, opts, pos, 0, argc, &npos);
+    if (rc < 0 && npos == 0 && !in.files_from)
+        rc = cli_usage_error(self, "no file given");
+    if (rc < 0 && o.max_output && !cli_parse_size(o.max_output, &unused))
+        rc = cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
+                             o.max_output);
+    if (rc < 0 && o.max_expanded && !cli_parse_size(o.max_expanded, &unused))
+        rc = cli_usage_error(self, "--max-expanded wants a byte count (e.g. 8G), not '%s'",
+                             o.max_expanded);
+    if (rc < 0) {
+        o.json = o.json || in.jsonl;
+        rc = cli_inputs_each(self, &in, pos, (size_t)npos, cli_checkpoint_exts, tensors_one,
+                             &o);
+    }
+    free(pos);
     return rc;
 }

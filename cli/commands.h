@@ -10,14 +10,14 @@
 #define CKPT_CLI_COMMANDS_H
 
 #define CKPT_CLI_COMMANDS(X)                                                                   \
-    X(inspect, "ckpt inspect FILE [--depth N] [--json] [--max-output BYTES]",                  \
+    X(inspect, "ckpt inspect FILE... [--depth N] [--json] [--max-output BYTES]",                  \
       "show what a checkpoint holds, as a tree")                                               \
-    X(tensors, "ckpt tensors FILE [--json] [--sha256] [--max-output BYTES] "                  \
+    X(tensors, "ckpt tensors FILE... [--json] [--sha256] [--max-output BYTES] "                  \
                "[--max-expanded BYTES]",                                                       \
       "list every tensor with its path, dtype and shape")                                      \
-    X(scan, "ckpt scan FILE [--json]",                                                         \
+    X(scan, "ckpt scan FILE... [-r] [--json|--jsonl] [--shard I/N]",                          \
       "list the globals a file names and whether loading it in Python would run code")         \
-    X(check, "ckpt check FILE [--arch NAME] [--num-classes N] [--against TEMPLATE] "         \
+    X(check, "ckpt check FILE... [--arch NAME] [--num-classes N] [--against TEMPLATE] "         \
              "[--key PATH] [--strip-prefix P] [--json]",                                       \
       "say whether model.load_state_dict(sd, strict=True) would succeed, and why not")         \
     X(diff, "ckpt diff A B [--key-a PATH] [--key-b PATH] [--atol X] [--json] "               \
@@ -27,7 +27,7 @@
                "[--strip-prefix P] [--arch NAME] [--against T] [--no-check] [--force] [--json] " \
                "[--max-expanded BYTES]",                                                     \
       "write the weights alone as a clean .pth or .safetensors file")                          \
-    X(run, "ckpt run FILE IMAGE... [--arch NAME] [--topk K] [--labels FILE] [--json] "       \
+    X(run, "ckpt run FILE IMAGE|DIR... [--arch NAME] [--topk K] [--labels FILE] [--json] "       \
            "[--logits] [--features] [--resize S] [--crop C] [--threads N] [--repeat N]",     \
       "classify images with the checkpoint's ResNet, as torchvision would")                   \
     X(help, "ckpt help [COMMAND]", "show the commands, or one command's help")

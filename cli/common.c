@@ -124,9 +124,20 @@ int cli_parse_args(const cli_command *cmd, int argc, char **argv, const cli_opt 
             cli_print_help(cmd, stdout);
             return CLI_EXIT_OK;
         }
-        if (a[1] != '-')
-            return cli_usage_error(cmd, "unknown option '%s'", a);
-        const char *name = a + 2, *eq = strchr(name, '=');
+        const char *name = a + 2, *eq;
+        if (a[1] != '-') {
+            /* The few short options of the many-input commands. */
+            static const char *const shorts[][2] = {{"-r", "recursive"}, {"-0", "null"},
+                                                    {"-q", "quiet"}};
+            name = NULL;
+            for (size_t k = 0; k < sizeof shorts / sizeof shorts[0]; k++)
+                for (const cli_opt *o = opts; o->name && !name; o++)
+                    if (strcmp(a, shorts[k][0]) == 0 && strcmp(o->name, shorts[k][1]) == 0)
+                        name = o->name;
+            if (!name)
+                return cli_usage_error(cmd, "unknown option '%s'", a);
+        }
+        eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
         const limit_opt *lo = limit_opts;
         while (lo->name && !(strlen(lo->name) == len && strncmp(lo->name, name, len) == 0))
@@ -171,11 +182,35 @@ static void put_clean(const char *s, FILE *to)
         fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, to);
 }
 
+bool cli_jsonl;
+unsigned long cli_records;
+static char last_error[1024];
+static const char *last_status = "error";
+
+void cli_error_capture_reset(void)
+{
+    last_error[0] = '\0';
+    last_status = "error";
+}
+
+void cli_emit_error_record(const char *path)
+{
+    json_t *doc = json_object();
+    json_object_set_new(doc, "file", cli_json_str(path, strlen(path)));
+    json_t *e = json_object();
+    json_object_set_new(e, "status", json_string(last_status));
+    json_object_set_new(e, "message", cli_json_str(last_error, strlen(last_error)));
+    json_object_set_new(doc, "error", e);
+    cli_emit_json(path, doc);
+}
+
 __attribute__((format(printf, 3, 0)))
 static void report(const char *what, const char *path, const char *fmt, va_list ap)
 {
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
+    if (what[0] == 'e' && !last_error[0])
+        memcpy(last_error, msg, sizeof msg);
     fprintf(stderr, "ckpt: %s: ", what);
     if (path) {
         put_clean(path, stderr);
@@ -205,7 +240,11 @@ void cli_warn(const char *path, const char *fmt, ...)
 int cli_error_ckpt(const char *path, const ckpt_error *err)
 {
     const char *msg = err->message[0] ? err->message : ckpt_status_str(err->status);
-    return cli_error(path, "%s", msg);
+    bool first = !last_error[0];
+    int rc = cli_error(path, "%s", msg);
+    if (first)
+        last_status = ckpt_status_name(err->status);
+    return rc;
 }
 
 ckpt_file *cli_open(const char *path)
@@ -262,6 +301,9 @@ int cli_emit_json(const char *path, json_t *doc)
     if (ok) {
         sb_putc(&text, '\n');
         cli_write_stdout(text.buf, text.len);
+        cli_records++;
+        if (cli_jsonl)
+            fflush(stdout);
     }
     sb_free(&text);
     return ok ? CLI_EXIT_OK : cli_error(path, "out of memory while writing JSON");

@@ -4,12 +4,14 @@
 # pkg-config and the libraries libckpt links.
 # Tests, benchmarks and the demo only: Debian's PyTorch 1.13, torchvision, Pillow, numpy,
 # scikit-learn (its handwritten digits train the demo's model), strace, GNU time.
+# GNU parallel and Slurm (slurmctld, slurmd, sbatch): tests only, the scale-out of --shard.
 set -euo pipefail
 packages=(
   build-essential clang cmake pkg-config
   zlib1g-dev nettle-dev libjansson-dev libjpeg62-turbo-dev libpng-dev libdnnl-dev
   python3-torch python3-torchvision python3-pil python3-numpy python3-sklearn
   strace time
+  parallel slurmctld slurmd slurm-client
 )
 missing=()
 for p in "${packages[@]}"; do
