@@ -47,6 +47,7 @@ size_t ckpt__layout_linear(ckpt__layout *b, size_t parent, const char *name, int
  * printed lines apply it (scheme.c). The list may be empty. */
 typedef struct ckpt__naming {
     const char *name;             /* "huggingface": `check --json`'s "naming" */
+    const char *what;             /* for people: "Hugging Face transformers' ResNet" */
     bool (*rename)(const char *key, char *out, size_t cap);
     const char *python;
 } ckpt__naming;

@@ -278,6 +278,9 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                                  sd->prefix, story)))
             return story ? rc : ckpt__arena_error(ar, err);
     }
+    if (r->naming && (rc = warn(p, err, "renamed", "the keys are named as %s; ckpt renamed "
+                                "them to torchvision's", ckpt__scheme_what(k))))
+        return rc;
     if (r->arch) {
         const char *head = ckpt_arch_head(r->arch, false);
         const ckpt_sd_entry *fc = NULL;

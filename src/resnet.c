@@ -362,7 +362,8 @@ static bool d2_rename(const char *key, char *out, size_t cap)
 }
 
 static const ckpt__naming resnet_namings[] = {
-    {"huggingface", hf_rename,
+    {"huggingface", "Hugging Face transformers' ResNet does",
+     hf_rename,
      "import re\n"
      "def torchvision_key(k):  # Hugging Face transformers' ResNet names -> torchvision's\n"
      "    m = re.fullmatch(r'(?:resnet\\.)?embedder\\.embedder\\.(convolution|normalization)"
@@ -383,14 +384,16 @@ static const ckpt__naming resnet_namings[] = {
      "    else:\n"
      "        mod = ('conv%d' if kind == 'convolution' else 'bn%d') % (int(i) + 1)\n"
      "    return 'layer%d.%s.%s.%s' % (int(s) + 1, l, mod, t)\n"},
-    {"sequential", sequential_rename,
+    {"sequential", "nn.Sequential(*list(model.children())[:-1]) does",
+     sequential_rename,
      "import re\n"
      "def torchvision_key(k):  # nn.Sequential(*list(resnet.children())[:-1]) -> torchvision\n"
      "    m = re.fullmatch(r'([0145679])\\.(.+)', k, re.S)\n"
      "    children = ['conv1', 'bn1', None, None, 'layer1', 'layer2', 'layer3', 'layer4', None,"
      " 'fc']\n"
      "    return children[int(m[1])] + '.' + m[2] if m else None\n"},
-    {"detectron2", d2_rename,
+    {"detectron2", "Detectron2's convert-torchvision-to-d2.py does",
+     d2_rename,
      "import re\n"
      "def torchvision_key(k):  # Detectron2's convert-torchvision-to-d2.py names -> torchvision's\n"
      "    m = re.fullmatch(r'stem\\.conv1\\.norm\\.([^.]+)', k)\n"

@@ -96,3 +96,8 @@ void ckpt__scheme_python(ckpt__strbuf *b, const ckpt__cand *k)
     ckpt__sb_add(b, k->naming->python);
     ckpt__sb_add(b, "sd = {torchvision_key(k) or k: v for k, v in sd.items()}\n");
 }
+
+const char *ckpt__scheme_what(const ckpt__cand *k)
+{
+    return k->naming ? k->naming->what : NULL;
+}

@@ -59,5 +59,6 @@ int ckpt__scheme_apply(ckpt__arena *ar, ckpt__cand *k, ckpt_error *err);
 int ckpt__scheme_finish(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k,
                         ckpt_error *err);
 void ckpt__scheme_python(ckpt__strbuf *b, const ckpt__cand *k);
+const char *ckpt__scheme_what(const ckpt__cand *k); /* "Hugging Face transformers' ..." */
 
 #endif /* CKPT_SD_INT_H */

@@ -271,6 +271,7 @@ class Schemes(unittest.TestCase):
         import torchvision
         j = self.check(path, (1,) if backbone else (0,))
         self.assertEqual(j["naming"], naming)
+        self.assertIn("renamed", [w["code"] for w in j["warnings"]])
         self.assertEqual(j["arch"], arch)
         model_keys = [k for k in getattr(torchvision.models, arch)().state_dict()
                       if k in intended]
@@ -369,6 +370,7 @@ class Schemes(unittest.TestCase):
         torch.save(tv, path)
         j = self.check(path)
         self.assertIsNone(j["naming"])
+        self.assertNotIn("renamed", [w["code"] for w in j["warnings"]])
         self.assertEqual(j["key_map"], [[k, k] for k in tv])
 
     def test_half_renamed_is_no_scheme(self):
