@@ -27,6 +27,32 @@ import ckpt_testlib as L  # noqa: E402
 if not os.environ.get("CKPT_LIBRARY") and L.CKPT_BIN:
     os.environ["CKPT_LIBRARY"] = os.path.join(os.path.dirname(L.CKPT_BIN), "libckpt.so")
 
+
+def _preload():
+    """In a sanitizer build, re-exec under the runtimes libckpt.so was linked with (as
+    test_python.py does): python3 itself is not built with them."""
+    san = []
+    try:
+        cache = os.path.join(os.path.dirname(L.CKPT_BIN), "CMakeCache.txt")
+        with open(cache) as f:
+            for line in f:
+                if line.startswith("CKPT_SANITIZE:"):
+                    san = [s for s in line.split("=", 1)[1].strip().split(",") if s]
+    except (OSError, TypeError):
+        pass
+    if not san or os.environ.get("CKPT_TEST_PRELOADED"):
+        return
+    import subprocess
+    libs = [subprocess.run(["gcc", "-print-file-name=lib%s.so" %
+                            {"address": "asan", "undefined": "ubsan"}.get(s, s)],
+                           capture_output=True, text=True).stdout.strip() for s in san]
+    env = dict(os.environ, CKPT_TEST_PRELOADED="1", LD_PRELOAD=":".join(libs),
+               ASAN_OPTIONS="detect_leaks=0:" + os.environ.get("ASAN_OPTIONS", ""))
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+_preload()
+
 import numpy as np  # noqa: E402
 
 CODES = ["f8", "f4", "f2", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1", "c8", "c16"]
