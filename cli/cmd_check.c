@@ -54,6 +54,7 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     json_object_set_new(doc, "file", cli_json_cstr(path));
     json_object_set_new(doc, "state_dict_path", cli_json_strs(r->chosen->path, r->chosen->path_len));
     json_object_set_new(doc, "prefix", cli_json_cstr(r->prefix));
+    json_object_set_new(doc, "naming", r->naming ? json_string(r->naming) : json_null());
     json_object_set_new(doc, "arch", r->arch ? json_string(ckpt_arch_name(r->arch)) : json_null());
     json_object_set_new(doc, "num_classes",
                         r->arch ? json_integer((json_int_t)r->num_classes) : json_null());

@@ -602,6 +602,10 @@ typedef struct ckpt_sd_report {
     size_t n_warnings;
     const char *python;            /* lines of Python that load the file correctly */
     void *internal;
+    /* The naming scheme the chosen dict's keys were renamed from ("huggingface",
+     * "sequential", "detectron2"; docs/ARCHITECTURES-DEV.md), or NULL: the key map's file
+     * keys are the file's own. */
+    const char *naming;
 } ckpt_sd_report;
 
 /* CKPT_ENOTFOUND when there is no dict of tensors or no opt->key path; CKPT_EINVAL for bad

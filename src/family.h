@@ -41,11 +41,15 @@ size_t ckpt__layout_linear(ckpt__layout *b, size_t parent, const char *name, int
                            int64_t in);
 
 /* Another spelling of a family's keys (Hugging Face, Detectron2, Sequential indexes...):
- * rename gives the family's key for a file key, or returns false when the key is not of this
- * scheme. Issue 8 adds the first ones; the list may be empty. */
+ * rename writes the family's key for a file key into out (cap bytes), or returns false when
+ * the key is not of this scheme (or its name does not fit). python defines
+ * `torchvision_key(k)`, the same function in Python (None where rename returns false); the
+ * printed lines apply it (scheme.c). The list may be empty. */
 typedef struct ckpt__naming {
-    const char *name;             /* "huggingface" */
+    const char *name;             /* "huggingface": `check --json`'s "naming" */
+    const char *what;             /* for people: "Hugging Face transformers' ResNet" */
     bool (*rename)(const char *key, char *out, size_t cap);
+    const char *python;
 } ckpt__naming;
 
 struct ckpt__family {

@@ -106,6 +106,10 @@ static int add_candidate(check_ctx *c, const ckpt_value *d, size_t depth, size_t
     for (size_t i = 0; i < d->u.dict.len; i++)
         if (d->u.dict.keys[i]->type != CKPT_T_STR)
             k->strings = false;
+    int rc;
+    if (k->strings && (rc = ckpt__scheme_apply(ar, k, c->err))) /* another naming: scheme.c */
+        return rc;
+    d = k->pub.dict;
     if (k->strings) {
         if (!ckpt__strmap_init(ar, &k->keys, d->u.dict.len))
             return ckpt__arena_error(ar, c->err);
@@ -713,7 +717,8 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         if ((rc = ckpt__judge(ar, r->model, sd, &v, err)))
             goto fail;
         r->verdict = v;
-        if ((rc = key_map(ar, r, chosen->pub.dict, err)))
+        if ((rc = key_map(ar, r, chosen->pub.dict, err)) ||
+            (rc = ckpt__scheme_finish(ar, r, chosen, err)))
             goto fail;
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
             ckpt_sd *whole;

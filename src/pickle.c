@@ -1389,51 +1389,68 @@ static int rebuild_from_type(pk *p, ckpt_value **a, size_t na, int nesting, ckpt
     return CKPT_OK;
 }
 
+/* numpy's dtype codes (dtype.str without the byte order) and what ckpt makes of them. */
+static const struct {
+    const char *code;
+    ckpt_type type;       /* of a scalar */
+    unsigned size;
+    bool is_signed;
+    const char *cls;
+    ckpt_dtype dtype;     /* of an array */
+} numpy_types[] = {
+    {"f8", CKPT_T_FLOAT, 8, true, "numpy.float64", CKPT_DT_FLOAT64},
+    {"f4", CKPT_T_FLOAT, 4, true, "numpy.float32", CKPT_DT_FLOAT32},
+    {"f2", CKPT_T_FLOAT, 2, true, "numpy.float16", CKPT_DT_FLOAT16},
+    {"i8", CKPT_T_INT, 8, true, "numpy.int64", CKPT_DT_INT64},
+    {"i4", CKPT_T_INT, 4, true, "numpy.int32", CKPT_DT_INT32},
+    {"i2", CKPT_T_INT, 2, true, "numpy.int16", CKPT_DT_INT16},
+    {"i1", CKPT_T_INT, 1, true, "numpy.int8", CKPT_DT_INT8},
+    {"u8", CKPT_T_INT, 8, false, "numpy.uint64", CKPT_DT_UINT64},
+    {"u4", CKPT_T_INT, 4, false, "numpy.uint32", CKPT_DT_UINT32},
+    {"u2", CKPT_T_INT, 2, false, "numpy.uint16", CKPT_DT_UINT16},
+    {"u1", CKPT_T_INT, 1, false, "numpy.uint8", CKPT_DT_UINT8},
+    {"b1", CKPT_T_BOOL, 1, false, "numpy.bool_", CKPT_DT_BOOL},
+    {"c8", CKPT_T_COMPLEX, 8, true, "numpy.complex64", CKPT_DT_COMPLEX64},
+    {"c16", CKPT_T_COMPLEX, 16, true, "numpy.complex128", CKPT_DT_COMPLEX128},
+};
+
+/* The row of numpy_types a pickled numpy.dtype('f8', False, True) with BUILD state
+ * (3, '<', ...) names, and its byte order ('<', '>', '=' or '|'); false for anything else
+ * ('=' is the writer's native order: little-endian everywhere torch runs). */
+static bool numpy_dtype(const ckpt_value *dt, size_t *row, char *order)
+{
+    if (dt->type != CKPT_T_OBJECT || !ckpt__global_is(dt->u.obj.callable, "numpy", "dtype") ||
+        !dt->u.obj.args || dt->u.obj.args->u.seq.len < 1 || !dt->u.obj.state ||
+        dt->u.obj.state->type != CKPT_T_TUPLE || dt->u.obj.state->u.seq.len < 2)
+        return false;
+    const ckpt_value *code = dt->u.obj.args->u.seq.items[0];
+    const ckpt_value *bo = dt->u.obj.state->u.seq.items[1];
+    if ((code->type != CKPT_T_STR && code->type != CKPT_T_BYTES) || bo->type != CKPT_T_STR ||
+        bo->u.str.len != 1)
+        return false;
+    size_t ti = 0, nt = sizeof numpy_types / sizeof numpy_types[0];
+    while (ti < nt && !(strlen(numpy_types[ti].code) == code->u.str.len &&
+                        memcmp(numpy_types[ti].code, code->u.str.data, code->u.str.len) == 0))
+        ti++;
+    char c = bo->u.str.data[0];
+    if (ti == nt || !(c == '<' || c == '=' || c == '>' || (c == '|' && numpy_types[ti].size == 1)))
+        return false;
+    *row = ti;
+    *order = c;
+    return true;
+}
+
 /* numpy.core.multiarray.scalar(dtype, bytes): the value itself (docs/FORMAT.md §4.3). The
  * dtype is the OBJECT numpy.dtype('f8', False, True) with BUILD state (3, '<', ...). */
 static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
 {
-    static const struct {
-        const char *code;
-        ckpt_type type;
-        unsigned size;
-        bool is_signed;
-        const char *cls;
-    } types[] = {
-        {"f8", CKPT_T_FLOAT, 8, true, "numpy.float64"},
-        {"f4", CKPT_T_FLOAT, 4, true, "numpy.float32"},
-        {"f2", CKPT_T_FLOAT, 2, true, "numpy.float16"},
-        {"i8", CKPT_T_INT, 8, true, "numpy.int64"},
-        {"i4", CKPT_T_INT, 4, true, "numpy.int32"},
-        {"i2", CKPT_T_INT, 2, true, "numpy.int16"},
-        {"i1", CKPT_T_INT, 1, true, "numpy.int8"},
-        {"u8", CKPT_T_INT, 8, false, "numpy.uint64"},
-        {"u4", CKPT_T_INT, 4, false, "numpy.uint32"},
-        {"u2", CKPT_T_INT, 2, false, "numpy.uint16"},
-        {"u1", CKPT_T_INT, 1, false, "numpy.uint8"},
-        {"b1", CKPT_T_BOOL, 1, false, "numpy.bool_"},
-        {"c8", CKPT_T_COMPLEX, 8, true, "numpy.complex64"},
-        {"c16", CKPT_T_COMPLEX, 16, true, "numpy.complex128"},
-    };
     if (na != 2)
         return CKPT_OK;
-    const ckpt_value *dt = a[0], *raw = a[1];
-    if (dt->type != CKPT_T_OBJECT || !ckpt__global_is(dt->u.obj.callable, "numpy", "dtype") ||
-        !dt->u.obj.args || dt->u.obj.args->u.seq.len < 1 || !dt->u.obj.state ||
-        dt->u.obj.state->type != CKPT_T_TUPLE || dt->u.obj.state->u.seq.len < 2)
+    const ckpt_value *raw = a[1];
+    size_t ti;
+    char bo;
+    if (!numpy_dtype(a[0], &ti, &bo))
         return CKPT_OK;
-    const ckpt_value *code = dt->u.obj.args->u.seq.items[0];
-    const ckpt_value *order = dt->u.obj.state->u.seq.items[1];
-    if ((code->type != CKPT_T_STR && code->type != CKPT_T_BYTES) || order->type != CKPT_T_STR ||
-        order->u.str.len != 1)
-        return CKPT_OK;
-    size_t ti = 0, nt = sizeof types / sizeof types[0];
-    while (ti < nt && !(strlen(types[ti].code) == code->u.str.len &&
-                        memcmp(types[ti].code, code->u.str.data, code->u.str.len) == 0))
-        ti++;
-    char bo = order->u.str.data[0];
-    if (ti == nt || !(bo == '<' || bo == '=' || bo == '>' || (bo == '|' && types[ti].size == 1)))
-        return CKPT_OK; /* '=' is the writer's native order: little-endian everywhere torch runs */
     if (raw->type == CKPT_T_STR) { /* protocol 0/1 of Python 2: a latin-1 str */
         ckpt_value *b;
         int rc = str_latin1(p, raw, NULL, &b);
@@ -1443,10 +1460,11 @@ static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
     }
     if (raw->type != CKPT_T_BYTES)
         return CKPT_OK;
-    unsigned size = types[ti].size, part = types[ti].type == CKPT_T_COMPLEX ? size / 2 : size;
+    unsigned size = numpy_types[ti].size;
+    unsigned part = numpy_types[ti].type == CKPT_T_COMPLEX ? size / 2 : size;
     if (raw->u.str.len != size)
         return CKPT_CORRUPT(p->err, "pickle: numpy scalar at offset %zu has %zu bytes for dtype "
-                                    "'%s'", p->at, raw->u.str.len, types[ti].code);
+                                    "'%s'", p->at, raw->u.str.len, numpy_types[ti].code);
     uint64_t u[2] = {0, 0};
     const uint8_t *b = (const uint8_t *)raw->u.str.data;
     for (unsigned h = 0; h < size / part; h++)
@@ -1467,7 +1485,7 @@ static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
             d[h] = ckpt__f32_from_bits(ckpt__f16_to_f32((uint16_t)u[h]));
         }
     }
-    switch (types[ti].type) {
+    switch (numpy_types[ti].type) {
     case CKPT_T_FLOAT:
         if (!(rc = new_value(p, CKPT_T_FLOAT, &v)))
             v->u.f = d[0];
@@ -1486,7 +1504,7 @@ static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
         uint8_t le[9] = {0};
         for (unsigned k = 0; k < 8; k++)
             le[k] = (uint8_t)(u[0] >> (8 * k));
-        if (types[ti].is_signed && (u[0] >> (8 * size - 1) & 1))
+        if (numpy_types[ti].is_signed && (u[0] >> (8 * size - 1) & 1))
             memset(le + size, 0xff, 9 - size);
         rc = int_from_le(p, le, 9, &v);
     }
@@ -1494,9 +1512,130 @@ static int numpy_scalar(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
     if (rc)
         return rc;
     v->flags |= CKPT_VF_NUMPY;
-    v->class_name = types[ti].cls;
+    v->class_name = numpy_types[ti].cls;
     *out = v;
     return CKPT_OK;
+}
+
+/* A numpy array as a tensor: numel elements of numpy_types[ti] in byte order bo, from raw
+ * (bytes, or a Python 2 str read as latin-1), copied little-endian into an aligned block of the
+ * arena behind a storage of its own (no file: its bytes are the pickle's). shape is the tuple
+ * of sizes; fortran: column-major, as numpy's is_fortran flag says. v becomes the tensor: BUILD
+ * turns the memoized _reconstruct object itself into it, so every reference sees the array. */
+static int numpy_tensor(pk *p, size_t ti, char bo, const ckpt_value *shape, bool fortran,
+                        const ckpt_value *raw, ckpt_value *v)
+{
+    if (!is_seq(shape))
+        return CKPT_CORRUPT(p->err, "pickle: numpy array at offset %zu has a %s for its shape",
+                            p->at, type_name(shape));
+    size_t nd = shape->u.seq.len;
+    if (nd > CKPT_MAX_DIMS)
+        return CKPT_FAIL(p->err, CKPT_ELIMIT,
+                         "pickle: numpy array at offset %zu has %zu dimensions, more than %d",
+                         p->at, nd, CKPT_MAX_DIMS);
+    int64_t *dims = ckpt__arena_alloc(p->ar, 2 * (nd ? nd : 1) * sizeof *dims);
+    ckpt_tensor *t = dims ? ckpt__arena_alloc(p->ar, sizeof *t) : NULL;
+    ckpt_storage *st = t ? ckpt__arena_alloc(p->ar, sizeof *st) : NULL;
+    if (!st)
+        return PK_OOM(p);
+    int64_t numel = 1;
+    int rc;
+    for (size_t k = 0; k < nd; k++) {
+        if ((rc = tensor_int(p, "numpy.ndarray", shape->u.seq.items[k], "size", &dims[k])))
+            return rc;
+        if (ckpt__mul_overflow(numel, dims[k], &numel))
+            return CKPT_CORRUPT(p->err, "pickle: numpy array at offset %zu has more than 2^63 "
+                                        "elements", p->at);
+    }
+    /* strides in elements: the last dimension varies fastest in C order, the first in Fortran */
+    int64_t step = 1;
+    for (size_t j = 0; j < nd; j++) {
+        size_t k = fortran ? j : nd - 1 - j;
+        dims[nd + k] = step;
+        step *= dims[k] ? dims[k] : 1; /* <= numel: no overflow */
+    }
+    ckpt_value *b = NULL;
+    if (raw->type == CKPT_T_STR) { /* a Python 2 str, or protocol 0/1's latin-1 text */
+        if ((rc = str_latin1(p, raw, NULL, &b)))
+            return rc;
+        raw = b;
+    }
+    if (raw->type != CKPT_T_BYTES)
+        return CKPT_CORRUPT(p->err, "pickle: numpy array at offset %zu has a %s for its data",
+                            p->at, type_name(raw));
+    unsigned size = numpy_types[ti].size;
+    unsigned part = numpy_types[ti].type == CKPT_T_COMPLEX ? size / 2 : size;
+    uint64_t nbytes;
+    if (ckpt__mul_overflow((uint64_t)numel, (uint64_t)size, &nbytes) ||
+        nbytes != raw->u.str.len)
+        return CKPT_CORRUPT(p->err, "pickle: numpy array at offset %zu has %zu bytes of data "
+                                    "for %lld elements of dtype '%s'", p->at, raw->u.str.len,
+                            (long long)numel, numpy_types[ti].code);
+    uint8_t *data = ckpt__arena_alloc(p->ar, (size_t)nbytes);
+    if (!data)
+        return PK_OOM(p);
+    const uint8_t *src = (const uint8_t *)raw->u.str.data;
+    if (bo == '>' && part > 1)
+        for (size_t e = 0; e < (size_t)nbytes; e += part)
+            for (unsigned k = 0; k < part; k++)
+                data[e + k] = src[e + part - 1 - k];
+    else if (nbytes)
+        memcpy(data, src, (size_t)nbytes);
+    memset(st, 0, sizeof *st);
+    st->key = "numpy";
+    st->dtype = numpy_types[ti].dtype;
+    st->nbytes = nbytes;
+    st->data = data;
+    memset(t, 0, sizeof *t);
+    t->dtype = numpy_types[ti].dtype;
+    t->ndim = (int)nd;
+    t->shape = dims;
+    t->stride = dims + nd;
+    t->numel = numel;
+    t->storage = st;
+    v->type = CKPT_T_TENSOR;
+    v->u.tensor = t;
+    v->class_name = "numpy.ndarray";
+    v->flags |= CKPT_VF_NUMPY;
+    return CKPT_OK;
+}
+
+/* BUILD on numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b'): the state is
+ * (1, shape, dtype, is_fortran, data), ndarray.__reduce__'s. Returns CKPT_OK with *done false
+ * for any other object or state, which stays an object. */
+static int numpy_build(pk *p, ckpt_value *inst, const ckpt_value *state, bool *done)
+{
+    *done = false;
+    const ckpt_value *fn = inst->u.obj.callable, *args = inst->u.obj.args;
+    if (!(ckpt__global_is(fn, "numpy.core.multiarray", "_reconstruct") ||
+          ckpt__global_is(fn, "numpy._core.multiarray", "_reconstruct")) ||
+        !args || !is_seq(args) || args->u.seq.len < 1 ||
+        !ckpt__global_is(args->u.seq.items[0], "numpy", "ndarray") ||
+        state->type != CKPT_T_TUPLE || state->u.seq.len != 5)
+        return CKPT_OK;
+    ckpt_value *const *s = state->u.seq.items;
+    size_t ti;
+    char bo;
+    if (s[0]->type != CKPT_T_INT || s[0]->u.i != 1 || !numpy_dtype(s[2], &ti, &bo) ||
+        (s[3]->type != CKPT_T_BOOL && s[3]->type != CKPT_T_INT))
+        return CKPT_OK;
+    bool fortran = s[3]->type == CKPT_T_BOOL ? s[3]->u.b : s[3]->u.i != 0;
+    *done = true;
+    return numpy_tensor(p, ti, bo, s[1], fortran, s[4], inst);
+}
+
+/* numpy.core.numeric._frombuffer(buffer, dtype, shape, order): protocol 5's in-band array. */
+static int numpy_frombuffer(pk *p, ckpt_value **a, size_t na, ckpt_value **out)
+{
+    size_t ti;
+    char bo;
+    if (na != 4 || !numpy_dtype(a[1], &ti, &bo) || a[3]->type != CKPT_T_STR ||
+        a[3]->u.str.len != 1 || (a[3]->u.str.data[0] != 'C' && a[3]->u.str.data[0] != 'F'))
+        return CKPT_OK;
+    int rc = new_value(p, CKPT_T_NONE, out);
+    if (!rc)
+        rc = numpy_tensor(p, ti, bo, a[2], a[3]->u.str.data[0] == 'F', a[0], *out);
+    return rc;
 }
 
 /* The containers whose __new__ makes an empty one that SETITEMS/APPENDS/BUILD then fill. */
@@ -1572,6 +1711,9 @@ static int call_global(pk *p, const ckpt_value *g, ckpt_value *args, bool newobj
     } else if (same(m, "numpy.core.multiarray") || same(m, "numpy._core.multiarray")) {
         if (same(n, "scalar"))
             return numpy_scalar(p, a, na, out);
+    } else if (same(m, "numpy.core.numeric") || same(m, "numpy._core.numeric")) {
+        if (same(n, "_frombuffer"))
+            return numpy_frombuffer(p, a, na, out);
     }
     return CKPT_OK;
 }
@@ -1650,9 +1792,13 @@ static int op_build(pk *p)
         return CKPT_OK;
     switch (inst->type) {
     case CKPT_T_DICT: return dict_attrs(p, inst, state);
-    case CKPT_T_OBJECT:
+    case CKPT_T_OBJECT: {
+        bool done;
+        if ((rc = numpy_build(p, inst, state, &done)) || done)
+            return rc;
         inst->u.obj.state = state;
         return nest(p, inst, state);
+    }
     case CKPT_T_TENSOR: return CKPT_OK; /* old tensors' set_() state: the rebuild has it all */
     default:
         return CKPT_CORRUPT(p->err, "pickle: 'BUILD' on a %s at offset %zu", type_name(inst),

@@ -287,6 +287,9 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                                  sd->prefix, story)))
             return story ? rc : ckpt__arena_error(ar, err);
     }
+    if (r->naming && (rc = warn(p, err, "renamed", "the keys are named as %s; ckpt renamed "
+                                "them to torchvision's", ckpt__scheme_what(k))))
+        return rc;
     if (r->arch) {
         const char *head = ckpt_arch_head(r->arch, false);
         const ckpt_sd_entry *fc = NULL;
@@ -475,6 +478,14 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         ckpt__sb_add(&b, "from safetensors.torch import load_file\nsd = load_file(");
         ckpt__sb_pystr(&b, fname);
         ckpt__sb_add(&b, ")\n");
+    } else if (ckpt_file_format(f) == CKPT_FORMAT_PICKLE) { /* Detectron2's .pkl: numpy arrays */
+        ckpt__sb_add(&b, "import pickle\nwith open(");
+        ckpt__sb_pystr(&b, fname);
+        ckpt__sb_add(&b, ", 'rb') as fh:\n    ckpt = pickle.load(fh, encoding='latin1')"
+                         "  # a plain pickle: only for files you trust\nsd = ");
+        sb_pypath(&b, k);
+        ckpt__sb_add(&b, "\nsd = {k: torch.from_numpy(v) if type(v).__module__ == 'numpy' else v "
+                         "for k, v in sd.items()}\n");
     } else {
         ckpt__sb_add(&b, "ckpt = torch.load(");
         ckpt__sb_pystr(&b, fname);
@@ -487,6 +498,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         sb_pypath(&b, k);
         ckpt__sb_add(&b, "\n");
     }
+    ckpt__scheme_python(&b, k);
     if (sd->prefix[0]) {
         ckpt__sb_add(&b, "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, ");
         ckpt__sb_pystr(&b, sd->prefix);

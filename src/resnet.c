@@ -19,9 +19,11 @@
 #include "family.h"
 #include "net.h"
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define ARCH_STAGES 4
 
@@ -234,6 +236,184 @@ static int resnet_net(const ckpt_arch *a, int64_t classes, ckpt__net **out, ckpt
     return CKPT_OK;
 }
 
+/* ---- other names for the same tensors (docs/ARCHITECTURES-DEV.md) ------------------------ */
+
+/* The matchers below read a key left to right; each returns where it stopped, or NULL. Their
+ * Python twins (each naming's `python`) are regular expressions that accept the same keys. */
+static const char *lit(const char *p, const char *s)
+{
+    size_t n = strlen(s);
+    return p && !strncmp(p, s, n) ? p + n : NULL;
+}
+
+/* A module index as nn.Sequential/ModuleList spell it: (0|[1-9][0-9]{0,3}), then a dot. */
+static const char *index_dot(const char *p, int *v)
+{
+    if (!p || *p < '0' || *p > '9')
+        return NULL;
+    int n = 0, x = 0;
+    while (p[n] >= '0' && p[n] <= '9' && n < 5)
+        x = 10 * x + (p[n++] - '0');
+    if (n > 4 || (n > 1 && p[0] == '0') || p[n] != '.')
+        return NULL;
+    *v = x;
+    return p + n + 1;
+}
+
+/* The last component: [^.]+ */
+static bool leaf(const char *p)
+{
+    return p && *p && !strchr(p, '.');
+}
+
+static bool put(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static bool put(char *out, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, cap, fmt, ap);
+    va_end(ap);
+    return n >= 0 && (size_t)n < cap;
+}
+
+/* Hugging Face transformers' ResNetModel / ResNetForImageClassification (modeling_resnet.py):
+ * ResNetConvLayer is (convolution, normalization); a stage's layers hold `shortcut` (a
+ * ResNetShortCut, or a stateless Identity) and `layer`, a Sequential of 2 or 3 conv layers. */
+static bool hf_rename(const char *key, char *out, size_t cap)
+{
+    const char *k = lit(key, "resnet.") ? key + 7 : key, *p, *t;
+    int s, l, i;
+    if ((t = lit(lit(k, "embedder.embedder."), "convolution.")) && leaf(t))
+        return put(out, cap, "conv1.%s", t);
+    if ((t = lit(lit(k, "embedder.embedder."), "normalization.")) && leaf(t))
+        return put(out, cap, "bn1.%s", t);
+    if ((t = lit(key, "classifier.1.")) && leaf(t))
+        return put(out, cap, "fc.%s", t);
+    p = lit(k, "encoder.stages.");
+    if (!p || *p < '0' || *p > '3' || p[1] != '.')
+        return false;
+    s = *p - '0';
+    if (!(p = index_dot(lit(p + 2, "layers."), &l)))
+        return false;
+    if ((t = lit(lit(p, "shortcut."), "convolution.")) && leaf(t))
+        return put(out, cap, "layer%d.%d.downsample.0.%s", s + 1, l, t);
+    if ((t = lit(lit(p, "shortcut."), "normalization.")) && leaf(t))
+        return put(out, cap, "layer%d.%d.downsample.1.%s", s + 1, l, t);
+    if (!(p = lit(p, "layer.")) || *p < '0' || *p > '2' || p[1] != '.')
+        return false;
+    i = *p - '0';
+    if ((t = lit(p + 2, "convolution.")) && leaf(t))
+        return put(out, cap, "layer%d.%d.conv%d.%s", s + 1, l, i + 1, t);
+    if ((t = lit(p + 2, "normalization.")) && leaf(t))
+        return put(out, cap, "layer%d.%d.bn%d.%s", s + 1, l, i + 1, t);
+    return false;
+}
+
+/* nn.Sequential(*list(model.children())[:-1]) and the like: children by position, conv1 bn1
+ * relu maxpool layer1..layer4 avgpool fc (relu, the pools: no state). */
+static bool sequential_rename(const char *key, char *out, size_t cap)
+{
+    static const char *const child[10] = {"conv1", "bn1", NULL, NULL, "layer1", "layer2",
+                                          "layer3", "layer4", NULL, "fc"};
+    if (key[0] < '0' || key[0] > '9' || key[1] != '.' || !key[2] || !child[key[0] - '0'])
+        return false;
+    return put(out, cap, "%s.%s", child[key[0] - '0'], key + 2);
+}
+
+/* Detectron2's tools/convert-torchvision-to-d2.py renames torchvision's keys: 'stem.' before
+ * keys without 'layer', layerN -> res(N+1), bnK -> convK.norm, downsample.0 -> shortcut,
+ * downsample.1 -> shortcut.norm (so fc becomes stem.fc); this undoes it. Detectron2's own
+ * ResNet names its classifier `linear`. */
+static bool d2_rename(const char *key, char *out, size_t cap)
+{
+    const char *t, *p;
+    int s, b;
+    if ((t = lit(key, "stem.conv1.norm.")) && leaf(t))
+        return put(out, cap, "bn1.%s", t);
+    if ((t = lit(key, "stem.conv1.")) && leaf(t))
+        return put(out, cap, "conv1.%s", t);
+    if ((t = lit(key, "stem.fc.")) && leaf(t))
+        return put(out, cap, "fc.%s", t);
+    if ((t = lit(key, "linear.")) && leaf(t))
+        return put(out, cap, "fc.%s", t);
+    p = lit(key, "res");
+    if (!p || *p < '2' || *p > '5' || p[1] != '.')
+        return false;
+    s = *p - '0';
+    if (!(p = index_dot(p + 2, &b)))
+        return false;
+    int conv; /* 1..3, or 0: the shortcut */
+    if ((t = lit(p, "shortcut."))) {
+        conv = 0;
+    } else if ((t = lit(p, "conv")) && *t >= '1' && *t <= '3' && t[1] == '.') {
+        conv = *t - '0';
+        t += 2;
+    } else {
+        return false;
+    }
+    bool norm = lit(t, "norm.") && leaf(t + 5);
+    if (norm)
+        t += 5;
+    if (!leaf(t))
+        return false;
+    if (conv)
+        return put(out, cap, "layer%d.%d.%s%d.%s", s - 1, b, norm ? "bn" : "conv", conv, t);
+    return put(out, cap, "layer%d.%d.downsample.%d.%s", s - 1, b, norm, t);
+}
+
+static const ckpt__naming resnet_namings[] = {
+    {"huggingface", "Hugging Face transformers' ResNet does",
+     hf_rename,
+     "import re\n"
+     "def torchvision_key(k):  # Hugging Face transformers' ResNet names -> torchvision's\n"
+     "    m = re.fullmatch(r'(?:resnet\\.)?embedder\\.embedder\\.(convolution|normalization)"
+     "\\.([^.]+)', k)\n"
+     "    if m:\n"
+     "        return ('conv1.' if m[1] == 'convolution' else 'bn1.') + m[2]\n"
+     "    m = re.fullmatch(r'classifier\\.1\\.([^.]+)', k)\n"
+     "    if m:\n"
+     "        return 'fc.' + m[1]\n"
+     "    m = re.fullmatch(r'(?:resnet\\.)?encoder\\.stages\\.([0-3])\\.layers\\."
+     "(0|[1-9][0-9]{0,3})\\.(shortcut|layer\\.([0-2]))\\.(convolution|normalization)"
+     "\\.([^.]+)', k)\n"
+     "    if not m:\n"
+     "        return None\n"
+     "    s, l, part, i, kind, t = m.groups()\n"
+     "    if part == 'shortcut':\n"
+     "        mod = 'downsample.0' if kind == 'convolution' else 'downsample.1'\n"
+     "    else:\n"
+     "        mod = ('conv%d' if kind == 'convolution' else 'bn%d') % (int(i) + 1)\n"
+     "    return 'layer%d.%s.%s.%s' % (int(s) + 1, l, mod, t)\n"},
+    {"sequential", "nn.Sequential(*list(model.children())[:-1]) does",
+     sequential_rename,
+     "import re\n"
+     "def torchvision_key(k):  # nn.Sequential(*list(resnet.children())[:-1]) -> torchvision\n"
+     "    m = re.fullmatch(r'([0145679])\\.(.+)', k, re.S)\n"
+     "    children = ['conv1', 'bn1', None, None, 'layer1', 'layer2', 'layer3', 'layer4', None,"
+     " 'fc']\n"
+     "    return children[int(m[1])] + '.' + m[2] if m else None\n"},
+    {"detectron2", "Detectron2's convert-torchvision-to-d2.py does",
+     d2_rename,
+     "import re\n"
+     "def torchvision_key(k):  # Detectron2's convert-torchvision-to-d2.py names -> torchvision's\n"
+     "    m = re.fullmatch(r'stem\\.conv1\\.norm\\.([^.]+)', k)\n"
+     "    if m:\n"
+     "        return 'bn1.' + m[1]\n"
+     "    m = re.fullmatch(r'stem\\.(conv1|fc)\\.([^.]+)|linear\\.([^.]+)', k)\n"
+     "    if m:\n"
+     "        return m[1] + '.' + m[2] if m[1] else 'fc.' + m[3]\n"
+     "    m = re.fullmatch(r'res([2-5])\\.(0|[1-9][0-9]{0,3})\\.(conv[1-3]|shortcut)"
+     "(\\.norm)?\\.([^.]+)', k)\n"
+     "    if not m:\n"
+     "        return None\n"
+     "    s, b, mod, norm, t = m.groups()\n"
+     "    if mod == 'shortcut':\n"
+     "        mod = 'downsample.1' if norm else 'downsample.0'\n"
+     "    elif norm:\n"
+     "        mod = 'bn' + mod[4]\n"
+     "    return 'layer%d.%s.%s.%s' % (int(s) - 1, b, mod, t)\n"},
+};
+
 const ckpt__family ckpt__family_resnet = {
     .name = "resnet",
     .class_name = "ResNet",
@@ -245,6 +425,6 @@ const ckpt__family ckpt__family_resnet = {
     .parameters = resnet_parameters,
     .layout = resnet_layout,
     .net = resnet_net,
-    .namings = NULL,
-    .n_namings = 0,
+    .namings = resnet_namings,
+    .n_namings = sizeof resnet_namings / sizeof resnet_namings[0],
 };

@@ -21,6 +21,10 @@ typedef struct ckpt__cand {
     size_t names;           /* model keys present by name (for recognising) */
     bool recognised;
     bool strings;           /* every key is a str */
+    /* a naming scheme's candidate (scheme.c): pub.dict holds the renamed keys, file_keys[i]
+     * the file's own key of its item i; NULL when the file's keys are used as they are */
+    const struct ckpt__naming *naming;
+    const char **file_keys;
 } ckpt__cand;
 
 /* A report's own state (its `internal`). */
@@ -48,5 +52,13 @@ int ckpt__judge(ckpt__arena *ar, const ckpt_sd_model *m, const ckpt_sd *sd,
                 ckpt_sd_verdict **out, ckpt_error *err);
 /* locate.c: who adds a wrapper name ("module": "DataParallel / ..."), NULL when unknown */
 const char *ckpt__sd_wrapper_what(const char *part, size_t n);
+
+/* naming schemes (scheme.c): rename a candidate's keys when a family's naming fits them;
+ * give the report the file's own keys back (and r->naming); the Python lines that rename */
+int ckpt__scheme_apply(ckpt__arena *ar, ckpt__cand *k, ckpt_error *err);
+int ckpt__scheme_finish(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k,
+                        ckpt_error *err);
+void ckpt__scheme_python(ckpt__strbuf *b, const ckpt__cand *k);
+const char *ckpt__scheme_what(const ckpt__cand *k); /* "Hugging Face transformers' ..." */
 
 #endif /* CKPT_SD_INT_H */

@@ -216,8 +216,11 @@ def walk_tensors(obj, path=(), out=None, seen_ids=None):
     import torch
     if out is None:
         out = []
+    import numpy as np
     if isinstance(obj, torch.Tensor):
         out.append((list(path), obj))
+    elif isinstance(obj, np.ndarray):   # a tensor to ckpt (issue 8): over its own copy
+        out.append((list(path), torch.from_numpy(obj.astype(obj.dtype.newbyteorder("=")))))
     elif isinstance(obj, dict):
         for k, v in obj.items():
             walk_tensors(v, path + (_key_str(k),), out)
@@ -269,8 +272,10 @@ def describe(v):
         if isinstance(v, np.floating):
             return {"type": "float", "class": cls, "value": float(v)}
         return {"type": "object", "class": cls}
-    if isinstance(v, np.ndarray):
-        return {"type": "object", "class": "numpy.ndarray", "shape": list(v.shape)}
+    if isinstance(v, np.ndarray):   # ckpt reads numpy arrays as tensors (issue 8)
+        return {"type": "tensor", "class": "numpy.ndarray",
+                "dtype": dtype_name(torch.from_numpy(v.astype(v.dtype.newbyteorder("="))).dtype),
+                "shape": list(v.shape), "is_parameter": False}
     if v is None:
         return {"type": "none"}
     if isinstance(v, bool):

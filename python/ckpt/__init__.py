@@ -518,6 +518,7 @@ def check(path, arch=None, num_classes=None, key=None, strip_prefix=None, agains
         "file": os.fspath(path) if not isinstance(path, bytes) else _s(path),
         "state_dict_path": _cstrs(chosen.path, chosen.path_len),
         "prefix": _s(r.prefix),
+        "naming": _s(r.naming),
         "arch": arch_name,
         "num_classes": r.num_classes if r.arch else None,
         "against": None if against is None else os.fspath(against),

@@ -2795,11 +2795,7 @@ static const struct pickle_case {
      "\000tq\020b\211h\003X\031\000\000\000\000\000\000\000\000\000\000\000\000\000\000\000\000"
      "\000\303\260\077\000\000\000\000\000\000\000@q\021h\005\206q\022Rq\023tq\024b.",
      231,
-     "<numpy.core.multiarray._reconstruct>call(@numpy.core.multiarray._reconstruct, (@numpy.ndarr"
-     "ay, (0), b'b')).state((1, (3), <numpy.dtype>call(@numpy.dtype, ('f8', False, True)).state(("
-     "3, '<', None, None, None, -1, -1, 0)), False, b'\134x00\134x00\134x00\134x00\134x00\134x00"
-     "\134x00\134x00\134x00\134x00\134x00\134x00\134x00\134x00\134xf0\077\134x00\134x00\134x00"
-     "\134x00\134x00\134x00\134x00@'))"},
+     "<numpy.ndarray>tensor(float64, [3], [1], 0, 'numpy', False, False)"},
     /* pickle.dumps(Reduce(np.core.multiarray.scalar, (np.dtype('f16'), bytes(16))), protocol=2) */
     {"npobj_p2",
      "\200\002cnumpy.core.multiarray\012scalar\012q\000cnumpy\012dtype\012q\001X\003\000\000\000f"
@@ -3446,15 +3442,12 @@ static const struct pickle_case {
      "1, 'momentum': 0.90000000000000002, 'dampening': 0, 'weight_decay': 0, 'nesterov': False, '"
      "maximize': False, 'foreach': None, 'differentiable': False, 'params': [0, 1, 2, 3]}]}, 'bes"
      "t_acc1': tensor(float32, [], [], 0, '11', False, False), 'max_accuracy': <numpy.float64>0.8"
-     "75, 'best_acc': <numpy.float32>0.5, 'np_int': <numpy.int64>7, 'np_arr': <numpy.core.multiar"
-     "ray._reconstruct>call(@numpy.core.multiarray._reconstruct, (@numpy.ndarray, (0), b'b')).sta"
-     "te((1, (3), <numpy.dtype>call(@numpy.dtype, ('f4', False, True)).state((3, '<', None, None,"
-     " None, -1, -1, 0)), False, b'\134x00\134x00\134x00\134x00\134x00\134x00\134x80\077\134x00"
-     "\134x00\134x00@')), 'args': <argparse.Namespace>new(@argparse.Namespace, ()).state({'lr': 0"
-     ".10000000000000001, 'epochs': 10, 'arch': 'resnet18'}), 'device': <torch.device>call(@torch"
-     ".device, ('cuda', 0)), 'dtype': @torch.float16, 'size': <torch.Size>(2, 3), 'lr': 0.1000000"
-     "0000000001, 'big': 1099511627776, 'neg': -5, 'flags': [True, None, False], 'bytes': b'abc',"
-     " 'set': set{1, 2}, 'tup': (1, 2, 3, 4)}"},
+     "75, 'best_acc': <numpy.float32>0.5, 'np_int': <numpy.int64>7, 'np_arr': <numpy.ndarray>tens"
+     "or(float32, [3], [1], 0, 'numpy', False, False), 'args': <argparse.Namespace>new(@argparse."
+     "Namespace, ()).state({'lr': 0.10000000000000001, 'epochs': 10, 'arch': 'resnet18'}), 'devic"
+     "e': <torch.device>call(@torch.device, ('cuda', 0)), 'dtype': @torch.float16, 'size': <torch"
+     ".Size>(2, 3), 'lr': 0.10000000000000001, 'big': 1099511627776, 'neg': -5, 'flags': [True, N"
+     "one, False], 'bytes': b'abc', 'set': set{1, 2}, 'tup': (1, 2, 3, 4)}"},
     /* data.pkl of tests/data/vectors/views.pt */
     {"vec_views",
      "\200\002ccollections\012OrderedDict\012q\000)Rq\001(X\004\000\000\000baseq\002ctorch._utils"

@@ -289,6 +289,11 @@ def gname(x):
     return x.__module__ + "." + x.__qualname__
 
 
+NP_DTYPES = {"f8": "float64", "f4": "float32", "f2": "float16", "i8": "int64", "i4": "int32",
+             "i2": "int16", "i1": "int8", "u8": "uint64", "u4": "uint32", "u2": "uint16",
+             "u1": "uint8", "b1": "bool", "c8": "complex64", "c16": "complex128"}
+
+
 def render(x, proto=2, keys=True):
     def r(v):
         return render(v, proto, keys)
@@ -316,6 +321,10 @@ def render(x, proto=2, keys=True):
         return "<builtins.bytearray>b'" + esc(bytes(x)) + "'"
     if isinstance(x, np.generic):
         return "<numpy.%s>%s" % (t.__name__, r(x.item()))
+    if t is np.ndarray and x.dtype.str[1:] in NP_DTYPES:   # a tensor to ckpt (issue 8)
+        return "<numpy.ndarray>tensor(%s, [%s], [%s], 0, %s, False, False)" % (
+            NP_DTYPES[x.dtype.str[1:]], ", ".join(map(str, x.shape)),
+            ", ".join(str(st // x.itemsize) for st in x.strides), "'numpy'" if keys else "?")
     if isinstance(x, (SizeRef, torch.Size)):
         return "<torch.Size>(" + join(x) + ")"
     if t is tuple:
