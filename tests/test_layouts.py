@@ -76,6 +76,22 @@ class Layouts(unittest.TestCase):
             self.assertIn("strict=True", code)
         return j
 
+    def check_extract(self, path, want):
+        """ckpt extract writes the backbone alone: strict=False misses exactly fc."""
+        import torch
+        import torchvision
+        out = path + ".extracted.pt"
+        rc, _, err = L.run_ckpt(["extract", path, "-o", out], timeout=TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        sd = torch.load(out, map_location="cpu", weights_only=True)
+        m = torchvision.models.resnet18()
+        missing, unexpected = m.load_state_dict(sd, strict=False)
+        self.assertEqual(set(missing), {"fc.weight", "fc.bias"})
+        self.assertEqual(unexpected, [])
+        for k, v in want.items():
+            if not k.startswith("fc."):
+                self.assertTrue(sd[k].equal(v), k)
+
     def test_moco_v2(self):
         """main_moco.py: encoder_q and encoder_k with MLP fc, a queue; the query encoder."""
         import torch
@@ -89,6 +105,7 @@ class Layouts(unittest.TestCase):
                                               "state_dict": sd, "optimizer": {}})
         j = self.check_loads(path, q.state_dict(), backbone=True)
         self.assertEqual(j["prefix"], "module.encoder_q.")
+        self.check_extract(path, q.state_dict())
 
     def test_moco_v3(self):
         """builder.py: base_encoder over momentum_encoder, a predictor next to them."""
@@ -153,6 +170,10 @@ class Layouts(unittest.TestCase):
         path = self.save("fasterrcnn.pth", sd)
         j = self.check_loads(path, m.state_dict(), backbone=True)
         self.assertEqual(j["prefix"], "backbone.body.")
+        self.check_extract(path, m.state_dict())
+        rc, _, err = L.run_ckpt(["run", path, "--input", path], timeout=TIMEOUT)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("a backbone without its classifier", err)
 
     def test_solo_learn(self):
         """solo-learn: backbone.* over momentum_backbone.*, classifier, projector."""
