@@ -32,7 +32,8 @@ static const struct {
     {"module", "DataParallel / DistributedDataParallel"},
     {"_orig_mod", "torch.compile"},
     {"model", "a Lightning module or a trainer's wrapper"},
-    {"backbone", "a detection/segmentation wrapper"},
+    {"backbone", "a model that holds the network as its backbone (detection, segmentation, "
+                 "self-supervised training)"},
     {"encoder", "an encoder wrapper"},
 };
 #define N_WRAPPERS (sizeof wrappers / sizeof wrappers[0])

@@ -242,8 +242,8 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             if (key->type == CKPT_T_STR && strcmp(key->u.str.data, k->pub.path[0]) != 0)
                 sib[ns++] = key->u.str.data;
         }
-        ckpt__sb_printf(&b, "a training checkpoint: the weights are under '%s' (%zu tensors)",
-                        k->pub.path_str, k->pub.n_tensors);
+        ckpt__sb_printf(&b, "a training checkpoint: the weights are under '%s' (%zu tensor%s)",
+                        k->pub.path_str, k->pub.n_tensors, k->pub.n_tensors == 1 ? "" : "s");
         if (ns) {
             ckpt__sb_add(&b, ", next to ");
             sb_names(&b, sib, ns);
@@ -421,12 +421,13 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                 continue;
             const char *name = ckpt_dtype_name((ckpt_dtype)dt);
             if (dt == CKPT_DT_FLOAT16 || dt == CKPT_DT_BFLOAT16 || dt == CKPT_DT_FLOAT64)
-                rc = warn(p, err, "dtype", "%zu tensors are %s: load_state_dict converts them to "
-                          "the model's dtype (float32 unless the model was converted)",
-                          counts[dt], name);
+                rc = warn(p, err, "dtype", "%zu tensor%s %s: load_state_dict converts "
+                          "%s to the model's dtype (float32 unless the model was converted)",
+                          counts[dt], counts[dt] == 1 ? " is" : "s are", name,
+                          counts[dt] == 1 ? "it" : "them");
             else
-                rc = warn(p, err, "dtype_unusual",
-                          "%zu tensors are %s, unusual for weights", counts[dt], name);
+                rc = warn(p, err, "dtype_unusual", "%zu tensor%s %s, unusual for weights",
+                          counts[dt], counts[dt] == 1 ? " is" : "s are", name);
             if (rc)
                 return rc;
         }
