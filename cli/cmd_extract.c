@@ -389,7 +389,8 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
                        ckpt_arch_count());
         goto done;
     }
-    if (r->verdict && !r->verdict->ok && !no_check) {
+    size_t backbone = cli_locate_backbone(r); /* written alone: its head is not a classifier */
+    if (r->verdict && !r->verdict->ok && !backbone && !no_check) {
         if (json) {
             rc = cli_emit_json(path, to_json(&oc));
         } else {
@@ -410,6 +411,14 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     ckpt_sd view = *sd;
     view.entries = entries;
     order_entries(sd, r->model, entries, &view.n_entries, dropped, &oc.n_dropped);
+    if (backbone) {
+        const char *hw = ckpt_arch_head(r->arch, false);
+        size_t k = 0;
+        for (size_t i = 0; i < view.n_entries; i++)
+            if (strncmp(entries[i].key, hw, backbone) != 0)
+                entries[k++] = entries[i];
+        view.n_entries = k;
+    }
     /* Every tensor is written contiguous: a broadcast view costs its full logical size. */
     rc = cli_check_expanded(path, cli_sd_expanded_bytes(&view, wo.convert ? wo.dtype
                                                                          : CKPT_DT_COUNT),
@@ -429,7 +438,11 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
         cli_warn(path, "'%s' is %s, not a tensor: left out", dropped[i],
                  v ? ckpt_type_name(v->type) : "not a tensor");
     }
-    if (r->verdict && !r->verdict->ok)
+    if (backbone)
+        cli_warn(path, "a backbone without its classifier: load the file with "
+                       "load_state_dict(sd, strict=False); exactly '%s' and '%s' are missing",
+                 ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true));
+    else if (r->verdict && !r->verdict->ok)
         cli_warn(path, "written with --no-check although model.load_state_dict(sd, "
                        "strict=True) would fail (%zu missing, %zu unexpected, %zu mismatched)",
                  r->verdict->n_missing, r->verdict->n_unexpected, r->verdict->n_mismatch);

@@ -336,6 +336,11 @@ static int locate_weights(const cli_command *self, run_options *o)
     if (rc >= 0)
         return rc;
     const ckpt_sd_report *r = o->l.r;
+    if (!r->verdict->ok && cli_locate_backbone(r))
+        return cli_error(o->l.path, "a backbone without its classifier ('%s' and '%s' are not "
+                         "in the file): there are no classes to predict; 'ckpt extract' writes "
+                         "the backbone for load_state_dict(sd, strict=False)",
+                         ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true));
     if (!r->verdict->ok) {
         cli_sb why = {0};
         cli_locate_human(&why, &o->l);

@@ -12,7 +12,7 @@
 #define SD_MAX_DEPTH 8             /* containers walked from the root when looking for dicts */
 #define SD_MAX_NODES 200000        /* values visited by that walk */
 #define SD_MAX_CANDIDATES 64       /* dicts of tensors kept as candidates */
-#define SD_MAX_PREFIXES 12         /* wrapper prefixes tried per candidate */
+#define SD_MAX_PREFIXES 16         /* wrapper prefixes tried per candidate */
 #define SD_MAX_PREFIX_PARTS 3      /* name components in a guessed prefix */
 
 /* ---- finding candidates ------------------------------------------------------------------ */
@@ -32,7 +32,8 @@ static const struct {
     {"module", "DataParallel / DistributedDataParallel"},
     {"_orig_mod", "torch.compile"},
     {"model", "a Lightning module or a trainer's wrapper"},
-    {"backbone", "a detection/segmentation wrapper"},
+    {"backbone", "a model that holds the network as its backbone (detection, segmentation, "
+                 "self-supervised training)"},
     {"encoder", "an encoder wrapper"},
 };
 #define N_WRAPPERS (sizeof wrappers / sizeof wrappers[0])
@@ -237,14 +238,45 @@ typedef struct fit {
     long long quality;
 } fit;
 
-/* The value the unwrapped dict would hold for key, or NULL. */
+/* The value the unwrapped dict would hold for key, or NULL: the dict is filtered to the keys
+ * under the prefix, so that a sub-tree (one network of several) is judged alone. */
 static const ckpt_value *stripped_get(const ckpt__cand *k, const char *prefix, const char *key)
 {
     size_t plen = strlen(prefix);
     size_t i = ckpt__strmap_get2(&k->keys, prefix, plen, key, strlen(key));
-    if (i == SIZE_MAX && (plen == 0 || !ckpt__starts_with(key, prefix)))
-        i = ckpt__strmap_get(&k->keys, key);
     return i == SIZE_MAX ? NULL : k->pub.dict->u.dict.vals[i];
+}
+
+static size_t keys_under(const ckpt__cand *k, const char *prefix)
+{
+    const ckpt_value *d = k->pub.dict;
+    if (!prefix[0])
+        return d->u.dict.len;
+    size_t n = 0;
+    for (size_t i = 0; i < d->u.dict.len; i++)
+        n += ckpt__starts_with(d->u.dict.keys[i]->u.str.data, prefix);
+    return n;
+}
+
+/* Several networks under one dict: the one each project publishes comes first. MoCo v2 keeps
+ * the query encoder (encoder_q) and MoCo v3 the base encoder; their momentum copies are the
+ * key encoders. DINO releases the teacher; solo-learn and BYOL-style methods keep a
+ * momentum_backbone next to the backbone. 0: no opinion, 1: the copy that is not published. */
+static int prefix_rank(const char *prefix)
+{
+    static const char *const secondary[] = {
+        "encoder_k", "momentum_encoder", "momentum_backbone", "student", "target_encoder",
+        "target_backbone", "momentum", "key_encoder",
+    };
+    for (const char *p = prefix; *p;) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        for (size_t i = 0; i < sizeof secondary / sizeof secondary[0]; i++)
+            if (strlen(secondary[i]) == n && !strncmp(secondary[i], p, n))
+                return 1;
+        p += n + (dot != NULL);
+    }
+    return 0;
 }
 
 /* any_head: the model's head was built for 1000 classes but any class count fits. */
@@ -277,7 +309,7 @@ static fit fit_model(const ckpt__cand *k, const char *prefix, const ckpt_sd_mode
         f.shapes += ok;
     }
     f.quality = (long long)f.shapes + (long long)f.names - (long long)m->sd.n_entries -
-                (long long)k->pub.n_entries;
+                (long long)keys_under(k, prefix);
     return f;
 }
 
@@ -296,12 +328,32 @@ static size_t lead_len(const char *key, int parts)
 }
 
 /* Wrapper prefixes worth trying on k, "" first. */
-static size_t gather_prefixes(ckpt__arena *ar, const ckpt__cand *k, const char **out)
+static size_t gather_prefixes(ckpt__arena *ar, const ckpt__cand *k, const char *const *anchors,
+                              size_t n_anchors, const char **out)
 {
     size_t n = 0;
     out[n++] = "";
     const ckpt_value *d = k->pub.dict;
     size_t nkeys = d->u.dict.len;
+    /* any sub-tree that holds a model's first key (conv1.weight): one network among several,
+     * whatever share of the dict it covers */
+    for (size_t i = 0; i < nkeys && n < SD_MAX_PREFIXES; i++) {
+        const char *key = d->u.dict.keys[i]->u.str.data;
+        size_t kl = strlen(key);
+        for (size_t a = 0; a < n_anchors && n < SD_MAX_PREFIXES; a++) {
+            size_t al = strlen(anchors[a]);
+            if (kl <= al + 1 || strcmp(key + kl - al, anchors[a]) != 0 ||
+                key[kl - al - 1] != '.')
+                continue;
+            size_t len = kl - al;
+            bool have = false;
+            for (size_t j = 0; j < n; j++)
+                have |= strlen(out[j]) == len && strncmp(out[j], key, len) == 0;
+            char *s = have ? NULL : ckpt__arena_strndup(ar, key, len);
+            if (s)
+                out[n++] = s;
+        }
+    }
     /* runs of known wrapper names: module., module._orig_mod., ... */
     for (size_t i = 0; i < nkeys && n < SD_MAX_PREFIXES; i++) {
         const char *key = d->u.dict.keys[i]->u.str.data, *p = key;
@@ -405,13 +457,44 @@ static int cand_cmp(const void *pa, const void *pb)
     if (a->recognised != b->recognised)
         return a->recognised ? -1 : 1;
     /* fit only says something between candidates that fit; smaller dicts misfit less */
-    if (a->recognised && a->quality != b->quality)
+    /* the most of a network first (a tiny dict never beats a near-complete one), then the
+     * closest fit; a dict that fits no name says nothing by its misfit */
+    if (a->recognised && a->names != b->names)
+        return a->names > b->names ? -1 : 1;
+    if (a->recognised && a->names && a->quality != b->quality)
         return a->quality > b->quality ? -1 : 1;
     if (a->name_rank != b->name_rank)
         return a->name_rank < b->name_rank ? -1 : 1;
     if (a->pub.n_tensors != b->pub.n_tensors)
         return a->pub.n_tensors > b->pub.n_tensors ? -1 : 1;
     return a->order < b->order ? -1 : a->order > b->order;
+}
+
+/* d with only the keys under prefix (d itself when all are); NULL when out of memory. The
+ * copy keeps d's _metadata. */
+static const ckpt_value *filtered(ckpt__arena *ar, const ckpt_value *d, const char *prefix)
+{
+    size_t n = 0, len = d->u.dict.len;
+    for (size_t i = 0; i < len; i++)
+        n += !prefix[0] || ckpt__starts_with(d->u.dict.keys[i]->u.str.data, prefix);
+    if (n == len)
+        return d;
+    ckpt_value *f = ckpt__arena_alloc(ar, sizeof *f);
+    ckpt_value **keys = ckpt__arena_alloc(ar, (n + 1) * sizeof *keys);
+    ckpt_value **vals = ckpt__arena_alloc(ar, (n + 1) * sizeof *vals);
+    if (!f || !keys || !vals)
+        return NULL;
+    *f = *d;
+    size_t j = 0;
+    for (size_t i = 0; i < len; i++)
+        if (ckpt__starts_with(d->u.dict.keys[i]->u.str.data, prefix)) {
+            keys[j] = d->u.dict.keys[i];
+            vals[j++] = d->u.dict.vals[i];
+        }
+    f->u.dict.keys = keys;
+    f->u.dict.vals = vals;
+    f->u.dict.len = n;
+    return f;
 }
 
 /* The key map of the chosen dict d (unwrapped into r->sd) for r->model: which file key each
@@ -440,6 +523,8 @@ static int key_map(ckpt__arena *ar, ckpt_sd_report *r, const ckpt_value *d, ckpt
     for (size_t i = 0; i < n; i++) { /* string keys only: ckpt__sd_build made sd from d */
         const char *fk = d->u.dict.keys[i]->u.str.data;
         bool under = plen && ckpt__starts_with(fk, sd->prefix);
+        if (plen && !under)
+            continue;
         size_t j = ckpt__strmap_get(&entries, under ? fk + plen : fk);
         if (j != SIZE_MAX) {
             from[j] = fk;
@@ -639,20 +724,38 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
             n_scratch++;
         }
     }
+    /* each model's first key, to find the sub-trees that hold a network */
+    const char *anchors[64];
+    size_t n_anchors = 0;
+    for (size_t mi = 0; mi < n_scratch && n_anchors < 64; mi++) {
+        const ckpt_sd_model *m = tmodel ? tmodel : scratch[mi];
+        if (!m || m->sd.n_entries == 0)
+            continue;
+        bool have = false;
+        for (size_t a = 0; a < n_anchors; a++)
+            have |= !strcmp(anchors[a], m->sd.entries[0].key);
+        if (!have)
+            anchors[n_anchors++] = m->sd.entries[0].key;
+    }
     for (size_t ci = 0; ci < c.n_cands; ci++) {
         ckpt__cand *k = c.cands[ci];
         if (!k->strings)
             continue;
         const char *prefixes[SD_MAX_PREFIXES];
-        size_t np = strip ? 1 : gather_prefixes(ar, k, prefixes);
+        size_t np = strip ? 1 : gather_prefixes(ar, k, anchors, n_anchors, prefixes);
         if (strip)
             prefixes[0] = strip;
         bool have = false;
+        int have_rank = 0;
         for (size_t pi = 0; pi < np; pi++) {
+            int rank = prefix_rank(prefixes[pi]);
             for (size_t mi = 0; mi < n_scratch; mi++) {
                 const ckpt_sd_model *m = tmodel ? tmodel : scratch[mi];
                 fit ft = fit_model(k, prefixes[pi], m, any_head);
-                if (!have || ft.quality > k->quality) {
+                if (!have || ft.quality > k->quality ||
+                    (ft.quality == k->quality && rank < have_rank)) {
+                    have_rank = rank;
+                    k->under = keys_under(k, prefixes[pi]);
                     have = true;
                     k->quality = ft.quality;
                     k->names = ft.names;
@@ -664,7 +767,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
             }
         }
         k->recognised = opt.against || named ||
-                        (2 * k->names >= k->pub.expected && 2 * k->names >= k->pub.n_tensors);
+                        (2 * k->names >= k->pub.expected && 2 * k->names >= k->under);
         if (!k->recognised)
             k->pub.arch = NULL;
     }
@@ -696,7 +799,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
             goto fail;
         }
     }
-    if ((rc = ckpt__sd_build(ar, chosen->pub.dict, prefix, &sd, err)))
+    if ((rc = ckpt__sd_build(ar, filtered(ar, chosen->pub.dict, prefix), prefix, &sd, err)))
         goto fail;
     r->sd = sd;
     r->prefix = sd->prefix;

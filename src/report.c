@@ -251,8 +251,8 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             if (key->type == CKPT_T_STR && strcmp(key->u.str.data, k->pub.path[0]) != 0)
                 sib[ns++] = key->u.str.data;
         }
-        ckpt__sb_printf(&b, "a training checkpoint: the weights are under '%s' (%zu tensors)",
-                        k->pub.path_str, k->pub.n_tensors);
+        ckpt__sb_printf(&b, "a training checkpoint: the weights are under '%s' (%zu tensor%s)",
+                        k->pub.path_str, k->pub.n_tensors, k->pub.n_tensors == 1 ? "" : "s");
         if (ns) {
             ckpt__sb_add(&b, ", next to ");
             sb_names(&b, sib, ns);
@@ -433,12 +433,13 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                 continue;
             const char *name = ckpt_dtype_name((ckpt_dtype)dt);
             if (dt == CKPT_DT_FLOAT16 || dt == CKPT_DT_BFLOAT16 || dt == CKPT_DT_FLOAT64)
-                rc = warn(p, err, "dtype", "%zu tensors are %s: load_state_dict converts them to "
-                          "the model's dtype (float32 unless the model was converted)",
-                          counts[dt], name);
+                rc = warn(p, err, "dtype", "%zu tensor%s %s: load_state_dict converts "
+                          "%s to the model's dtype (float32 unless the model was converted)",
+                          counts[dt], counts[dt] == 1 ? " is" : "s are", name,
+                          counts[dt] == 1 ? "it" : "them");
             else
-                rc = warn(p, err, "dtype_unusual",
-                          "%zu tensors are %s, unusual for weights", counts[dt], name);
+                rc = warn(p, err, "dtype_unusual", "%zu tensor%s %s, unusual for weights",
+                          counts[dt], counts[dt] == 1 ? " is" : "s are", name);
             if (rc)
                 return rc;
         }
@@ -499,7 +500,15 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         ckpt__sb_add(&b, "\n");
     }
     ckpt__scheme_python(&b, k);
-    if (sd->prefix[0]) {
+    size_t outside = 0;
+    for (size_t i = 0; i < r->n_left_out; i++)
+        outside += !strcmp(r->left_out[i].why, "outside_prefix");
+    if (sd->prefix[0] && outside) {
+        /* one network of several: keep its sub-tree only (consume_prefix would keep the rest) */
+        ckpt__sb_add(&b, "p = ");
+        ckpt__sb_pystr(&b, sd->prefix);
+        ckpt__sb_add(&b, "\nsd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}\n");
+    } else if (sd->prefix[0]) {
         ckpt__sb_add(&b, "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, ");
         ckpt__sb_pystr(&b, sd->prefix);
         ckpt__sb_add(&b, ")\n");
@@ -526,7 +535,35 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                         ckpt_arch_name(r->arch), (long long)nc);
     else
         ckpt__sb_add(&b, "model = MyModel()  # your model class\n");
-    ckpt__sb_add(&b, "model.load_state_dict(sd, strict=True)");
+    /* a backbone: everything but the classifier, which is left to the user */
+    bool backbone = false;
+    if (r->arch && v && v->n_missing == 2 && v->n_errors == 0) {
+        const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
+        const char *dot = strrchr(hw, '.');
+        size_t hm = dot ? (size_t)(dot - hw) + 1 : 0; /* "fc." */
+        backbone = hm && ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
+                          (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
+        /* a projection or MLP head in the classifier's place (MoCo's fc.0/fc.2) is dropped */
+        for (size_t i = 0; i < v->n_unexpected && backbone; i++)
+            backbone = strncmp(v->unexpected[i], hw, hm) == 0;
+        if (backbone && v->n_unexpected) {
+            ckpt__sb_add(&b, "sd = {k: v for k, v in sd.items() if not k.startswith(");
+            ckpt__sb_pystr(&b, ckpt__arena_strndup(ar, hw, hm));
+            ckpt__sb_add(&b, ")}  # the file's own head, not a classifier\n");
+        }
+        if (backbone) {
+            ckpt__sb_add(&b, "missing, unexpected = model.load_state_dict(sd, strict=False)\n");
+            ckpt__sb_add(&b, "assert set(missing) == {");
+            ckpt__sb_pystr(&b, hw);
+            ckpt__sb_add(&b, ", ");
+            ckpt__sb_pystr(&b, hb);
+            ckpt__sb_add(&b, "} and not unexpected  # a backbone: the classifier is not in "
+                             "the file");
+            problems = 0;
+        }
+    }
+    if (!backbone)
+        ckpt__sb_add(&b, "model.load_state_dict(sd, strict=True)");
     if (problems)
         ckpt__sb_printf(&b,
                         "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",

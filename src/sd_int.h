@@ -19,6 +19,7 @@ typedef struct ckpt__cand {
     ckpt__strmap keys;            /* raw key -> item index */
     long long quality;
     size_t names;           /* model keys present by name (for recognising) */
+    size_t under;           /* the dict's keys under the chosen prefix */
     bool recognised;
     bool strings;           /* every key is a str */
     /* a naming scheme's candidate (scheme.c): pub.dict holds the renamed keys, file_keys[i]

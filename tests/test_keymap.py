@@ -48,7 +48,9 @@ def expected(d, prefix, model_keys):
     import torch
     unwrapped, source = collections.OrderedDict(), {}
     for fk, v in d.items():
-        k = fk[len(prefix):] if prefix and fk.startswith(prefix) else fk
+        if prefix and not fk.startswith(prefix):
+            continue   # the dict is filtered to the prefix's sub-tree (issue 8)
+        k = fk[len(prefix):] if prefix else fk
         unwrapped[k] = v
         source[k] = fk
     kmap = [[mk, source[mk]] for mk in model_keys
@@ -131,7 +133,7 @@ class KeyMap(unittest.TestCase):
         d = collections.OrderedDict(("module." + key, v) for key, v in q.items())
         d["module.criterion.weight"] = q["fc.bias"]
         d["module.bn1.num_batches_tracked"] = 7          # an int where a tensor belongs
-        d["conv1.weight"] = marked(self.model.state_dict(), 500)["conv1.weight"]  # wins
+        d["conv1.weight"] = marked(self.model.state_dict(), 500)["conv1.weight"]  # outside
         j = self.check("extras", d, "--strip-prefix", "module.", "--num-classes", "10")
         kmap, left = expected(d, "module.", self.keys)
         self.assertEqual(j["key_map"], kmap)
@@ -139,8 +141,9 @@ class KeyMap(unittest.TestCase):
         whys = {x["key"]: x["why"] for x in j["left_out"]}
         self.assertEqual(whys["module.criterion.weight"], "not_in_model")
         self.assertEqual(whys["module.bn1.num_batches_tracked"], "not_a_tensor")
-        self.assertEqual(whys["module.conv1.weight"], "repeated")
-        self.assertIn(["conv1.weight", "conv1.weight"], j["key_map"])
+        # outside the prefix: left out, so the sub-tree loads alone (not consume_prefix's merge)
+        self.assertEqual(whys["conv1.weight"], "outside_prefix")
+        self.assertIn(["conv1.weight", "module.conv1.weight"], j["key_map"])
 
     def test_plain(self):
         """A plain state dict maps onto itself and leaves nothing out."""

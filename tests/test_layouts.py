@@ -1,0 +1,211 @@
+#!/usr/bin/python3
+"""
+test_layouts.py - issue 8: published self-supervised and framework layouts, several networks in
+one dict, backbones without a classifier. Each fixture imitates a project's public save code
+with a small torchvision ResNet of random weights; ckpt's printed Python is executed in torch
+and every tensor it loads is compared with the intended network's.
+"""
+
+import collections
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckpt_testlib as L  # noqa: E402
+
+TIMEOUT = 120.0
+
+
+def net(arch="resnet18", seed=0, **kw):
+    import torch
+    import torchvision
+    torch.manual_seed(seed)
+    m = getattr(torchvision.models, arch)(**kw)
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return m
+
+
+def mlp_head(m, hidden=64, dim=16):
+    import torch.nn as nn
+    f = m.fc.in_features
+    m.fc = nn.Sequential(nn.Linear(f, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+    return m
+
+
+def under(prefix, sd):
+    return collections.OrderedDict((prefix + k, v) for k, v in sd.items())
+
+
+class Layouts(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        L.require_bin()
+        cls.tmp = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def save(self, name, obj):
+        import torch
+        path = os.path.join(self.tmp.name, name)
+        torch.save(obj, path)
+        return path
+
+    def check_loads(self, path, want, backbone):
+        """ckpt's Python loads exactly want's tensors (all but fc for a backbone)."""
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        code = j["python"].replace("weights_only=True", "weights_only=False")
+        ns = {}
+        exec(compile(code, path, "exec"), ns)
+        got = ns["model"].state_dict()
+        for k, v in want.items():
+            if backbone and k.startswith("fc."):
+                continue
+            self.assertIn(k, got)
+            self.assertTrue(got[k].equal(v), "%s: %s differs" % (path, k))
+        if backbone:
+            self.assertIn("strict=False", code)
+            self.assertIn("assert set(missing) == {'fc.weight', 'fc.bias'}", code)
+        else:
+            self.assertIn("strict=True", code)
+        return j
+
+    def check_extract(self, path, want):
+        """ckpt extract writes the backbone alone: strict=False misses exactly fc."""
+        import torch
+        import torchvision
+        out = path + ".extracted.pt"
+        rc, _, err = L.run_ckpt(["extract", path, "-o", out], timeout=TIMEOUT)
+        self.assertEqual(rc, 0, err)
+        sd = torch.load(out, map_location="cpu", weights_only=True)
+        m = torchvision.models.resnet18()
+        missing, unexpected = m.load_state_dict(sd, strict=False)
+        self.assertEqual(set(missing), {"fc.weight", "fc.bias"})
+        self.assertEqual(unexpected, [])
+        for k, v in want.items():
+            if not k.startswith("fc."):
+                self.assertTrue(sd[k].equal(v), k)
+
+    def test_moco_v2(self):
+        """main_moco.py: encoder_q and encoder_k with MLP fc, a queue; the query encoder."""
+        import torch
+        q, k = mlp_head(net(seed=1)), mlp_head(net(seed=2))
+        sd = collections.OrderedDict()
+        sd.update(under("module.encoder_q.", q.state_dict()))
+        sd.update(under("module.encoder_k.", k.state_dict()))
+        sd["module.queue"] = torch.randn(16, 32)
+        sd["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+        path = self.save("moco_v2.pth.tar", {"epoch": 200, "arch": "resnet18",
+                                              "state_dict": sd, "optimizer": {}})
+        j = self.check_loads(path, q.state_dict(), backbone=True)
+        self.assertEqual(j["prefix"], "module.encoder_q.")
+        self.check_extract(path, q.state_dict())
+
+    def test_moco_v3(self):
+        """builder.py: base_encoder over momentum_encoder, a predictor next to them."""
+        q, k = mlp_head(net(seed=3)), mlp_head(net(seed=4))
+        sd = collections.OrderedDict()
+        sd.update(under("module.base_encoder.", q.state_dict()))
+        sd.update(under("module.momentum_encoder.", k.state_dict()))
+        sd.update(under("module.predictor.", mlp_head(net(seed=5)).fc.state_dict()))
+        path = self.save("moco_v3.pth.tar", {"epoch": 1, "arch": "resnet18",
+                                              "state_dict": sd, "optimizer": {}})
+        j = self.check_loads(path, q.state_dict(), backbone=True)
+        self.assertEqual(j["prefix"], "module.base_encoder.")
+
+    def test_dino_full(self):
+        """main_dino.py: teacher and student, module.backbone.* + module.head.*; the teacher."""
+        t, s = net(seed=6), net(seed=7)
+        ts, ss = t.state_dict(), s.state_dict()
+        for d in (ts, ss):
+            del d["fc.weight"], d["fc.bias"]
+        head = mlp_head(net(seed=8)).fc.state_dict()
+        teacher = under("module.backbone.", ts)
+        teacher.update(under("module.head.", head))
+        student = under("module.backbone.", ss)
+        student.update(under("module.head.", head))
+        path = self.save("dino.pth", {"student": student, "teacher": teacher, "epoch": 3,
+                                       "optimizer": {}})
+        j = self.check_loads(path, t.state_dict(), backbone=True)
+        self.assertIn("ckpt['teacher']", j["python"])
+
+    def test_dino_released_backbone(self):
+        """dino_resnet50_pretrain.pth: a resnet50 state dict without fc."""
+        m = net("resnet50", seed=9)
+        sd = m.state_dict()
+        del sd["fc.weight"], sd["fc.bias"]
+        path = self.save("dino_resnet50_pretrain.pth", sd)
+        self.check_loads(path, m.state_dict(), backbone=True)
+
+    def test_swav(self):
+        """SwAV: module. + projection_head.* and prototypes.weight next to the backbone."""
+        import torch
+        m = net(seed=10)
+        sd = m.state_dict()
+        del sd["fc.weight"], sd["fc.bias"]
+        sd = under("module.", sd)
+        sd["module.projection_head.0.weight"] = torch.randn(64, 512)
+        sd["module.projection_head.0.bias"] = torch.randn(64)
+        sd["module.prototypes.weight"] = torch.randn(30, 64)
+        path = self.save("swav.pth", sd)
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        self.assertEqual(j["prefix"], "module.")
+
+    def test_detection_backbone(self):
+        """torchvision detection: backbone.body.* next to FPN, RPN and ROI heads."""
+        import torch
+        m = net(seed=11)
+        sd = m.state_dict()
+        del sd["fc.weight"], sd["fc.bias"]
+        sd = under("backbone.body.", sd)
+        sd["backbone.fpn.inner_blocks.0.0.weight"] = torch.randn(32, 64, 1, 1)
+        sd["rpn.head.conv.0.0.weight"] = torch.randn(32, 32, 3, 3)
+        sd["roi_heads.box_predictor.cls_score.weight"] = torch.randn(91, 64)
+        path = self.save("fasterrcnn.pth", sd)
+        j = self.check_loads(path, m.state_dict(), backbone=True)
+        self.assertEqual(j["prefix"], "backbone.body.")
+        self.check_extract(path, m.state_dict())
+        rc, _, err = L.run_ckpt(["run", path, "--input", path], timeout=TIMEOUT)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("a backbone without its classifier", err)
+
+    def test_solo_learn(self):
+        """solo-learn: backbone.* over momentum_backbone.*, classifier, projector."""
+        import torch
+        b, mb = net(seed=12), net(seed=13)
+        bs, ms = b.state_dict(), mb.state_dict()
+        for d in (bs, ms):
+            del d["fc.weight"], d["fc.bias"]
+        sd = under("backbone.", bs)
+        sd["classifier.weight"] = torch.randn(10, 512)
+        sd["classifier.bias"] = torch.randn(10)
+        sd["projector.0.weight"] = torch.randn(64, 512)
+        sd.update(under("momentum_backbone.", ms))
+        path = self.save("solo.ckpt", {"epoch": 1, "global_step": 5, "state_dict": sd,
+                                        "callbacks": {"ModelCheckpoint": {
+                                            "best_model_score": torch.tensor(0.5)}}})
+        j = self.check_loads(path, b.state_dict(), backbone=True)
+        self.assertEqual(j["prefix"], "backbone.")
+
+    def test_tiny_dict_never_wins_with_arch(self):
+        """--arch does not prefer a one-entry score dict to a near-complete network."""
+        import torch
+        m = net(seed=14)
+        sd = under("model.", m.state_dict())
+        sd["criterion.weight"] = torch.randn(1000)
+        path = self.save("lightning.ckpt", {"state_dict": sd, "callbacks": {
+            "best_k_models": {"a.ckpt": torch.tensor(0.1)}}})
+        for args in ([], ["--arch", "resnet18"]):
+            j = L.run_json(self, ["check", "--json"] + args + [path], ok_codes=(0, 1))
+            self.assertEqual(j["prefix"], "model.")
+        self.check_loads(path, m.state_dict(), backbone=False)
+
+
+if __name__ == "__main__":
+    unittest.main()
