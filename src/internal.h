@@ -157,6 +157,19 @@ typedef struct ckpt__pickle_ctx {
 int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckpt_value **out,
                       size_t *consumed, ckpt_error *err);
 
+/* ---- pickled nn.Modules (module.c) -------------------------------------------------------- */
+
+/* If v is a pickled torch.nn.Module (an object whose state holds _parameters and _modules),
+ * build what its state_dict() would return, from the recorded values only: an OrderedDict of
+ * str keys in state_dict()'s order with {'_metadata': ...} as attrs, in ar. *out is NULL when v
+ * is no module. A module that state_dict() would fail on (a _parameters that is no dict, a
+ * child that is no module, a cycle in _modules) is CKPT_ECORRUPT; absurd nesting CKPT_ELIMIT. */
+int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt_value **out,
+                            ckpt_error *err);
+/* "torchvision.models.resnet.ResNet" when v is a pickled nn.Module, else NULL (or out of
+ * memory). */
+const char *ckpt__module_class(const ckpt_value *v, ckpt__arena *ar);
+
 /* ---- zip archives (zip.c) ----------------------------------------------------------------- */
 
 typedef struct ckpt__zip_entry {

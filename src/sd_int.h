@@ -21,6 +21,7 @@ typedef struct ckpt__cand {
     size_t names;           /* model keys present by name (for recognising) */
     bool recognised;
     bool strings;           /* every key is a str */
+    const char *module_class; /* built from a pickled nn.Module of this class, or NULL */
 } ckpt__cand;
 
 /* A report's own state (its `internal`). */
