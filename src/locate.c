@@ -713,6 +713,8 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
     }
     if ((rc = ckpt__sd_build(ar, chosen->pub.dict, prefix, &sd, err)))
         goto fail;
+    if ((rc = ckpt__sd_placeholders(root, &chosen->pub, sd, err)))
+        goto fail; /* a ZeRO-3 partition: no class count from an empty head */
     r->sd = sd;
     r->prefix = sd->prefix;
     if (tmodel) {
