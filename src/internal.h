@@ -278,6 +278,8 @@ struct ckpt_file {
     void *pickle_owned;      /* inflated data.pkl to free, or NULL */
     uint64_t pickle_owned_size;
     /* Malformed pickles: the globals named before the error stay listed (for ckpt_scan). */
+    ckpt_file **parts;       /* a shard set (shards.c): the shards, closed with f */
+    size_t n_parts;
 };
 
 /* A file record with defaults filled in and its arena, but nothing mapped (file.c). */
@@ -301,6 +303,14 @@ bool ckpt__is_legacy_magic(const ckpt_value *v);
  * their flags say. Returns whether it held one; *parse_error (if not NULL and still NULL)
  * receives why a pickle stopped early (scan.c). */
 bool ckpt__scan_entry(ckpt_file *f, const ckpt__zip_entry *e, const char **parse_error);
+
+/* Open one mapped file (not a shard set) of any kind ckpt reads (file.c). */
+int ckpt__open_single(const char *path, const ckpt_options *opt, ckpt_file **out,
+                      ckpt_error *err);
+/* shards.c: is path a shard set's index (*.index.json), a shard (-00001-of-00002) or a
+ * folder? Then ckpt__shards_open opens the whole set into f (its root: the merged dict). */
+bool ckpt__shards_path(const char *path);
+int ckpt__shards_open(ckpt_file *f, const char *path, ckpt_error *err);
 
 /* Open a mapped file of any kind ckpt reads (file.c). On failure with a file that got as far
  * as its pickles, *partial (if not NULL) receives the half-built file so that its globals can
