@@ -163,9 +163,13 @@ int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckp
  * build what its state_dict() would return, from the recorded values only: an OrderedDict of
  * str keys in state_dict()'s order with {'_metadata': ...} as attrs, in ar. *out is NULL when v
  * is no module. A module that state_dict() would fail on (a _parameters that is no dict, a
- * child that is no module, a cycle in _modules) is CKPT_ECORRUPT; absurd nesting CKPT_ELIMIT. */
-int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt_value **out,
-                            ckpt_error *err);
+ * child that is no module, a cycle in _modules) is CKPT_ECORRUPT; absurd nesting, or more work
+ * than the budget allows for all of a file's modules together, CKPT_ELIMIT. */
+typedef struct ckpt__module_budget {
+    size_t visits, entries; /* spent so far on one file's modules: start at zero */
+} ckpt__module_budget;
+int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt__module_budget *used,
+                            ckpt_value **out, ckpt_error *err);
 /* "torchvision.models.resnet.ResNet" when v is a pickled nn.Module, else NULL (or out of
  * memory). */
 const char *ckpt__module_class(const ckpt_value *v, ckpt__arena *ar);

@@ -61,6 +61,7 @@ typedef struct check_ctx {
     const char *path[SD_MAX_DEPTH + 1];
     bool is_index[SD_MAX_DEPTH + 1];
     bool has_float;         /* a plain Python float somewhere (1.13's weights_only refuses it) */
+    ckpt__module_budget modules; /* spent on whole pickled modules */
 } check_ctx;
 
 static int name_rank(const char *name)
@@ -125,7 +126,7 @@ static int add_candidate(check_ctx *c, const ckpt_value *d, size_t depth, size_t
 static int walk_module(check_ctx *c, const ckpt_value *v, size_t depth)
 {
     ckpt_value *sd;
-    int rc = ckpt__module_state_dict(c->ar, v, &sd, c->err);
+    int rc = ckpt__module_state_dict(c->ar, v, &c->modules, &sd, c->err);
     size_t nt = 0;
     for (size_t i = 0; !rc && sd && i < sd->u.dict.len; i++)
         nt += sd->u.dict.vals[i]->type == CKPT_T_TENSOR;

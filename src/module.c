@@ -21,8 +21,10 @@
 #include <stdio.h>
 
 #define MODULE_MAX_DEPTH 256          /* nesting of modules (state_dict() recurses per level) */
+/* Work for all the modules of one file together (a file may hold many references to one big
+ * module): */
 #define MODULE_MAX_VISITS (1u << 20)  /* modules visited: a shared child is visited per path */
-#define MODULE_MAX_ENTRIES (1u << 22) /* keys of the state dict, all visits together */
+#define MODULE_MAX_ENTRIES (1u << 22) /* keys of the state dicts */
 
 /* Classes whose _version is not Module's 1 (torch 1.13, torchvision 0.14). A module entry with
  * a NULL name matches every class of that module. */
@@ -45,7 +47,7 @@ typedef struct walk {
     ckpt_error *err;
     ckpt_value *sd, *meta;
     const ckpt_value *stack[MODULE_MAX_DEPTH];
-    size_t visits;
+    ckpt__module_budget *used;
 } walk;
 
 /* The class an object was made from, or NULL. */
@@ -123,9 +125,9 @@ static int save_dict(walk *w, const ckpt_value *st, const char *field, const cha
             skipped = ckpt__value_is_str(skip->u.seq.items[j], k->u.str.data);
         if (skipped)
             continue;
-        if (w->sd->u.dict.len >= MODULE_MAX_ENTRIES)
-            return CKPT_FAIL(w->err, CKPT_ELIMIT, "the module's state dict has more than %u keys",
-                             MODULE_MAX_ENTRIES);
+        if (++w->used->entries > MODULE_MAX_ENTRIES)
+            return CKPT_FAIL(w->err, CKPT_ELIMIT, "the modules' state dicts have more than %u "
+                             "keys", MODULE_MAX_ENTRIES);
         ckpt_value *key = NULL, *val = (ckpt_value *)v;
         const char *name = ckpt__arena_printf(w->ar, "%s%s", prefix, k->u.str.data);
         if (name)
@@ -161,7 +163,7 @@ static int save_module(walk *w, const ckpt_value *v, const char *prefix, size_t 
         if (w->stack[i] == v)
             return CKPT_CORRUPT(w->err, "%s contains itself: its _modules form a cycle",
                                 where(w, prefix));
-    if (++w->visits > MODULE_MAX_VISITS)
+    if (++w->used->visits > MODULE_MAX_VISITS)
         return CKPT_FAIL(w->err, CKPT_ELIMIT, "more than %u modules (shared children count "
                          "once per path)", MODULE_MAX_VISITS);
     w->stack[depth] = v;
@@ -214,8 +216,8 @@ const char *ckpt__module_class(const ckpt_value *v, ckpt__arena *ar)
     return ckpt__arena_printf(ar, "%s.%s", cls->u.global.module, cls->u.global.name);
 }
 
-int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt_value **out,
-                            ckpt_error *err)
+int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt__module_budget *used,
+                            ckpt_value **out, ckpt_error *err)
 {
     *out = NULL;
     if (!module_state(v))
@@ -225,6 +227,7 @@ int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt_value **o
         return ckpt__arena_error(ar, err);
     w->ar = ar;
     w->err = err;
+    w->used = used;
     w->sd = ckpt__value_new(ar, CKPT_T_DICT);
     w->meta = ckpt__value_new(ar, CKPT_T_DICT);
     ckpt_value *attrs = ckpt__value_new(ar, CKPT_T_DICT);

@@ -14,7 +14,7 @@ test_module.py - whole pickled nn.Modules read as their state_dict() (issue 11, 
     torchvision's classes under torch.load).
   * Malformed modules exit 2 with a message, never a crash: a _parameters that is a list, a
     child that is an int, a cycle in _modules, nesting past the limit, a DAG of shared
-    children that would list 2^40 keys.
+    children that would list 2^40 keys, 300 references to one module of 4096 paths.
 """
 
 import collections
@@ -217,6 +217,11 @@ class ModuleTest(unittest.TestCase):
         for _ in range(40):
             dag = Fake(fake_state(modules={"x": dag, "y": dag}))
         self.malformed(dag, "2^40 keys", "more than")
+        # many references to one module of 4096 paths: the budget is the file's, not each's
+        small = leaf
+        for _ in range(12):
+            small = Fake(fake_state(modules={"x": small, "y": small}))
+        self.malformed({"models": [small] * 300}, "300 x 4096 modules", "more than")
 
 
 if __name__ == "__main__":
