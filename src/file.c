@@ -588,6 +588,24 @@ ckpt_file *ckpt__file_new(const ckpt_options *opt, ckpt_error *err)
     return f;
 }
 
+/* Map one file and parse it by its kind. */
+static int open_mapped(ckpt_file *f, const char *path, ckpt_error *err)
+{
+    int rc = ckpt__file_map(f, path, err);
+    if (rc)
+        return rc;
+    switch (ckpt__detect(f->map, f->size, err)) {
+    case CKPT__KIND_ZIP: rc = open_zip(f, err); break;
+    case CKPT__KIND_LEGACY: rc = open_legacy(f, err); break;
+    case CKPT__KIND_PICKLE:
+        rc = ckpt__is_legacy_stream(f) ? open_legacy(f, err) : open_pickle(f, err);
+        break;
+    case CKPT__KIND_SAFETENSORS: rc = ckpt__safetensors_open(f, err); break;
+    case CKPT__KIND_OTHER: rc = err ? err->status : CKPT_EFORMAT; break;
+    }
+    return rc;
+}
+
 int ckpt__open(const char *path, const ckpt_options *opt, ckpt_file **out, ckpt_file **partial,
                ckpt_error *err)
 {
@@ -599,23 +617,32 @@ int ckpt__open(const char *path, const ckpt_options *opt, ckpt_file **out, ckpt_
     ckpt_file *f = ckpt__file_new(opt, err);
     if (!f)
         return err ? err->status : CKPT_ENOMEM;
-    int rc = ckpt__file_map(f, path, err);
-    if (rc == CKPT_OK) {
-        switch (ckpt__detect(f->map, f->size, err)) {
-        case CKPT__KIND_ZIP: rc = open_zip(f, err); break;
-        case CKPT__KIND_LEGACY: rc = open_legacy(f, err); break;
-        case CKPT__KIND_PICKLE:
-            rc = ckpt__is_legacy_stream(f) ? open_legacy(f, err) : open_pickle(f, err);
-            break;
-        case CKPT__KIND_SAFETENSORS: rc = ckpt__safetensors_open(f, err); break;
-        case CKPT__KIND_OTHER: rc = err ? err->status : CKPT_EFORMAT; break;
-        }
-    }
+    int rc = CKPT_OK;
+    if (ckpt__shards_path(path))
+        rc = ckpt__shards_open(f, path, err);
+    else
+        rc = open_mapped(f, path, err);
     if (rc != CKPT_OK) {
         if (partial)
             *partial = f;
         else
             ckpt_close(f);
+        return rc;
+    }
+    *out = f;
+    return CKPT_OK;
+}
+
+int ckpt__open_single(const char *path, const ckpt_options *opt, ckpt_file **out,
+                      ckpt_error *err)
+{
+    *out = NULL;
+    ckpt_file *f = ckpt__file_new(opt, err);
+    if (!f)
+        return err ? err->status : CKPT_ENOMEM;
+    int rc = open_mapped(f, path, err);
+    if (rc != CKPT_OK) {
+        ckpt_close(f);
         return rc;
     }
     *out = f;
@@ -637,6 +664,8 @@ void ckpt_close(ckpt_file *f)
         ckpt__free(&f->alloc, f->storages[k]->owned, f->storages[k]->entry
                                                          ? f->storages[k]->entry->usize : 0);
     ckpt__free(&f->alloc, f->pickle_owned, f->pickle_owned_size);
+    for (size_t k = 0; k < f->n_parts; k++)
+        ckpt_close(f->parts[k]);
     if (f->map)
         munmap((void *)f->map, (size_t)f->size);
     ckpt__alloc a = f->alloc;
@@ -693,6 +722,9 @@ static bool mapped_range(const ckpt_file *f, const void *pv, size_t n, bool oute
                          uintptr_t *b)
 {
     const uint8_t *p = pv;
+    for (size_t k = 0; f && k < f->n_parts; k++) /* a shard set: the shard holding p */
+        if (mapped_range(f->parts[k], pv, n, outer, a, b))
+            return true;
     if (!f || !f->map || !p || p < f->map || n > (size_t)(f->map + f->size - p))
         return false;
     long ps = sysconf(_SC_PAGESIZE);

@@ -165,6 +165,23 @@ typedef struct ckpt__pickle_ctx {
 int ckpt__pickle_load(ckpt__pickle_ctx *ctx, const uint8_t *buf, size_t len, ckpt_value **out,
                       size_t *consumed, ckpt_error *err);
 
+/* ---- pickled nn.Modules (module.c) -------------------------------------------------------- */
+
+/* If v is a pickled torch.nn.Module (an object whose state holds _parameters and _modules),
+ * build what its state_dict() would return, from the recorded values only: an OrderedDict of
+ * str keys in state_dict()'s order with {'_metadata': ...} as attrs, in ar. *out is NULL when v
+ * is no module. A module that state_dict() would fail on (a _parameters that is no dict, a
+ * child that is no module, a cycle in _modules) is CKPT_ECORRUPT; absurd nesting, or more work
+ * than the budget allows for all of a file's modules together, CKPT_ELIMIT. */
+typedef struct ckpt__module_budget {
+    size_t visits, entries; /* spent so far on one file's modules: start at zero */
+} ckpt__module_budget;
+int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt__module_budget *used,
+                            ckpt_value **out, ckpt_error *err);
+/* "torchvision.models.resnet.ResNet" when v is a pickled nn.Module, else NULL (or out of
+ * memory). */
+const char *ckpt__module_class(const ckpt_value *v, ckpt__arena *ar);
+
 /* ---- zip archives (zip.c) ----------------------------------------------------------------- */
 
 typedef struct ckpt__zip_entry {
@@ -273,6 +290,8 @@ struct ckpt_file {
     void *pickle_owned;      /* inflated data.pkl to free, or NULL */
     uint64_t pickle_owned_size;
     /* Malformed pickles: the globals named before the error stay listed (for ckpt_scan). */
+    ckpt_file **parts;       /* a shard set (shards.c): the shards, closed with f */
+    size_t n_parts;
 };
 
 /* A file record with defaults filled in and its arena, but nothing mapped (file.c). */
@@ -296,6 +315,14 @@ bool ckpt__is_legacy_magic(const ckpt_value *v);
  * their flags say. Returns whether it held one; *parse_error (if not NULL and still NULL)
  * receives why a pickle stopped early (scan.c). */
 bool ckpt__scan_entry(ckpt_file *f, const ckpt__zip_entry *e, const char **parse_error);
+
+/* Open one mapped file (not a shard set) of any kind ckpt reads (file.c). */
+int ckpt__open_single(const char *path, const ckpt_options *opt, ckpt_file **out,
+                      ckpt_error *err);
+/* shards.c: is path a shard set's index (*.index.json), a shard (-00001-of-00002) or a
+ * folder? Then ckpt__shards_open opens the whole set into f (its root: the merged dict). */
+bool ckpt__shards_path(const char *path);
+int ckpt__shards_open(ckpt_file *f, const char *path, ckpt_error *err);
 
 /* Open a mapped file of any kind ckpt reads (file.c). On failure with a file that got as far
  * as its pickles, *partial (if not NULL) receives the half-built file so that its globals can

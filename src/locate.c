@@ -62,6 +62,7 @@ typedef struct check_ctx {
     const char *path[SD_MAX_DEPTH + 1];
     bool is_index[SD_MAX_DEPTH + 1];
     bool has_float;         /* a plain Python float somewhere (1.13's weights_only refuses it) */
+    ckpt__module_budget modules; /* spent on whole pickled modules */
 } check_ctx;
 
 static int name_rank(const char *name)
@@ -126,10 +127,26 @@ static int add_candidate(check_ctx *c, const ckpt_value *d, size_t depth, size_t
     return CKPT_OK;
 }
 
+/* A whole pickled nn.Module is a candidate through the state_dict() it would return. */
+static int walk_module(check_ctx *c, const ckpt_value *v, size_t depth)
+{
+    ckpt_value *sd;
+    int rc = ckpt__module_state_dict(c->ar, v, &c->modules, &sd, c->err);
+    size_t nt = 0;
+    for (size_t i = 0; !rc && sd && i < sd->u.dict.len; i++)
+        nt += sd->u.dict.vals[i]->type == CKPT_T_TENSOR;
+    if (rc || !nt || c->n_cands >= SD_MAX_CANDIDATES || (rc = add_candidate(c, sd, depth, nt)))
+        return rc;
+    c->cands[c->n_cands - 1]->module_class = ckpt__module_class(v, c->ar);
+    return CKPT_OK;
+}
+
 static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
 {
     if (!v || ++c->visited > SD_MAX_NODES)
         return CKPT_OK;
+    if (v->type == CKPT_T_OBJECT)
+        return walk_module(c, v, depth);
     if (v->type == CKPT_T_FLOAT && !(v->flags & CKPT_VF_NUMPY))
         c->has_float = true;
     if (v->type == CKPT_T_DICT) {
@@ -155,7 +172,7 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         for (size_t i = 0; i < v->u.dict.len; i++) {
             const ckpt_value *x = v->u.dict.vals[i];
             if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
-                x->type != CKPT_T_FLOAT)
+                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT)
                 continue;
             c->path[depth] = v->u.dict.keys[i]->u.str.data;
             c->is_index[depth] = false;
@@ -169,7 +186,7 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         for (size_t i = 0; i < v->u.seq.len && c->visited <= SD_MAX_NODES; i++) {
             const ckpt_value *x = v->u.seq.items[i];
             if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
-                x->type != CKPT_T_FLOAT)
+                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT)
                 continue;
             char *seg = ckpt__arena_printf(c->ar, "%zu", i);
             if (!seg)
@@ -670,6 +687,9 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         size_t depth;
         if ((rc = resolve_key(&c, root, opt.key, &d, &depth)))
             goto fail;
+        for (size_t i = 0; i < c.n_cands && d->type == CKPT_T_OBJECT; i++)
+            if (c.cands[i]->module_class && !strcmp(c.cands[i]->pub.path_str, opt.key))
+                d = c.cands[i]->pub.dict; /* a pickled module: its state_dict() */
         if (d->type != CKPT_T_DICT) {
             rc = CKPT_FAIL(err, CKPT_EINVAL, "'%s' is a %s, not a dict of tensors", opt.key,
                            ckpt_type_name(d->type));
@@ -801,6 +821,8 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
     }
     if ((rc = ckpt__sd_build(ar, filtered(ar, chosen->pub.dict, prefix), prefix, &sd, err)))
         goto fail;
+    if ((rc = ckpt__sd_placeholders(root, &chosen->pub, sd, err)))
+        goto fail; /* a ZeRO-3 partition: no class count from an empty head */
     r->sd = sd;
     r->prefix = sd->prefix;
     if (tmodel) {

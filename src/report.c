@@ -262,6 +262,11 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         if (!msg || (rc = warn(p, err, "training_checkpoint", "%s", msg)))
             return msg ? rc : ckpt__arena_error(ar, err);
     }
+    if (k->module_class &&
+        (rc = warn(p, err, "whole_module", "the weights are the state_dict() of a whole pickled "
+                   "'%s' object%s%s%s, rebuilt without running its pickle", k->module_class,
+                   k->pub.path_len ? " at '" : "", k->pub.path_str, k->pub.path_len ? "'" : "")))
+        return rc;
     if (r->whole_file && r->model) {
         const ckpt_sd_verdict *w = r->whole_file;
         size_t n = r->model->sd.n_entries;
@@ -475,7 +480,14 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     ckpt__sb_add(&b, "import torch\n");
     if (r->arch)
         ckpt__sb_add(&b, "import torchvision\n");
-    if (ckpt_file_format(f) == CKPT_FORMAT_SAFETENSORS) {
+    if (k->module_class) { /* torch.load would import the classes and run the pickle */
+        ckpt__sb_printf(&b, "# the file pickles a whole %s object: torch.load needs its class "
+                        "and runs its pickle.\n# Write its state_dict() as plain weights "
+                        "first (no code runs):\n#   ckpt extract ", k->module_class);
+        ckpt__sb_pystr(&b, fname);
+        ckpt__sb_add(&b, " -o weights.safetensors\nfrom safetensors.torch import load_file\n"
+                     "sd = load_file('weights.safetensors')\n");
+    } else if (ckpt_file_format(f) == CKPT_FORMAT_SAFETENSORS) {
         ckpt__sb_add(&b, "from safetensors.torch import load_file\nsd = load_file(");
         ckpt__sb_pystr(&b, fname);
         ckpt__sb_add(&b, ")\n");
@@ -503,12 +515,12 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     size_t outside = 0;
     for (size_t i = 0; i < r->n_left_out; i++)
         outside += !strcmp(r->left_out[i].why, "outside_prefix");
-    if (sd->prefix[0] && outside) {
+    if (sd->prefix[0] && outside && !k->module_class) {
         /* one network of several: keep its sub-tree only (consume_prefix would keep the rest) */
         ckpt__sb_add(&b, "p = ");
         ckpt__sb_pystr(&b, sd->prefix);
         ckpt__sb_add(&b, "\nsd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}\n");
-    } else if (sd->prefix[0]) {
+    } else if (sd->prefix[0] && !k->module_class) { /* extract wrote the keys unwrapped */
         ckpt__sb_add(&b, "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, ");
         ckpt__sb_pystr(&b, sd->prefix);
         ckpt__sb_add(&b, ")\n");

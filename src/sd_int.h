@@ -26,6 +26,7 @@ typedef struct ckpt__cand {
      * the file's own key of its item i; NULL when the file's keys are used as they are */
     const struct ckpt__naming *naming;
     const char **file_keys;
+    const char *module_class; /* built from a pickled nn.Module of this class, or NULL */
 } ckpt__cand;
 
 /* A report's own state (its `internal`). */
@@ -51,6 +52,10 @@ int ckpt__model_from_template(ckpt__arena *ar, const ckpt_sd *tmpl, const char *
 /* the judge (judge.c) */
 int ckpt__judge(ckpt__arena *ar, const ckpt_sd_model *m, const ckpt_sd *sd,
                 ckpt_sd_verdict **out, ckpt_error *err);
+/* zero.c: CKPT_EUNSUPPORTED when sd (candidate c of the file whose root is root) is mostly
+ * tensors of shape [0], as a DeepSpeed ZeRO-3 partition is: the weights are not in the file */
+int ckpt__sd_placeholders(const ckpt_value *root, const ckpt_sd_candidate *c, const ckpt_sd *sd,
+                          ckpt_error *err);
 /* locate.c: who adds a wrapper name ("module": "DataParallel / ..."), NULL when unknown */
 const char *ckpt__sd_wrapper_what(const char *part, size_t n);
 
