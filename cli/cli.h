@@ -132,6 +132,11 @@ extern const char *const cli_image_exts[];      /* .jpg .jpeg .png */
 
 /* Called once per input; returns that input's exit status. */
 typedef int (*cli_each_fn)(const char *path, void *ctx);
+/* Parse argv for a command that takes many inputs (its opts include CLI_INPUT_OPTS(in)):
+ * *pos receives the positionals (free it), and at least one input, positional or
+ * --files-from, is required. -1 to go on, else the exit status. */
+int cli_inputs_parse(const cli_command *self, int argc, char **argv, const cli_opt *opts,
+                     const cli_inputs *in, const char ***pos, int *npos);
 /* Validate in's options; -1 to go on, else the exit status after a usage error. */
 int cli_inputs_check(const cli_command *self, const cli_inputs *in);
 /* The inputs: pos and --files-from, directories expanded (exts), then the shard and

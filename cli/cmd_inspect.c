@@ -502,11 +502,9 @@ int cmd_inspect(int argc, char **argv, const cli_command *self)
                             {"max-output", "BYTES", NULL, &o.max_output},
                             CLI_INPUT_OPTS(&in),
                             {NULL, NULL, NULL, NULL}};
-    const char **pos = cli_xrealloc(NULL, (size_t)argc * sizeof *pos);
+    const char **pos;
     int npos;
-    int rc = cli_parse_args(self, argc, argv, opts, pos, 0, argc, &npos);
-    if (rc < 0 && npos == 0 && !in.files_from)
-        rc = cli_usage_error(self, "no file given");
+    int rc = cli_inputs_parse(self, argc, argv, opts, &in, &pos, &npos);
     if (rc < 0 && depth_arg) {
         char *end;
         long d = strtol(depth_arg, &end, 10);

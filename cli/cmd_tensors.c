@@ -462,12 +462,10 @@ int cmd_tensors(int argc, char **argv, const cli_command *self)
                             {"max-expanded", "BYTES", NULL, &o.max_expanded},
                             CLI_INPUT_OPTS(&in),
                             {NULL, NULL, NULL, NULL}};
-    const char **pos = cli_xrealloc(NULL, (size_t)argc * sizeof *pos);
+    const char **pos;
     int npos;
     uint64_t unused;
-    int rc = cli_parse_args(self, argc, argv, opts, pos, 0, argc, &npos);
-    if (rc < 0 && npos == 0 && !in.files_from)
-        rc = cli_usage_error(self, "no file given");
+    int rc = cli_inputs_parse(self, argc, argv, opts, &in, &pos, &npos);
     if (rc < 0 && o.max_output && !cli_parse_size(o.max_output, &unused))
         rc = cli_usage_error(self, "--max-output wants a byte count (e.g. 2G), not '%s'",
                              o.max_output);

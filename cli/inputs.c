@@ -302,6 +302,17 @@ void cli_progress_update(cli_progress *p, size_t done, const char *what)
 
 /* ---- the driver --------------------------------------------------------------------------- */
 
+int cli_inputs_parse(const cli_command *self, int argc, char **argv, const cli_opt *opts,
+                     const cli_inputs *in, const char ***pos, int *npos)
+{
+    *pos = cli_xrealloc(NULL, (size_t)(argc > 0 ? argc : 1) * sizeof **pos);
+    *npos = 0;
+    int rc = cli_parse_args(self, argc, argv, opts, *pos, 0, argc, npos);
+    if (rc < 0 && *npos == 0 && !in->files_from)
+        rc = cli_usage_error(self, "no file given");
+    return rc;
+}
+
 int cli_inputs_check(const cli_command *self, const cli_inputs *in)
 {
     uint64_t i, n;
