@@ -36,12 +36,14 @@ static const ckpt_global_kind kind_order[] = {CKPT_GLOBAL_DANGEROUS, CKPT_GLOBAL
 
 static void human(cli_sb *out, const char *path, const ckpt_scan_result *r)
 {
-    size_t n_kind[4] = {0}, wname = 0;
+    size_t n_kind[4] = {0}, wname = 0, bad_route = 0;
     cli_sb name = {0};
     for (size_t i = 0; i < r->n_globals; i++) {
         const ckpt_global_ref *g = &r->globals[i];
         if ((unsigned)g->kind < 4)
             n_kind[g->kind]++;
+        if (g->torch_load && (g->kind == CKPT_GLOBAL_DANGEROUS || g->kind == CKPT_GLOBAL_UNKNOWN))
+            bad_route++;
         size_t len = strlen(g->module) + 1 + strlen(g->name);
         if (len > wname)
             wname = len;
@@ -71,11 +73,21 @@ static void human(cli_sb *out, const char *path, const ckpt_scan_result *r)
         }
     }
     size_t bad = n_kind[CKPT_GLOBAL_DANGEROUS] + n_kind[CKPT_GLOBAL_UNKNOWN];
-    if (bad)
-        sb_printf(out, "unsafe: %zu dangerous and %zu unknown global%s; torch.load(weights_only="
-                  "False) would import and run them\n", n_kind[CKPT_GLOBAL_DANGEROUS],
-                  n_kind[CKPT_GLOBAL_UNKNOWN], n_kind[CKPT_GLOBAL_UNKNOWN] == 1 ? "" : "s");
-    else if (r->n_globals == 0)
+    if (bad) {
+        sb_printf(out, "unsafe: %zu dangerous and %zu unknown global%s; ",
+                  n_kind[CKPT_GLOBAL_DANGEROUS], n_kind[CKPT_GLOBAL_UNKNOWN],
+                  n_kind[CKPT_GLOBAL_UNKNOWN] == 1 ? "" : "s");
+        if (bad_route == bad)
+            sb_puts(out, "torch.load(weights_only=False) would import and run them\n");
+        else if (bad_route == 0)
+            sb_printf(out, "only side pickles name %s: torch.load does not run %s, a loader "
+                      "that reads every pickle (pickle.load again, numpy.load(allow_pickle=True)"
+                      ") would\n", bad == 1 ? "it" : "them", bad == 1 ? "it" : "them");
+        else
+            sb_printf(out, "torch.load(weights_only=False) would import and run %zu of them; "
+                      "the other %zu are named only by side pickles that other loaders run\n",
+                      bad_route, bad - bad_route);
+    } else if (r->n_globals == 0)
         sb_puts(out, "safe: names no globals\n");
     else
         sb_puts(out, "safe: only weights and data globals\n");
@@ -107,6 +119,7 @@ static json_t *to_json(const char *path, const ckpt_scan_result *r, bool safe)
                                                  : json_null());
         json_object_set_new(o, "offset", json_integer((json_int_t)g->offset));
         json_object_set_new(o, "count", json_integer(g->count));
+        json_object_set_new(o, "torch_load", json_boolean(g->torch_load));
         json_array_append_new(a, o);
     }
     sb_free(&name);

@@ -341,6 +341,11 @@ typedef struct ckpt_global_ref {
     const char *where;   /* the pickle it is in: "archive/data.pkl", "main pickle", ... */
     uint64_t offset;     /* byte offset of its first GLOBAL/STACK_GLOBAL/INST in that pickle */
     uint32_t count;      /* how many times it is named */
+    /* true when a pickle torch.load runs names it; false when only side pickles do (other
+     * .pkl entries, numpy object arrays, pickles after the STOP torch stops at): other
+     * loaders run those, torch.load does not. where/offset then point at the first
+     * occurrence on torch.load's route when there is one. */
+    bool torch_load;
 } ckpt_global_ref;
 
 /* The globals of an opened file. *out belongs to f. */

@@ -136,6 +136,7 @@ typedef struct ckpt__globals {
     size_t len, cap;
     ckpt__hindex index; /* over items */
     uint64_t named;     /* occurrences recorded, distinct or not */
+    bool side;          /* recording a side pickle: occurrences do not set torch_load */
 } ckpt__globals;
 
 /* Record one occurrence; module is normalised to Python 3 spelling by the caller. */

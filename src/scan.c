@@ -161,7 +161,10 @@ static void side_pickle(scan *s, const uint8_t *buf, size_t len, const char *whe
     ckpt_value *v;
     size_t used, named;
     ckpt_error e;
-    if (one_pickle(s, buf, len, where, &v, &used, &named, &e) != CKPT_OK)
+    s->f->globals.side = true;
+    int rc = one_pickle(s, buf, len, where, &v, &used, &named, &e);
+    s->f->globals.side = false;
+    if (rc != CKPT_OK)
         note(s, "%s stops early (%s); globals after that point were not seen", where,
              e.message);
 }
@@ -179,8 +182,11 @@ static void trailing(scan *s, const uint8_t *buf, size_t len, const char *after)
         ckpt_value *v;
         size_t used, named;
         ckpt_error e;
-        if (one_pickle(s, buf + pos, len - pos, where ? where : after, &v, &used, &named, &e) !=
-            CKPT_OK) {
+        s->f->globals.side = true;
+        int rc = one_pickle(s, buf + pos, len - pos, where ? where : after, &v, &used, &named,
+                            &e);
+        s->f->globals.side = false;
+        if (rc != CKPT_OK) {
             if (named)
                 note(s, "%s stops early (%s); globals after that point were not seen",
                      where ? where : after, e.message);

@@ -371,6 +371,11 @@ int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, con
         if (strcmp(r->name, name) == 0 && strcmp(r->module, module) == 0) {
             if (r->count < UINT32_MAX)
                 r->count++;
+            if (!g->side && !r->torch_load) { /* first seen in a side pickle */
+                r->torch_load = true;
+                r->where = where;
+                r->offset = offset;
+            }
             return CKPT_OK;
         }
     }
@@ -395,6 +400,7 @@ int ckpt__globals_add(ckpt__arena *ar, ckpt__globals *g, const char *module, con
     r->where = where;
     r->offset = offset;
     r->count = 1;
+    r->torch_load = !g->side;
     if (ckpt__hindex_add(ar, &g->index, h, g->len) != 0)
         return ckpt__arena_error(ar, err);
     g->len++;

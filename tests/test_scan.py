@@ -492,6 +492,71 @@ class TorchRoute(unittest.TestCase):
                 self.assertEqual(rc, want_rc, "bare: exit %r: %s" % (rc, err.strip()))
                 self.assertEqual(doc.get("format"), "pickle")
 
+    def test_side_only_globals_worded_apart(self):
+        """A global named only by a side pickle (another .pkl entry, a pickle after the STOP)
+        is still unsafe, but torch.load does not run it: scan --json says torch_load false and
+        the verdict line does not claim torch.load would run it. Which payload torch.load
+        actually runs is measured with sentinel files, not assumed."""
+        import zipfile
+        import builtins
+        import os as os_mod
+        L.require_bin(self)
+        clean = self._write_torch("side_clean.pt", {"a": 1})
+        with zipfile.ZipFile(clean) as z:
+            entries = [(n, z.read(n)) for n in z.namelist()]
+        root = entries[0][0].split("/")[0]
+
+        def touch(sentinel):
+            return Reduce(os_mod.system, "touch " + sentinel)
+
+        def make(name):
+            """(path, {global: sentinel}) for one layout."""
+            s_sys = os.path.join(self.tmp, name + "_system.ran")
+            s_eval = os.path.join(self.tmp, name + "_eval.ran")
+            p = os.path.join(self.tmp, name)
+            side = pickle.dumps(touch(s_sys), protocol=2)
+            route = pickle.dumps({"a": Reduce(builtins.eval, "__import__('os').system("
+                                              "'touch %s')" % s_eval)}, protocol=2)
+            if name == "bare_tail.pkl":      # a pickle after the STOP torch stops at
+                with open(p, "wb") as f:
+                    f.write(pickle.dumps({"a": 1}, protocol=2) + side)
+                return p, {"posix.system": s_sys}
+            with zipfile.ZipFile(p, "w") as z:
+                for n, data in entries:
+                    if n.endswith("/data.pkl") and name == "mixed.pt":
+                        data = route
+                    z.writestr(n, data)
+                z.writestr(root + "/extra.pkl", side)
+            want = {"posix.system": s_sys}
+            if name == "mixed.pt":
+                want["builtins.eval"] = s_eval
+            return p, want
+
+        for name in ("side_only.pt", "bare_tail.pkl", "mixed.pt"):
+            with self.subTest(file=name):
+                p, sentinels = make(name)
+                work = tempfile.mkdtemp(dir=self.tmp)
+                python_load(p, "torch", work)
+                ran = {g: os.path.exists(s) for g, s in sentinels.items()}
+                # the premise: torch.load runs the data.pkl payload and never the side one
+                self.assertFalse(ran["posix.system"], name)
+                if "builtins.eval" in ran:
+                    self.assertTrue(ran["builtins.eval"], name)
+                rc, doc, err = self._scan(p)
+                self.assertEqual(rc, 1, "%s: exit %r: %s" % (name, rc, err.strip()))
+                got = {L.scan_entry_name(e): e.get("torch_load") for e in doc.get("globals", [])
+                       if e.get("kind") in ("dangerous", "unknown")}
+                self.assertEqual(got, ran, name)
+                rc, out, err = L.run_ckpt(["scan", p])
+                verdict = [ln for ln in out.splitlines() if ln.startswith("unsafe:")]
+                self.assertEqual(len(verdict), 1, out)
+                n_route = sum(ran.values())
+                if n_route == 0:
+                    self.assertNotIn("torch.load(weights_only=False) would", verdict[0])
+                    self.assertIn("only side pickles", verdict[0])
+                else:
+                    self.assertIn("would import and run %d of them" % n_route, verdict[0])
+
     def test_duplicate_entries_all_scanned(self):
         """A zip holding data.pkl twice: torch reads one copy or the other by layout, so scan
         lists the globals of every copy, while other commands refuse the file."""

@@ -337,7 +337,7 @@ def _hashable(x):
 def _global_refs(refs, n):
     return [{"name": "%s.%s" % (_s(g.module), _s(g.name)), "module": _s(g.module),
              "kind": _s(_lib.ckpt_global_kind_name(g.kind)), "where": _s(g.where),
-             "offset": g.offset, "count": g.count}
+             "offset": g.offset, "count": g.count, "torch_load": bool(g.torch_load)}
             for g in (refs[i] for i in range(n))]
 
 
@@ -574,7 +574,7 @@ def load_state_dict(path, arch=None, num_classes=None, key=None, strip_prefix=No
 
 def scan(path):
     """Every global the file's pickles name, classified, as `ckpt scan --json`: {"format",
-    "globals": [{"name", "module", "kind", "where", "offset", "count"}], "safe",
+    "globals": [{"name", "module", "kind", "where", "offset", "count", "torch_load"}], "safe",
     "parse_error", "notes"}. kind is "weights", "data", "unknown" or "dangerous"; safe is true when every
     global is weights or data and the pickles could be read to the end. Reads files ckpt.open
     refuses as long as they hold pickles; nothing in them runs."""

@@ -88,7 +88,7 @@ VF_FROZEN = 2
 class GlobalRef(ctypes.Structure):  # ckpt_global_ref
     _fields_ = [("module", ctypes.c_char_p), ("name", ctypes.c_char_p), ("kind", ctypes.c_int),
                 ("where", ctypes.c_char_p), ("offset", ctypes.c_uint64),
-                ("count", ctypes.c_uint32)]
+                ("count", ctypes.c_uint32), ("torch_load", ctypes.c_bool)]
 
 
 class ScanResult(ctypes.Structure):  # ckpt_scan_result
