@@ -5,6 +5,11 @@
 #   fuzz/run.sh build-fuzz scan 600          # ten minutes of fuzz_scan on one core
 #   fuzz/run.sh build-fuzz scan 600 2        # ... in two processes (-jobs=2 -workers=2)
 #   fuzz/run.sh build-fuzz scan 0            # no fuzzing: only minimise the saved corpus
+#   CKPT_FUZZ_CPU=3600 fuzz/run.sh build-fuzz scan 7200   # stop at one CPU-hour (or 2 h wall)
+#
+# On a shared machine wall-clock time says little: CKPT_FUZZ_CPU=N stops the fuzzer (SIGINT,
+# which libFuzzer answers with its final statistics) once its process has used N CPU seconds;
+# SECONDS stays the wall-clock limit. One job only: with JOBS > 1 the variable is refused.
 #
 # BUILD_DIR is a -DCKPT_FUZZ=ON build (CC=clang). The campaign starts from the saved corpus
 # fuzz/corpus/HARNESS (read, never written during the run) and the dictionary fuzz/HARNESS.dict
@@ -30,6 +35,11 @@ max_len=${CKPT_FUZZ_MAX_LEN:-16384}
 max_kb=${CKPT_FUZZ_MAX_KB:-2000}
 [ -x "$bin" ] || { echo "$0: no $bin (configure with CC=clang -DCKPT_FUZZ=ON)" >&2; exit 2; }
 [ -d "$corpus" ] || { echo "$0: no corpus folder $corpus" >&2; exit 2; }
+cpu_budget=${CKPT_FUZZ_CPU:-0}
+if [ "$cpu_budget" -gt 0 ] && [ "$jobs" -gt 1 ]; then
+    echo "$0: CKPT_FUZZ_CPU works with one job only" >&2
+    exit 2
+fi
 
 findings=$build/findings/$name
 mkdir -p "$findings"
@@ -48,10 +58,20 @@ if [ "$jobs" -gt 1 ]; then
 fi
 
 : >"$work/start"   # findings are the files newer than this
+ticks=$(getconf CLK_TCK)
 cpu0=$(awk '{print $16 + $17}' /proc/$$/stat)
 start=$(date +%s)
 if [ "$secs" -gt 0 ]; then   # 0: only minimise the saved corpus
-    (cd "$logs" && nice -n 19 "$bin" "$@" "$work/new" "$corpus" >"$logs/main.log" 2>&1) || true
+    (cd "$logs" && exec nice -n 19 "$bin" "$@" "$work/new" "$corpus" >"$logs/main.log" 2>&1) &
+    fuzzer=$!
+    if [ "$cpu_budget" -gt 0 ]; then
+        while kill -0 "$fuzzer" 2>/dev/null; do
+            used=$(awk -v t="$ticks" '{printf "%d", ($14 + $15) / t}' /proc/$fuzzer/stat 2>/dev/null || echo 0)
+            [ "$used" -ge "$cpu_budget" ] && { kill -INT "$fuzzer"; break; }
+            sleep 10
+        done
+    fi
+    wait "$fuzzer" || true
 else
     : >"$logs/main.log"
 fi
@@ -61,7 +81,6 @@ end=$(date +%s)
 rm -rf "${TMPDIR:-/tmp}/ckpt-fuzz-$name-"?????? /dev/shm/ckpt-fuzz-"$name"-??????
 
 # CPU seconds of the fuzzer processes (children of this shell, once reaped).
-ticks=$(getconf CLK_TCK)
 cpu=$(awk -v t="$ticks" -v c0="$cpu0" '{printf "%d", ($16 + $17 - c0) / t}' /proc/$$/stat)
 
 # Every log: the main one, or fuzz-N.log per job.
