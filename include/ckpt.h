@@ -166,9 +166,10 @@ typedef enum ckpt_format {
     CKPT_FORMAT_LEGACY,      /* torch.save(_use_new_zipfile_serialization=False) */
     CKPT_FORMAT_PICKLE,      /* a bare pickle stream; torch.load refuses it, ckpt shows it */
     CKPT_FORMAT_SAFETENSORS, /* safetensors */
+    CKPT_FORMAT_TORCHSCRIPT, /* torch.jit.save: a zip whose scripted modules read as modules */
 } ckpt_format;
 
-/* "zip", "legacy", "pickle", "safetensors". */
+/* "zip", "legacy", "pickle", "safetensors", "torchscript". */
 CKPT_API const char *ckpt_format_name(ckpt_format fmt);
 
 /* Open and parse path. On success *out belongs to the caller; free it with ckpt_close. On

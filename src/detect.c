@@ -327,12 +327,13 @@ const char *ckpt__zip_kind_message(const ckpt__zip *z)
     const char *slash = strchr(first, '/');
     if (slash) {
         size_t root_len = (size_t)(slash - first);
-        /* TorchScript archives hold data.pkl too: constants.pkl decides (docs/FORMAT.md §1). */
-        if (has_record(z, first, root_len, "constants.pkl"))
-            return "this is a TorchScript archive (torch.jit.save): load it with torch.jit.load, "
-                   "or save model.state_dict() instead";
+        /* TorchScript archives hold data.pkl too, and read as its modules (torchscript.c);
+         * the first ones (torch < 1.4 writers) had model.json and no data.pkl. */
         if (has_record(z, first, root_len, "data.pkl"))
             return NULL;
+        if (has_record(z, first, root_len, "constants.pkl"))
+            return "this is a TorchScript archive of an old layout (no data.pkl): load it with "
+                   "torch.jit.load, or save model.state_dict() instead";
     }
     bool npz = true;
     for (size_t i = 0; i < z->n_entries && npz; i++)

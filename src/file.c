@@ -384,6 +384,14 @@ static int open_zip(ckpt_file *f, ckpt_error *err)
     if ((rc = ckpt__pickle_load(&ctx, data, (size_t)pe->usize, &f->root, &used, err)))
         return rc;
     f->format = CKPT_FORMAT_ZIP;
+    const char *cname = ckpt__arena_printf(f->arena, "%s/constants.pkl", f->zip_root);
+    if (!cname)
+        return ckpt__arena_error(f->arena, err);
+    if (ckpt__zip_find(&f->zip, cname)) { /* TorchScript: the module tree as state dicts */
+        f->format = CKPT_FORMAT_TORCHSCRIPT;
+        if ((rc = ckpt__torchscript_open(f, err)))
+            return rc;
+    }
     /* torch.load never runs another pickle of the archive, but one hidden beside data.pkl is
      * still worth a warning: list its globals too. Storage records are not looked at. */
     size_t root_len = strlen(f->zip_root);

@@ -183,6 +183,15 @@ int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt__module_b
  * memory). */
 const char *ckpt__module_class(const ckpt_value *v, ckpt__arena *ar);
 
+/* ---- TorchScript archives (torchscript.c) ------------------------------------------------ */
+
+/* f is a torch zip holding <root>/constants.pkl whose data.pkl is in f->root: rewrite each
+ * scripted module object's state into a pickled nn.Module's (_parameters, _buffers, _modules
+ * as torch.jit.load(f).state_dict() walks them, read from the __parameters__ and __buffers__
+ * lines of <root>/code/), so that module.c gives its state dict. A missing code file, a
+ * malformed list, a cycle are CKPT_ECORRUPT; sizes past the limits, CKPT_ELIMIT. */
+int ckpt__torchscript_open(ckpt_file *f, ckpt_error *err);
+
 /* ---- zip archives (zip.c) ----------------------------------------------------------------- */
 
 typedef struct ckpt__zip_entry {

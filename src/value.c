@@ -105,6 +105,7 @@ const char *ckpt_format_name(ckpt_format fmt)
     case CKPT_FORMAT_LEGACY: return "legacy";
     case CKPT_FORMAT_PICKLE: return "pickle";
     case CKPT_FORMAT_SAFETENSORS: return "safetensors";
+    case CKPT_FORMAT_TORCHSCRIPT: return "torchscript";
     }
     return "unknown";
 }
