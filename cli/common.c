@@ -258,6 +258,16 @@ ckpt_file *cli_open(const char *path)
     return f;
 }
 
+/* torch.jit.load resolves a TorchScript archive's __torch__.* classes against the archive's
+ * own code and torch.jit._pickle.* in its C++ unpickler: Python imports neither ('ckpt scan'
+ * still lists them). */
+static bool script_global(const ckpt_file *f, const ckpt_global_ref *g)
+{
+    return ckpt_file_format(f) == CKPT_FORMAT_TORCHSCRIPT &&
+           (!strcmp(g->module, "__torch__") || !strncmp(g->module, "__torch__.", 10) ||
+            !strcmp(g->module, "torch.jit._pickle"));
+}
+
 void cli_warn_globals(const char *path, const ckpt_file *f)
 {
     const ckpt_global_ref *g;
@@ -266,7 +276,7 @@ void cli_warn_globals(const char *path, const ckpt_file *f)
     for (int pass = 0; pass < 2; pass++) {
         ckpt_global_kind want = pass == 0 ? CKPT_GLOBAL_DANGEROUS : CKPT_GLOBAL_UNKNOWN;
         for (size_t i = 0; i < n; i++) {
-            if (g[i].kind != want)
+            if (g[i].kind != want || script_global(f, &g[i]))
                 continue;
             if (shown == CLI_MAX_WARNED_GLOBALS) {
                 more++;

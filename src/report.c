@@ -262,10 +262,16 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         if (!msg || (rc = warn(p, err, "training_checkpoint", "%s", msg)))
             return msg ? rc : ckpt__arena_error(ar, err);
     }
-    if (k->module_class &&
+    /* TorchScript archives (torchscript.c) hold modules of __torch__.* classes */
+    bool script = k->module_class && !strncmp(k->module_class, "__torch__.", 10);
+    if (k->module_class && !script &&
         (rc = warn(p, err, "whole_module", "the weights are the state_dict() of a whole pickled "
                    "'%s' object%s%s%s, rebuilt without running its pickle", k->module_class,
                    k->pub.path_len ? " at '" : "", k->pub.path_str, k->pub.path_len ? "'" : "")))
+        return rc;
+    if (script && (rc = warn(p, err, "torchscript", "the weights are the state_dict() of the "
+                             "TorchScript module '%s' (torch.jit.save), read without running "
+                             "its code", k->module_class + 10)))
         return rc;
     if (r->whole_file && r->model) {
         const ckpt_sd_verdict *w = r->whole_file;
@@ -481,9 +487,14 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     if (r->arch)
         ckpt__sb_add(&b, "import torchvision\n");
     if (k->module_class) { /* torch.load would import the classes and run the pickle */
-        ckpt__sb_printf(&b, "# the file pickles a whole %s object: torch.load needs its class "
-                        "and runs its pickle.\n# Write its state_dict() as plain weights "
-                        "first (no code runs):\n#   ckpt extract ", k->module_class);
+        if (!strncmp(k->module_class, "__torch__.", 10))
+            ckpt__sb_add(&b, "# the file is a TorchScript archive: torch.jit.load compiles and "
+                         "runs its code.\n");
+        else
+            ckpt__sb_printf(&b, "# the file pickles a whole %s object: torch.load needs its "
+                            "class and runs its pickle.\n", k->module_class);
+        ckpt__sb_add(&b, "# Write its state_dict() as plain weights first (no code runs):\n"
+                     "#   ckpt extract ");
         ckpt__sb_pystr(&b, fname);
         ckpt__sb_add(&b, " -o weights.safetensors\nfrom safetensors.torch import load_file\n"
                      "sd = load_file('weights.safetensors')\n");
