@@ -348,8 +348,8 @@ _WALK_ITEMS_PER_DISTINCT = 4   # and CLI_ITEMS_PER_DISTINCT
 class File:
     """An opened checkpoint. .root is the unpickled object as `ckpt inspect` shows it (dicts,
     lists, tuples, scalars, str/bytes, Global, Object, Tensor, Storage); f[key] is
-    f.root[key]. .format is "zip", "legacy", "pickle" or "safetensors"; .globals lists every
-    global the file's pickles name, classified as `ckpt scan` does."""
+    f.root[key]. .format is "zip", "torchscript", "legacy", "pickle" or "safetensors"; .globals
+    lists every global the file's pickles name, classified as `ckpt scan` does."""
 
     def __init__(self, path):
         self.path = path
