@@ -208,12 +208,43 @@ static int save_module(walk *w, const ckpt_value *v, const char *prefix, size_t 
     return CKPT_OK;
 }
 
+/* Is s[0..n) "___torch_mangle_<digits>", the segment TorchScript adds to a class compiled
+ * twice (torchscript.c)? */
+static bool mangle_segment(const char *s, size_t n)
+{
+    size_t k = strlen("___torch_mangle_");
+    if (n <= k || strncmp(s, "___torch_mangle_", k))
+        return false;
+    for (size_t i = k; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
 const char *ckpt__module_class(const ckpt_value *v, ckpt__arena *ar)
 {
     if (!module_state(v))
         return NULL;
     const ckpt_value *cls = object_class(v);
-    return ckpt__arena_printf(ar, "%s.%s", cls->u.global.module, cls->u.global.name);
+    char *q = ckpt__arena_printf(ar, "%s.%s", cls->u.global.module, cls->u.global.name);
+    if (!q || strncmp(q, "__torch__.", 10))
+        return q;
+    /* "__torch__.torch.nn.modules.conv.___torch_mangle_17.Conv2d": drop the mangle segment */
+    char *o = q;
+    for (const char *p = q; *p;) {
+        size_t n = strcspn(p, ".");
+        if (!mangle_segment(p, n)) {
+            memmove(o, p, n);
+            o += n;
+            if (p[n])
+                *o++ = '.';
+        }
+        p += n + (p[n] == '.');
+    }
+    if (o > q && o[-1] == '.')
+        o--;
+    *o = '\0';
+    return q;
 }
 
 int ckpt__module_state_dict(ckpt__arena *ar, const ckpt_value *v, ckpt__module_budget *used,

@@ -140,7 +140,7 @@ class TorchScriptTest(unittest.TestCase):
                     rc, o, e = L.run_ckpt(["check", src], timeout=TIMEOUT)
                     self.assertEqual(rc, 0, "%s: check: %s%s" % (what, o, e))
                     self.assertIn("torchvision.models.%s(num_classes=17)" % arch, o)
-                    self.assertIn("TorchScript", o)
+                    self.assertIn("TorchScript module 'torchvision.models.resnet.ResNet'", o)
                     self.assertNotIn("torch.load would import", e)  # __torch__ is not Python
                     self.extract_same(src, what, arch, 17)
                     rc, o, e = L.run_ckpt(["inspect", src], timeout=TIMEOUT)
