@@ -54,7 +54,7 @@ typedef struct ts {
     const char **files; /* modules whose code file was read */
     size_t n_files, cap_files;
     ckpt__hindex file_index;
-    size_t n_modules;
+    size_t n_modules, n_tensors;
     const ckpt_value *stack[TS_MAX_DEPTH];
 } ts;
 
@@ -319,6 +319,7 @@ static int slot_dict(ts *t, const ckpt_value *st, const char *prefix, const char
         if (v->type != CKPT_T_NONE && v->type != CKPT_T_TENSOR)
             return CKPT_CORRUPT(t->err, "torchscript: %s has a %s '%s' in its %s",
                                 where(t, prefix), ckpt_type_name(v->type), names[i], list);
+        t->n_tensors += v->type == CKPT_T_TENSOR;
         int rc = set(t, d, names[i], (ckpt_value *)v);
         if (rc)
             return rc;
@@ -414,5 +415,20 @@ int ckpt__torchscript_open(ckpt_file *f, ckpt_error *err)
     if (!c || !c->module)
         return CKPT_CORRUPT(err, "torchscript: data.pkl holds a %s, not a scripted module",
                             is_ts ? "TorchScript object" : ckpt_type_name(f->root->type));
-    return convert(t, f->root, c, "", 0);
+    if ((rc = convert(t, f->root, c, "", 0)) || t->n_tensors)
+        return rc;
+    /* torch.jit.freeze folds the weights into constants of the code (<root>/constants/N):
+     * state_dict() is then empty, and nothing names the constants */
+    size_t root_len = strlen(f->zip_root), n_constants = 0;
+    for (size_t i = 0; i < f->zip.n_entries; i++) {
+        const char *name = f->zip.entries[i].name;
+        n_constants += !strncmp(name, f->zip_root, root_len) &&
+                       !strncmp(name + root_len, "/constants/", 11);
+    }
+    if (n_constants)
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "torchscript: the module is frozen "
+                         "(torch.jit.freeze): its weights are %zu unnamed constants of its code "
+                         "and its state_dict() is empty; save the state dict before freezing",
+                         n_constants);
+    return CKPT_OK;
 }

@@ -209,6 +209,15 @@ class TorchScriptTest(unittest.TestCase):
         self.assertEqual(outs[0], outs[1])
         self.assertIn("img.png", outs[0])
 
+    def test_frozen(self):
+        src = self.path("frozen.pt")
+        m = torch.jit.freeze(torch.jit.script(torchvision.models.resnet18().eval()))
+        torch.jit.save(m, src)
+        self.assertEqual(len(torch.jit.load(src).state_dict()), 0)  # what the test relies on
+        rc, o, e = L.run_ckpt(["check", src], timeout=TIMEOUT)
+        L.check_clean_error(self, rc, o, e, src, "frozen")
+        self.assertIn("frozen (torch.jit.freeze)", e)
+
     def malformed(self, src, what, expect):
         for cmd in ("check", "extract", "tensors"):
             args = [cmd, src] + (["-o", self.path("bad_out.pth"), "--force"]
