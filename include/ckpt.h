@@ -456,7 +456,8 @@ CKPT_API int64_t ckpt_arch_parameters(const ckpt_arch *a, int64_t num_classes);
  * right width, else the length of the head bias, else the head weight's rows; 0 when sd has
  * no head tensor. */
 CKPT_API int64_t ckpt_arch_classes(const ckpt_arch *a, const ckpt_sd *sd);
-/* Whether ckpt_model_new can build it (false: check-only family). */
+/* Whether ckpt_model_new can build it (false: check-only family, or libckpt-reader, which
+ * has no inference). */
 CKPT_API bool ckpt_arch_runnable(const ckpt_arch *a);
 
 /* ---- models and the judge ------------------------------------------------------------------ */
