@@ -204,11 +204,30 @@ void cli_emit_error_record(const char *path)
     cli_emit_json(path, doc);
 }
 
+/* The library names its limits by their ckpt_options field; the CLI's user sets them with a
+ * flag. Rewrites "raise ckpt_options.max_alloc" in msg to "raise it with --max-alloc". */
+static void limit_advice(char *msg, size_t cap)
+{
+    static const char *const limits[][2] = {
+        {"raise ckpt_options.max_alloc", "raise it with --max-alloc"},
+        {"raise ckpt_options.max_inflate", "raise it with --max-inflate"},
+    };
+    for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+        char *at = strstr(msg, limits[i][0]);
+        size_t from = strlen(limits[i][0]), to = strlen(limits[i][1]);
+        if (at && strlen(msg) - from + to < cap) { /* the flag is never longer: always fits */
+            memmove(at + to, at + from, strlen(at + from) + 1);
+            memcpy(at, limits[i][1], to);
+        }
+    }
+}
+
 __attribute__((format(printf, 3, 0)))
 static void report(const char *what, const char *path, const char *fmt, va_list ap)
 {
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
+    limit_advice(msg, sizeof msg);
     if (what[0] == 'e' && !last_error[0])
         memcpy(last_error, msg, sizeof msg);
     fprintf(stderr, "ckpt: %s: ", what);

@@ -46,23 +46,12 @@ void sb_putc(cli_sb *sb, char c) { sb_putn(sb, &c, 1); }
 
 void sb_printf(cli_sb *sb, const char *fmt, ...)
 {
-    char small[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
+    ckpt__sb_vprintf(sb, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n < sizeof small) {
-        sb_putn(sb, small, (size_t)n);
-        return;
-    }
-    char *big = cli_xrealloc(NULL, (size_t)n + 1);
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb_putn(sb, big, (size_t)n);
-    free(big);
+    if (sb->failed)
+        out_of_memory();
 }
 
 void sb_pad(cli_sb *sb, size_t n)
@@ -194,10 +183,9 @@ void cli_fmt_count(cli_sb *sb, uint64_t n)
 
 void cli_fmt_dims(cli_sb *sb, const int64_t *d, int n)
 {
-    sb_putc(sb, '[');
-    for (int i = 0; i < n; i++)
-        sb_printf(sb, i ? ", %" PRId64 : "%" PRId64, d[i]);
-    sb_putc(sb, ']');
+    ckpt__sb_dims(sb, n, d);
+    if (sb->failed)
+        out_of_memory();
 }
 
 void cli_fmt_bigint(cli_sb *sb, const unsigned char *le, size_t n)

@@ -26,6 +26,14 @@
  * Conventions: functions that can fail return a ckpt_status and fill the caller's ckpt_error
  * (which may be NULL). Pointers returned by accessors belong to the ckpt_file they came from
  * and stay valid until ckpt_close. The library never prints and never exits.
+ *
+ * The header reads top to bottom, each type before its use: status codes and errors, dtypes,
+ * limits; opening a file; values; tensors; globals and the safety scan; state dicts,
+ * architectures, the strict-load judge and the check; writing weight files; and last
+ * inference, images and .npy arrays. Two libraries implement it: libckpt (pkg-config ckpt,
+ * CMake ckpt::ckpt) all of it, libckpt-reader (ckpt-reader, ckpt::reader) all but inference and
+ * images (ckpt_model_*, ckpt_backend_*, ckpt_image_*), so that it needs neither libjpeg, libpng,
+ * oneDNN nor OpenMP.
  */
 #ifndef CKPT_H
 #define CKPT_H
@@ -457,7 +465,8 @@ CKPT_API int64_t ckpt_arch_parameters(const ckpt_arch *a, int64_t num_classes);
  * right width, else the length of the head bias, else the head weight's rows; 0 when sd has
  * no head tensor. */
 CKPT_API int64_t ckpt_arch_classes(const ckpt_arch *a, const ckpt_sd *sd);
-/* Whether ckpt_model_new can build it (false: check-only family). */
+/* Whether ckpt_model_new can build it (false: check-only family, or libckpt-reader, which
+ * has no inference). */
 CKPT_API bool ckpt_arch_runnable(const ckpt_arch *a);
 
 /* ---- models and the judge ------------------------------------------------------------------ */
@@ -665,8 +674,128 @@ CKPT_API int ckpt_sd_diff(const ckpt_sd *a, const ckpt_sd *b, double atol,
                           ckpt_sd_diff_result **out, ckpt_error *err);
 CKPT_API void ckpt_sd_diff_free(ckpt_sd_diff_result *d); /* NULL is a no-op */
 
+/* ---- writing (ckpt_write_*) --------------------------------------------------------------- */
+/*
+ * Clean weight files from a state dict: the zip format of torch.save(state_dict),
+ * loadable with torch.load(path, weights_only=True) from PyTorch 1.13 on, or safetensors.
+ * Tensors are streamed from the file they were read from (converted chunk by chunk when
+ * asked), never all held in memory. An output appears only complete: it is written to a
+ * temporary file `.NAME.ckpt-tmp-XXXXXX` in its folder, flushed with fsync and renamed; after
+ * any error the temporary file is gone and whatever was at the path before is untouched.
+ *
+ *     ckpt_sd_report *r;                            // ckpt_sd_check found and unwrapped it
+ *     ckpt_write_options o = {0};
+ *     o.format = CKPT_WRITE_SAFETENSORS;
+ *     o.convert = true;
+ *     o.dtype = CKPT_DT_FLOAT16;                    // floating tensors only; int64 stays int64
+ *     const char *inputs[] = {"train.pth", NULL};   // never replaced, even with force
+ *     o.inputs = inputs;
+ *     if (ckpt_write_sd("model.safetensors", r->sd, &o, NULL, &err) != CKPT_OK)
+ *         fprintf(stderr, "error: model.safetensors: %s\n", err.message);
+ *
+ * docs/EXTRACT.md gives the byte layouts and what is guaranteed.
+ */
+typedef enum ckpt_write_format {
+    CKPT_WRITE_PTH,         /* torch.save's zip: data.pkl, byteorder, data/0..., version */
+    CKPT_WRITE_SAFETENSORS, /* safetensors, tensors sorted as the reference serializer does */
+} ckpt_write_format;
+
+CKPT_API const char *ckpt_write_format_name(ckpt_write_format fmt); /* "pth", "safetensors" */
+CKPT_API int ckpt_write_format_from_name(const char *name);           /* -1 when unknown */
+/* From the extension of path: .pth .pt .bin .ckpt .tar -> PTH; .safetensors -> SAFETENSORS;
+ * -1 for anything else. */
+CKPT_API int ckpt_write_format_for_path(const char *path);
+
+/* Called as the output grows (at least every few MB and once at the end) with the bytes
+ * written so far and the final size. A non-zero return cancels the write: CKPT_EIO,
+ * "cancelled", and no output. */
+typedef int (*ckpt_progress_fn)(void *ud, uint64_t done, uint64_t total);
+
+typedef struct ckpt_write_options {
+    ckpt_write_format format;
+    bool convert;               /* convert every floating tensor (float16/32/64, bfloat16) ... */
+    ckpt_dtype dtype;           /* ... to this: FLOAT32, FLOAT16 or BFLOAT16 (see ckpt_convert) */
+    bool force;                 /* replace an existing file at the path (never an input) */
+    const char *const *inputs;  /* NULL-terminated: files the output must not be (same inode:
+                                 * hard links and other spellings of the path count) */
+    const char *const *metadata;/* safetensors __metadata__: key, value, key, value, ..., NULL */
+    const char *root;           /* pth: the archive's folder; NULL: the output's name without
+                                 * its extension, as torch.save names it ("archive" when that
+                                 * is empty or not ASCII) */
+    uint64_t zip64_from;        /* pth: sizes and offsets from this on take ZIP64 fields;
+                                 * 0: 0xFFFFFFFF as every zip writer. Tests lower it. */
+    ckpt_progress_fn progress;
+    void *progress_ud;
+} ckpt_write_options;
+
+/* A tensor that shared memory with one written before it. */
+typedef struct ckpt_write_shared {
+    const char *key;
+    const char *with;           /* the key written earlier */
+} ckpt_write_shared;
+
+typedef struct ckpt_write_report {
+    uint64_t file_bytes;        /* size of the file written */
+    uint64_t data_bytes;        /* tensor bytes in it */
+    size_t n_tensors;
+    size_t n_records;           /* pth: storages written (data/0 ...); safetensors: n_tensors */
+    size_t n_converted;         /* tensors whose dtype was changed */
+    /* pth: tensors that were the identical view of an earlier one's storage and share its
+     * record, as torch.save would write them. safetensors: tensors overlapping an earlier
+     * one's memory, written as separate copies (safetensors has no sharing). */
+    ckpt_write_shared *shared;
+    size_t n_shared;
+    void *internal;
+} ckpt_write_report;
+
+/* Write every entry of sd (all must be tensors: CKPT_EINVAL names the first that is not) to
+ * path in opt->format. pth: sd's order, sd->meta as _metadata when sd->has_metadata; a tensor
+ * is written contiguous on a storage of its own unless it is the identical view (storage,
+ * dtype, offset, shape, strides) of an earlier one, which then shares that storage's record.
+ * safetensors: sorted by dtype (widest first) then name, opt->metadata as __metadata__.
+ * CKPT_EEXIST when path exists and opt->force is false; CKPT_EINVAL when path is one of
+ * opt->inputs; CKPT_EUNSUPPORTED for a dtype the format cannot hold (pth: those without a
+ * PyTorch 1.13 storage class; safetensors: complex128, quantized); CKPT_EIO for a failed
+ * write (its message names the system error: "no space left on device"). report may be NULL;
+ * else on success *report belongs to the caller (ckpt_write_report_free). */
+CKPT_API int ckpt_write_sd(const char *path, const struct ckpt_sd *sd,
+                           const ckpt_write_options *opt, ckpt_write_report **report,
+                           ckpt_error *err);
+/* The two formats of ckpt_write_sd, whatever opt->format says. */
+CKPT_API int ckpt_write_pth(const char *path, const struct ckpt_sd *sd,
+                            const ckpt_write_options *opt, ckpt_write_report **report,
+                            ckpt_error *err);
+CKPT_API int ckpt_write_safetensors(const char *path, const struct ckpt_sd *sd,
+                                    const ckpt_write_options *opt, ckpt_write_report **report,
+                                    ckpt_error *err);
+CKPT_API void ckpt_write_report_free(ckpt_write_report *r); /* NULL is a no-op */
+
+/* float16, bfloat16, float32, float64. */
+CKPT_API bool ckpt_dtype_is_float(ckpt_dtype dt);
+/* Convert n elements between the float dtypes as PyTorch 1.13's CPU kernels do for a
+ * contiguous tensor (`x.half()`, `x.bfloat16()`, `x.float()`, `x.double()`): round to nearest
+ * even, float64 to float16/bfloat16 through float32 (double rounding, as torch), overflow to
+ * infinity, subnormals kept. NaN: to float16 sign | 0x7E00; to bfloat16 0xFFFF from float32
+ * (torch's vector kernel), 0x7FC0 from float16, from float64 0xFFFF in each whole block of 16
+ * elements and 0x7FC0 in the last n % 16; float16 to float32/64 quiets a signalling NaN and
+ * keeps its payload; bfloat16 to float32 is exact. to == from copies. CKPT_EINVAL for other
+ * dtypes; src and dst must not overlap. */
+CKPT_API int ckpt_convert(ckpt_dtype to, void *dst, ckpt_dtype from, const void *src, size_t n,
+                          ckpt_error *err);
+
+/* Hands t's elements in row-major order to fn, as dtype `to` (t->dtype: the exact bytes; a
+ * float dtype: converted as ckpt_convert does, with torch's NaN choice for t's layout), in
+ * pieces of at most a few MB: straight from the mapped file when t is contiguous and not
+ * converted, else through a buffer of about 1 MB. fn returns CKPT_OK or an error that stops
+ * the stream and is returned. A tensor with no elements makes no call. */
+typedef int (*ckpt_chunk_fn)(void *ud, const void *data, size_t n, ckpt_error *err);
+CKPT_API int ckpt_tensor_stream(const ckpt_tensor *t, ckpt_dtype to, ckpt_chunk_fn fn, void *ud,
+                                ckpt_error *err);
+
 /* ---- inference (ckpt_model_*) ------------------------------------------------------------- */
 /*
+ * In libckpt only (not in libckpt-reader), as are the images below.
+ *
  * A network in eval mode (the ResNets: see ckpt_arch_runnable), built once from an
  * architecture and its weights, then run on preprocessed images (float32 NCHW, already
  * normalised):
@@ -847,142 +976,6 @@ CKPT_API int ckpt_npy_read(const char *path, ckpt_npy *out, ckpt_error *err);
 CKPT_API int ckpt_npy_decode(const void *data, size_t size, ckpt_npy *out, ckpt_error *err);
 /* Free a->data and zero *a. NULL is a no-op. */
 CKPT_API void ckpt_npy_free(ckpt_npy *a);
-
-/* ---- writing (ckpt_write_*) --------------------------------------------------------------- */
-/*
- * Clean weight files from a state dict (issue 4): the zip format of torch.save(state_dict),
- * loadable with torch.load(path, weights_only=True) from PyTorch 1.13 on, or safetensors.
- * Tensors are streamed from the file they were read from (converted chunk by chunk when
- * asked), never all held in memory. An output appears only complete: it is written to a
- * temporary file `.NAME.ckpt-tmp-XXXXXX` in its folder, flushed with fsync and renamed; after
- * any error the temporary file is gone and whatever was at the path before is untouched.
- *
- *     ckpt_sd_report *r;                            // ckpt_sd_check found and unwrapped it
- *     ckpt_write_options o = {0};
- *     o.format = CKPT_WRITE_SAFETENSORS;
- *     o.convert = true;
- *     o.dtype = CKPT_DT_FLOAT16;                    // floating tensors only; int64 stays int64
- *     const char *inputs[] = {"train.pth", NULL};   // never replaced, even with force
- *     o.inputs = inputs;
- *     if (ckpt_write_sd("model.safetensors", r->sd, &o, NULL, &err) != CKPT_OK)
- *         fprintf(stderr, "error: model.safetensors: %s\n", err.message);
- *
- * docs/EXTRACT.md gives the byte layouts and what is guaranteed.
- */
-typedef enum ckpt_write_format {
-    CKPT_WRITE_PTH,         /* torch.save's zip: data.pkl, byteorder, data/0..., version */
-    CKPT_WRITE_SAFETENSORS, /* safetensors, tensors sorted as the reference serializer does */
-} ckpt_write_format;
-
-CKPT_API const char *ckpt_write_format_name(ckpt_write_format fmt); /* "pth", "safetensors" */
-CKPT_API int ckpt_write_format_from_name(const char *name);           /* -1 when unknown */
-/* From the extension of path: .pth .pt .bin .ckpt .tar -> PTH; .safetensors -> SAFETENSORS;
- * -1 for anything else. */
-CKPT_API int ckpt_write_format_for_path(const char *path);
-
-/* Called as the output grows (at least every few MB and once at the end) with the bytes
- * written so far and the final size. A non-zero return cancels the write: CKPT_EIO,
- * "cancelled", and no output. */
-typedef int (*ckpt_progress_fn)(void *ud, uint64_t done, uint64_t total);
-
-typedef struct ckpt_write_options {
-    ckpt_write_format format;
-    bool convert;               /* convert every floating tensor (float16/32/64, bfloat16) ... */
-    ckpt_dtype dtype;           /* ... to this: FLOAT32, FLOAT16 or BFLOAT16 (see ckpt_convert) */
-    bool force;                 /* replace an existing file at the path (never an input) */
-    const char *const *inputs;  /* NULL-terminated: files the output must not be (same inode:
-                                 * hard links and other spellings of the path count) */
-    const char *const *metadata;/* safetensors __metadata__: key, value, key, value, ..., NULL */
-    const char *root;           /* pth: the archive's folder; NULL: the output's name without
-                                 * its extension, as torch.save names it ("archive" when that
-                                 * is empty or not ASCII) */
-    uint64_t zip64_from;        /* pth: sizes and offsets from this on take ZIP64 fields;
-                                 * 0: 0xFFFFFFFF as every zip writer. Tests lower it. */
-    ckpt_progress_fn progress;
-    void *progress_ud;
-} ckpt_write_options;
-
-/* A tensor that shared memory with one written before it. */
-typedef struct ckpt_write_shared {
-    const char *key;
-    const char *with;           /* the key written earlier */
-} ckpt_write_shared;
-
-typedef struct ckpt_write_report {
-    uint64_t file_bytes;        /* size of the file written */
-    uint64_t data_bytes;        /* tensor bytes in it */
-    size_t n_tensors;
-    size_t n_records;           /* pth: storages written (data/0 ...); safetensors: n_tensors */
-    size_t n_converted;         /* tensors whose dtype was changed */
-    /* pth: tensors that were the identical view of an earlier one's storage and share its
-     * record, as torch.save would write them. safetensors: tensors overlapping an earlier
-     * one's memory, written as separate copies (safetensors has no sharing). */
-    ckpt_write_shared *shared;
-    size_t n_shared;
-    void *internal;
-} ckpt_write_report;
-
-/* Write every entry of sd (all must be tensors: CKPT_EINVAL names the first that is not) to
- * path in opt->format. pth: sd's order, sd->meta as _metadata when sd->has_metadata; a tensor
- * is written contiguous on a storage of its own unless it is the identical view (storage,
- * dtype, offset, shape, strides) of an earlier one, which then shares that storage's record.
- * safetensors: sorted by dtype (widest first) then name, opt->metadata as __metadata__.
- * CKPT_EEXIST when path exists and opt->force is false; CKPT_EINVAL when path is one of
- * opt->inputs; CKPT_EUNSUPPORTED for a dtype the format cannot hold (pth: those without a
- * PyTorch 1.13 storage class; safetensors: complex128, quantized); CKPT_EIO for a failed
- * write (its message names the system error: "no space left on device"). report may be NULL;
- * else on success *report belongs to the caller (ckpt_write_report_free). */
-CKPT_API int ckpt_write_sd(const char *path, const struct ckpt_sd *sd,
-                           const ckpt_write_options *opt, ckpt_write_report **report,
-                           ckpt_error *err);
-/* The two formats of ckpt_write_sd, whatever opt->format says. */
-CKPT_API int ckpt_write_pth(const char *path, const struct ckpt_sd *sd,
-                            const ckpt_write_options *opt, ckpt_write_report **report,
-                            ckpt_error *err);
-CKPT_API int ckpt_write_safetensors(const char *path, const struct ckpt_sd *sd,
-                                    const ckpt_write_options *opt, ckpt_write_report **report,
-                                    ckpt_error *err);
-CKPT_API void ckpt_write_report_free(ckpt_write_report *r); /* NULL is a no-op */
-
-/* The safe output file the writers use: bytes go to a temporary file beside path; commit
- * flushes, fsyncs and renames it (refusing, without opt->force, a path that appeared
- * meanwhile), abort removes it. Only opt->force, inputs and progress are used here. */
-typedef struct ckpt_write_file ckpt_write_file;
-
-/* On success *out belongs to the caller until ckpt_write_commit or ckpt_write_abort. */
-CKPT_API int ckpt_write_open(const char *path, const ckpt_write_options *opt,
-                             ckpt_write_file **out, ckpt_error *err);
-/* The final size, when known: reserves the space at once (a full disk fails here, before any
- * data is written) and is the total passed to the progress callback. */
-CKPT_API int ckpt_write_expect(ckpt_write_file *w, uint64_t total, ckpt_error *err);
-CKPT_API int ckpt_write_bytes(ckpt_write_file *w, const void *data, size_t n, ckpt_error *err);
-CKPT_API uint64_t ckpt_write_offset(const ckpt_write_file *w); /* bytes written so far */
-CKPT_API const char *ckpt_write_temp_path(const ckpt_write_file *w);
-/* Frees w whatever the outcome; on failure the temporary file is removed. */
-CKPT_API int ckpt_write_commit(ckpt_write_file *w, ckpt_error *err);
-CKPT_API void ckpt_write_abort(ckpt_write_file *w); /* NULL is a no-op */
-
-/* float16, bfloat16, float32, float64. */
-CKPT_API bool ckpt_dtype_is_float(ckpt_dtype dt);
-/* Convert n elements between the float dtypes as PyTorch 1.13's CPU kernels do for a
- * contiguous tensor (`x.half()`, `x.bfloat16()`, `x.float()`, `x.double()`): round to nearest
- * even, float64 to float16/bfloat16 through float32 (double rounding, as torch), overflow to
- * infinity, subnormals kept. NaN: to float16 sign | 0x7E00; to bfloat16 0xFFFF from float32
- * (torch's vector kernel), 0x7FC0 from float16, from float64 0xFFFF in each whole block of 16
- * elements and 0x7FC0 in the last n % 16; float16 to float32/64 quiets a signalling NaN and
- * keeps its payload; bfloat16 to float32 is exact. to == from copies. CKPT_EINVAL for other
- * dtypes; src and dst must not overlap. */
-CKPT_API int ckpt_convert(ckpt_dtype to, void *dst, ckpt_dtype from, const void *src, size_t n,
-                          ckpt_error *err);
-
-/* Hands t's elements in row-major order to fn, as dtype `to` (t->dtype: the exact bytes; a
- * float dtype: converted as ckpt_convert does, with torch's NaN choice for t's layout), in
- * pieces of at most a few MB: straight from the mapped file when t is contiguous and not
- * converted, else through a buffer of about 1 MB. fn returns CKPT_OK or an error that stops
- * the stream and is returned. A tensor with no elements makes no call. */
-typedef int (*ckpt_chunk_fn)(void *ud, const void *data, size_t n, ckpt_error *err);
-CKPT_API int ckpt_tensor_stream(const ckpt_tensor *t, ckpt_dtype to, ckpt_chunk_fn fn, void *ud,
-                                ckpt_error *err);
 
 #ifdef __cplusplus
 }

@@ -175,7 +175,7 @@ int ckpt__arena_error(const ckpt__arena *ar, ckpt_error *err)
     char lim[32];
     if (ar->over_limit)
         return CKPT_FAIL(err, CKPT_ELIMIT,
-                         "parsed data exceeds the limit of %s (raise it with --max-alloc)",
+                         "parsed data exceeds the limit of %s (raise ckpt_options.max_alloc)",
                          ckpt__size_str(lim, ar->limit));
     return CKPT_NOMEM(err);
 }

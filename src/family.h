@@ -64,11 +64,22 @@ struct ckpt__family {
     int64_t (*parameters)(const ckpt_arch *a, int64_t classes);
     /* the modules and entries of NAME(num_classes=classes), root's children first */
     void (*layout)(const ckpt_arch *a, int64_t classes, ckpt__layout *b);
-    /* the inference network (net.h) without weights; NULL: check-only family */
+    /* the inference network (net.h) without weights; NULL: check-only family. Set it with
+     * CKPT__NET(fn) and put fn inside #ifndef CKPT_READER_ONLY (see below). */
     int (*net)(const ckpt_arch *a, int64_t classes, struct ckpt__net **out, ckpt_error *err);
     const ckpt__naming *namings;  /* other names for the same tensors; may be NULL */
     size_t n_namings;
 };
+
+/* libckpt-reader is built without the inference code (net.c and its libraries): there
+ * CKPT_READER_ONLY is defined, a family's network builder is left out and its table says
+ * check-only. The family files with a builder are compiled once for each library
+ * (CKPT_FAMILY_NET_SOURCES in CMakeLists.txt). */
+#ifdef CKPT_READER_ONLY
+#define CKPT__NET(fn) NULL
+#else
+#define CKPT__NET(fn) fn
+#endif
 
 /* The families, in the order ckpt_arch_at lists their architectures. */
 #define CKPT__FAMILIES(X) \

@@ -371,7 +371,7 @@ static int open_zip(ckpt_file *f, ckpt_error *err)
     if (pe->method != 0 && pe->usize > f->opt.max_alloc) {
         char have[32], lim[32];
         return CKPT_FAIL(err, CKPT_ELIMIT, "zip: '%s' inflates to %s, more than the limit of %s "
-                         "(raise it with --max-alloc)", pe->name, ckpt__size_str(have, pe->usize),
+                         "(raise ckpt_options.max_alloc)", pe->name, ckpt__size_str(have, pe->usize),
                          ckpt__size_str(lim, f->opt.max_alloc));
     }
     if ((rc = ckpt__zip_read(f->map, f->size, pe, &f->alloc, f->opt.max_inflate, &data,

@@ -163,24 +163,31 @@ static void place(ckpt__hslot *slots, size_t mask, uint32_t hash, uint32_t item)
     slots[j].item = item;
 }
 
+/* Moves the items to a new table of ncap slots (a power of two). The old table stays in the
+ * arena until it is freed. */
+static int resize(ckpt__arena *ar, ckpt__hindex *ix, size_t ncap)
+{
+    size_t cap = ix->slots ? ix->mask + 1 : 0;
+    if (ncap > HINDEX_MAX_SLOTS)
+        return -1;
+    ckpt__hslot *t = ckpt__arena_alloc(ar, ncap * sizeof *t); /* zeroed: all empty */
+    if (!t)
+        return -1;
+    for (size_t k = 0; k < cap; k++)
+        if (ix->slots[k].item)
+            place(t, ncap - 1, ix->slots[k].hash, ix->slots[k].item);
+    ix->slots = t;
+    ix->mask = ncap - 1;
+    return 0;
+}
+
 int ckpt__hindex_add(ckpt__arena *ar, ckpt__hindex *ix, uint64_t h, size_t item)
 {
     if (item >= UINT32_MAX)
         return -1;
     size_t cap = ix->slots ? ix->mask + 1 : 0;
-    if ((ix->len + 1) * 2 > cap) {
-        size_t ncap = cap ? cap * 2 : HINDEX_MIN_SLOTS;
-        if (ncap > HINDEX_MAX_SLOTS)
-            return -1;
-        ckpt__hslot *t = ckpt__arena_alloc(ar, ncap * sizeof *t); /* zeroed: all empty */
-        if (!t)
-            return -1;
-        for (size_t k = 0; k < cap; k++)
-            if (ix->slots[k].item)
-                place(t, ncap - 1, ix->slots[k].hash, ix->slots[k].item);
-        ix->slots = t;
-        ix->mask = ncap - 1;
-    }
+    if ((ix->len + 1) * 2 > cap && resize(ar, ix, cap ? cap * 2 : HINDEX_MIN_SLOTS) != 0)
+        return -1;
     place(ix->slots, ix->mask, (uint32_t)h, (uint32_t)item + 1);
     ix->len++;
     return 0;
@@ -194,13 +201,5 @@ int ckpt__hindex_reserve(ckpt__arena *ar, ckpt__hindex *ix, size_t n)
     while (ncap < n * 2)
         if ((ncap *= 2) > HINDEX_MAX_SLOTS)
             return -1;
-    ckpt__hslot *t = ckpt__arena_alloc(ar, ncap * sizeof *t);
-    if (!t)
-        return -1;
-    for (size_t k = 0; k < cap; k++)
-        if (ix->slots[k].item)
-            place(t, ncap - 1, ix->slots[k].hash, ix->slots[k].item);
-    ix->slots = t;
-    ix->mask = ncap - 1;
-    return 0;
+    return resize(ar, ix, ncap);
 }

@@ -347,9 +347,27 @@ int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err);
 /* Add a new storage to f's list and key index (the key must not be present yet). */
 int ckpt__storage_register(ckpt_file *f, ckpt_storage *s, ckpt_error *err);
 
+/* The safe output file the writers use: bytes go to a temporary file beside path; commit
+ * flushes, fsyncs and renames it (refusing, without opt->force, a path that appeared
+ * meanwhile), abort removes it. Only opt->force, inputs and progress are used here. */
+typedef struct ckpt__write_file ckpt__write_file;
+
+/* On success *out belongs to the caller until ckpt__write_commit or ckpt__write_abort. */
+int ckpt__write_open(const char *path, const ckpt_write_options *opt,
+                      ckpt__write_file **out, ckpt_error *err);
+/* The final size, when known: reserves the space at once (a full disk fails here, before any
+ * data is written) and is the total passed to the progress callback. */
+int ckpt__write_expect(ckpt__write_file *w, uint64_t total, ckpt_error *err);
+int ckpt__write_bytes(ckpt__write_file *w, const void *data, size_t n, ckpt_error *err);
+uint64_t ckpt__write_offset(const ckpt__write_file *w); /* bytes written so far */
+const char *ckpt__write_temp_path(const ckpt__write_file *w);
+/* Frees w whatever the outcome; on failure the temporary file is removed. */
+int ckpt__write_commit(ckpt__write_file *w, ckpt_error *err);
+void ckpt__write_abort(ckpt__write_file *w); /* NULL is a no-op */
+
 /* The writers' last step (write.c): check that exactly the planned `total` bytes were written,
  * then commit (fsync, rename), or abort. *w is consumed either way and set to NULL. */
-int ckpt__write_finish(ckpt_write_file **w, uint64_t total, ckpt_error *err);
+int ckpt__write_finish(ckpt__write_file **w, uint64_t total, ckpt_error *err);
 
 /* Hints about the mapped file's pages in [p, p+n) (no-ops for bytes outside the mapping, such
  * as an inflated entry): prefault maps them in one call before a bulk copy (a fault inside

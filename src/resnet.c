@@ -167,6 +167,7 @@ static void resnet_layout(const ckpt_arch *a, int64_t num_classes, ckpt__layout 
 }
 
 /* ---- the network ------------------------------------------------------------------------- */
+#ifndef CKPT_READER_ONLY
 
 /* The skeleton of the network: every conv's geometry, its name and its BatchNorm's, no
  * weights yet. */
@@ -235,6 +236,7 @@ static int resnet_net(const ckpt_arch *a, int64_t classes, ckpt__net **out, ckpt
     *out = n;
     return CKPT_OK;
 }
+#endif /* CKPT_READER_ONLY */
 
 /* ---- other names for the same tensors (docs/ARCHITECTURES-DEV.md) ------------------------ */
 
@@ -424,7 +426,7 @@ const ckpt__family ckpt__family_resnet = {
     .features = resnet_features,
     .parameters = resnet_parameters,
     .layout = resnet_layout,
-    .net = resnet_net,
+    .net = CKPT__NET(resnet_net),
     .namings = resnet_namings,
     .n_namings = sizeof resnet_namings / sizeof resnet_namings[0],
 };

@@ -124,7 +124,7 @@ int ckpt__safetensors_open(ckpt_file *f, ckpt_error *err)
     if (n > f->opt.max_alloc / CKPT_ST_HEADER_COST) {
         char have[32], lim[32];
         return CKPT_FAIL(err, CKPT_ELIMIT, "safetensors: the header is %s; parsing it may take "
-                         "%llu times that, more than the limit of %s (raise it with --max-alloc)",
+                         "%llu times that, more than the limit of %s (raise ckpt_options.max_alloc)",
                          ckpt__size_str(have, n), (unsigned long long)CKPT_ST_HEADER_COST,
                          ckpt__size_str(lim, f->opt.max_alloc));
     }

@@ -132,31 +132,35 @@ void ckpt__sb_add(ckpt__strbuf *b, const char *s)
     ckpt__sb_addn(b, s, strlen(s));
 }
 
-void ckpt__sb_printf(ckpt__strbuf *b, const char *fmt, ...)
+void ckpt__sb_vprintf(ckpt__strbuf *b, const char *fmt, va_list ap)
 {
     char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
+    va_list again;
+    va_copy(again, ap);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
     if (n < 0) {
         b->failed = true;
-        return;
-    }
-    if ((size_t)n < sizeof tmp) {
+    } else if ((size_t)n < sizeof tmp) {
         ckpt__sb_addn(b, tmp, (size_t)n);
-        return;
+    } else {
+        char *big = malloc((size_t)n + 1);
+        if (big) {
+            vsnprintf(big, (size_t)n + 1, fmt, again);
+            ckpt__sb_addn(b, big, (size_t)n);
+            free(big);
+        } else {
+            b->failed = true;
+        }
     }
-    char *big = malloc((size_t)n + 1);
-    if (!big) {
-        b->failed = true;
-        return;
-    }
+    va_end(again);
+}
+
+void ckpt__sb_printf(ckpt__strbuf *b, const char *fmt, ...)
+{
+    va_list ap;
     va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    ckpt__sb_vprintf(b, fmt, ap);
     va_end(ap);
-    ckpt__sb_addn(b, big, (size_t)n);
-    free(big);
 }
 
 /* The string in ar (NULL on failure); frees the heap copy. */
@@ -172,10 +176,9 @@ char *ckpt__sb_finish(ckpt__strbuf *b, ckpt__arena *ar)
 /* torch.Size([30, 2048]) */
 void ckpt__sb_shape(ckpt__strbuf *b, int ndim, const int64_t *shape)
 {
-    ckpt__sb_add(b, "torch.Size([");
-    for (int i = 0; i < ndim; i++)
-        ckpt__sb_printf(b, i ? ", %lld" : "%lld", (long long)shape[i]);
-    ckpt__sb_add(b, "])");
+    ckpt__sb_add(b, "torch.Size(");
+    ckpt__sb_dims(b, ndim, shape);
+    ckpt__sb_add(b, ")");
 }
 
 /* [30, 2048] */

@@ -43,6 +43,8 @@ void ckpt__sb_addn(ckpt__strbuf *b, const void *s, size_t n);
 void ckpt__sb_free(ckpt__strbuf *b);
 void ckpt__sb_add(ckpt__strbuf *b, const char *s);
 void ckpt__sb_printf(ckpt__strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ckpt__sb_vprintf(ckpt__strbuf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 char *ckpt__sb_finish(ckpt__strbuf *b, ckpt__arena *ar);
 void ckpt__sb_shape(ckpt__strbuf *b, int ndim, const int64_t *shape);
 void ckpt__sb_dims(ckpt__strbuf *b, int ndim, const int64_t *shape);

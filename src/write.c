@@ -30,7 +30,7 @@
 #define WRITE_TMP_TRIES 100             /* names tried for the temporary file */
 #define WRITE_TMP_STEM_MAX 200          /* bytes of the output's name kept in the temporary's */
 
-struct ckpt_write_file {
+struct ckpt__write_file {
     int fd;
     char *path;     /* final */
     char *tmp;
@@ -130,7 +130,7 @@ static int sys_error(ckpt_error *err, int e, const char *what)
     return CKPT_FAIL(err, CKPT_EIO, "%s: %s", what, msg);
 }
 
-static bool is_input(const ckpt_write_file *w, const struct stat *st)
+static bool is_input(const ckpt__write_file *w, const struct stat *st)
 {
     for (size_t i = 0; i < w->n_inputs; i++)
         if (w->in_dev[i] == st->st_dev && w->in_ino[i] == st->st_ino)
@@ -142,7 +142,7 @@ static bool is_input(const ckpt_write_file *w, const struct stat *st)
  * that force may replace. A device, FIFO or socket is never replaced, force or not: renaming
  * a file over /dev/null would break the system, and the user meant to write to it, which an
  * atomic writer cannot do. */
-static int check_target(const ckpt_write_file *w, bool force, ckpt_error *err)
+static int check_target(const ckpt__write_file *w, bool force, ckpt_error *err)
 {
     struct stat st, lst;
     if (stat(w->path, &st) != 0) {
@@ -177,13 +177,13 @@ static uint64_t seed_mix(uint64_t x)
     return x ^ (x >> 33);
 }
 
-int ckpt_write_open(const char *path, const ckpt_write_options *opt, ckpt_write_file **out,
-                    ckpt_error *err)
+int ckpt__write_open(const char *path, const ckpt_write_options *opt, ckpt__write_file **out,
+                     ckpt_error *err)
 {
     *out = NULL;
     if (!path || !*path)
         return CKPT_FAIL(err, CKPT_EINVAL, "no output path");
-    ckpt_write_file *w = calloc(1, sizeof *w);
+    ckpt__write_file *w = calloc(1, sizeof *w);
     if (!w)
         return CKPT_NOMEM(err);
     w->fd = -1;
@@ -248,11 +248,11 @@ int ckpt_write_open(const char *path, const ckpt_write_options *opt, ckpt_write_
     *out = w;
     return CKPT_OK;
 fail:
-    ckpt_write_abort(w);
+    ckpt__write_abort(w);
     return rc;
 }
 
-static int write_all(ckpt_write_file *w, const uint8_t *p, size_t n, ckpt_error *err)
+static int write_all(ckpt__write_file *w, const uint8_t *p, size_t n, ckpt_error *err)
 {
     while (n) {
         ssize_t k = write(w->fd, p, n);
@@ -267,7 +267,7 @@ static int write_all(ckpt_write_file *w, const uint8_t *p, size_t n, ckpt_error 
     return CKPT_OK;
 }
 
-static int flush_buf(ckpt_write_file *w, ckpt_error *err)
+static int flush_buf(ckpt__write_file *w, ckpt_error *err)
 {
     int rc = CKPT_OK;
     if (w->used)
@@ -288,7 +288,7 @@ static bool no_room(int e)
 }
 #endif
 
-int ckpt_write_expect(ckpt_write_file *w, uint64_t total, ckpt_error *err)
+int ckpt__write_expect(ckpt__write_file *w, uint64_t total, ckpt_error *err)
 {
     w->expect = total;
 #ifdef __linux__
@@ -306,7 +306,7 @@ int ckpt_write_expect(ckpt_write_file *w, uint64_t total, ckpt_error *err)
     return CKPT_OK;
 }
 
-int ckpt_write_bytes(ckpt_write_file *w, const void *data, size_t n, ckpt_error *err)
+int ckpt__write_bytes(ckpt__write_file *w, const void *data, size_t n, ckpt_error *err)
 {
     int rc;
     if (n >= WRITE_BUF_BYTES / 2) {
@@ -335,18 +335,18 @@ int ckpt_write_bytes(ckpt_write_file *w, const void *data, size_t n, ckpt_error 
     return CKPT_OK;
 }
 
-uint64_t ckpt_write_offset(const ckpt_write_file *w)
+uint64_t ckpt__write_offset(const ckpt__write_file *w)
 {
     return w->pos;
 }
 
-const char *ckpt_write_temp_path(const ckpt_write_file *w)
+const char *ckpt__write_temp_path(const ckpt__write_file *w)
 {
     return w->tmp;
 }
 
 /* Rename tmp to path, refusing an existing path unless force. */
-static int place(ckpt_write_file *w, ckpt_error *err)
+static int place(ckpt__write_file *w, ckpt_error *err)
 {
     if (w->force) {
         if (rename(w->tmp, w->path) != 0)
@@ -377,7 +377,7 @@ static int place(ckpt_write_file *w, ckpt_error *err)
     return CKPT_OK;
 }
 
-int ckpt_write_commit(ckpt_write_file *w, ckpt_error *err)
+int ckpt__write_commit(ckpt__write_file *w, ckpt_error *err)
 {
     int rc = flush_buf(w, err);
     if (!rc && w->reserved && w->expect != w->pos && ftruncate(w->fd, (off_t)w->pos) != 0)
@@ -397,7 +397,7 @@ int ckpt_write_commit(ckpt_write_file *w, ckpt_error *err)
     if (!rc)
         rc = place(w, err);
     if (rc) {
-        ckpt_write_abort(w);
+        ckpt__write_abort(w);
         return rc;
     }
     /* the rename is durable once the folder is: best effort, some file systems refuse */
@@ -408,11 +408,11 @@ int ckpt_write_commit(ckpt_write_file *w, ckpt_error *err)
     }
     free(w->tmp);
     w->tmp = NULL;
-    ckpt_write_abort(w);
+    ckpt__write_abort(w);
     return CKPT_OK;
 }
 
-void ckpt_write_abort(ckpt_write_file *w)
+void ckpt__write_abort(ckpt__write_file *w)
 {
     if (!w)
         return;
@@ -427,15 +427,15 @@ void ckpt_write_abort(ckpt_write_file *w)
     free(w);
 }
 
-int ckpt__write_finish(ckpt_write_file **w, uint64_t total, ckpt_error *err)
+int ckpt__write_finish(ckpt__write_file **w, uint64_t total, ckpt_error *err)
 {
-    ckpt_write_file *f = *w;
+    ckpt__write_file *f = *w;
     *w = NULL;
-    if (ckpt_write_offset(f) != total) {
+    if (ckpt__write_offset(f) != total) {
         int rc = CKPT_FAIL(err, CKPT_EIO, "internal error: wrote %llu bytes, planned %llu",
-                           (unsigned long long)ckpt_write_offset(f), (unsigned long long)total);
-        ckpt_write_abort(f);
+                           (unsigned long long)ckpt__write_offset(f), (unsigned long long)total);
+        ckpt__write_abort(f);
         return rc;
     }
-    return ckpt_write_commit(f, err);
+    return ckpt__write_commit(f, err);
 }

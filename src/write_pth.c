@@ -368,7 +368,7 @@ static uint32_t crc_update(uint32_t crc, const uint8_t *p, size_t n)
 }
 
 typedef struct sink {
-    ckpt_write_file *w;
+    ckpt__write_file *w;
     uint32_t crc;
 } sink;
 
@@ -376,10 +376,10 @@ static int sink_chunk(void *ud, const void *data, size_t n, ckpt_error *err)
 {
     sink *s = ud;
     s->crc = crc_update(s->crc, data, n);
-    return ckpt_write_bytes(s->w, data, n, err);
+    return ckpt__write_bytes(s->w, data, n, err);
 }
 
-static int write_local(ckpt_write_file *w, record *r, ckpt_error *err)
+static int write_local(ckpt__write_file *w, record *r, ckpt_error *err)
 {
     uint8_t h[PTH_LOCAL_HEADER + 4 + 24 + 4];
     size_t nlen = strlen(r->name);
@@ -389,9 +389,9 @@ static int write_local(ckpt_write_file *w, record *r, ckpt_error *err)
     memset(h + 8, 0, 18); /* method, time, date, crc, sizes */
     le16(h + 26, nlen);
     le16(h + 28, r->extra);
-    int rc = ckpt_write_bytes(w, h, PTH_LOCAL_HEADER, err);
+    int rc = ckpt__write_bytes(w, h, PTH_LOCAL_HEADER, err);
     if (!rc)
-        rc = ckpt_write_bytes(w, r->name, nlen, err);
+        rc = ckpt__write_bytes(w, r->name, nlen, err);
     size_t x = 0;
     if (r->z64) {
         le16(h, 0x0001);
@@ -412,25 +412,25 @@ static int write_local(ckpt_write_file *w, record *r, ckpt_error *err)
     le16(h + x + 2, pad);
     x += 4;
     if (!rc)
-        rc = ckpt_write_bytes(w, h, x, err);
+        rc = ckpt__write_bytes(w, h, x, err);
     static const uint8_t zs[PTH_ALIGN] = {
         'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z',
         'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z',
         'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z',
         'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z', 'Z'};
     if (!rc && pad)
-        rc = ckpt_write_bytes(w, zs, pad, err);
+        rc = ckpt__write_bytes(w, zs, pad, err);
     return rc;
 }
 
-static int write_record(ckpt_write_file *w, record *r, ckpt_error *err)
+static int write_record(ckpt__write_file *w, record *r, ckpt_error *err)
 {
     int rc = write_local(w, r, err);
     if (rc)
         return rc;
-    if (ckpt_write_offset(w) != r->data)
+    if (ckpt__write_offset(w) != r->data)
         return CKPT_FAIL(err, CKPT_EIO, "internal error: record '%s' at %llu, planned %llu",
-                         r->name, (unsigned long long)ckpt_write_offset(w),
+                         r->name, (unsigned long long)ckpt__write_offset(w),
                          (unsigned long long)r->data);
     sink s = {w, 0};
     if (r->bytes)
@@ -448,11 +448,11 @@ static int write_record(ckpt_write_file *w, record *r, ckpt_error *err)
     if (r->z64) {
         le64(d + 8, r->size);
         le64(d + 16, r->size);
-        return ckpt_write_bytes(w, d, 24, err);
+        return ckpt__write_bytes(w, d, 24, err);
     }
     le32(d + 8, r->size);
     le32(d + 12, r->size);
-    return ckpt_write_bytes(w, d, 16, err);
+    return ckpt__write_bytes(w, d, 16, err);
 }
 
 static size_t central_extra(const record *r)
@@ -460,7 +460,7 @@ static size_t central_extra(const record *r)
     return r->big_size || r->big_offset ? 4u + 16u * r->big_size + 8u * r->big_offset : 0;
 }
 
-static int write_central(ckpt_write_file *w, const record *r, ckpt_error *err)
+static int write_central(ckpt__write_file *w, const record *r, ckpt_error *err)
 {
     uint8_t h[PTH_CENTRAL_HEADER];
     size_t nlen = strlen(r->name), cx = central_extra(r);
@@ -477,9 +477,9 @@ static int write_central(ckpt_write_file *w, const record *r, ckpt_error *err)
     le16(h + 30, cx);
     memset(h + 32, 0, 10); /* comment, disk, attributes */
     le32(h + 42, r->big_offset ? 0xFFFFFFFF : r->header);
-    int rc = ckpt_write_bytes(w, h, sizeof h, err);
+    int rc = ckpt__write_bytes(w, h, sizeof h, err);
     if (!rc)
-        rc = ckpt_write_bytes(w, r->name, nlen, err);
+        rc = ckpt__write_bytes(w, r->name, nlen, err);
     if (!rc && cx) {
         uint8_t x[28];
         size_t k = 4;
@@ -494,12 +494,12 @@ static int write_central(ckpt_write_file *w, const record *r, ckpt_error *err)
             le64(x + k, r->header);
             k += 8;
         }
-        rc = ckpt_write_bytes(w, x, k, err);
+        rc = ckpt__write_bytes(w, x, k, err);
     }
     return rc;
 }
 
-static int write_end(ckpt_write_file *w, uint64_t n, uint64_t cd_off, uint64_t cd_size,
+static int write_end(ckpt__write_file *w, uint64_t n, uint64_t cd_off, uint64_t cd_size,
                      uint64_t z64_from, ckpt_error *err)
 {
     uint8_t e[PTH_Z64_END + PTH_Z64_LOCATOR + PTH_END];
@@ -529,7 +529,7 @@ static int write_end(ckpt_write_file *w, uint64_t n, uint64_t cd_off, uint64_t c
     le32(p + 12, cd_size >= z64_from ? 0xFFFFFFFF : cd_size);
     le32(p + 16, cd_off >= z64_from ? 0xFFFFFFFF : cd_off);
     le16(p + 20, 0);
-    return ckpt_write_bytes(w, e, sizeof e, err);
+    return ckpt__write_bytes(w, e, sizeof e, err);
 }
 
 /* ---- planning ---------------------------------------------------------------------------- */
@@ -632,7 +632,7 @@ int ckpt_write_pth(const char *path, const struct ckpt_sd *sd, const ckpt_write_
     ckpt_write_report *rep = calloc(1, sizeof *rep);
     pk p = {0};
     size_t n_recs = 0;
-    ckpt_write_file *w = NULL;
+    ckpt__write_file *w = NULL;
     if (!pl || !owner || !storage_of || !recs || !rep) {
         rc = CKPT_NOMEM(err);
         goto out;
@@ -719,9 +719,9 @@ int ckpt_write_pth(const char *path, const struct ckpt_sd *sd, const ckpt_write_
     uint64_t cd_off = cursor;
     uint64_t total = cd_off + cd_size + PTH_Z64_END + PTH_Z64_LOCATOR + PTH_END;
 
-    if ((rc = ckpt_write_open(path, opt, &w, err)))
+    if ((rc = ckpt__write_open(path, opt, &w, err)))
         goto out;
-    if ((rc = ckpt_write_expect(w, total, err)))
+    if ((rc = ckpt__write_expect(w, total, err)))
         goto out;
     for (size_t i = 0; i < n_recs && !rc; i++)
         rc = write_record(w, &recs[i], err);
@@ -741,7 +741,7 @@ int ckpt_write_pth(const char *path, const struct ckpt_sd *sd, const ckpt_write_
         rep = NULL;
     }
 out:
-    ckpt_write_abort(w);
+    ckpt__write_abort(w);
     for (size_t i = 0; i < n_recs; i++)
         free(recs[i].name);
     free(recs);

@@ -124,7 +124,7 @@ static int find_shared(st_item *items, size_t n, ckpt_write_report *rep, ckpt_er
 
 static int sink_chunk(void *ud, const void *data, size_t n, ckpt_error *err)
 {
-    return ckpt_write_bytes(ud, data, n, err);
+    return ckpt__write_bytes(ud, data, n, err);
 }
 
 /* The header text, padded; *out is malloc'ed. */
@@ -225,7 +225,7 @@ int ckpt_write_safetensors(const char *path, const struct ckpt_sd *sd,
     ckpt_write_report *rep = calloc(1, sizeof *rep);
     char *header = NULL;
     size_t hlen = 0;
-    ckpt_write_file *w = NULL;
+    ckpt__write_file *w = NULL;
     int rc = CKPT_OK;
     if (!items || !order || !rep) {
         rc = CKPT_NOMEM(err);
@@ -266,12 +266,13 @@ int ckpt_write_safetensors(const char *path, const struct ckpt_sd *sd,
         goto out;
 
     uint64_t total = 8 + hlen + rep->data_bytes;
-    if ((rc = ckpt_write_open(path, opt, &w, err)) || (rc = ckpt_write_expect(w, total, err)))
+    if ((rc = ckpt__write_open(path, opt, &w, err)) || (rc = ckpt__write_expect(w, total, err)))
         goto out;
     uint8_t lenbuf[8];
     for (int i = 0; i < 8; i++)
         lenbuf[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-    if ((rc = ckpt_write_bytes(w, lenbuf, 8, err)) || (rc = ckpt_write_bytes(w, header, hlen, err)))
+    if ((rc = ckpt__write_bytes(w, lenbuf, 8, err)) ||
+        (rc = ckpt__write_bytes(w, header, hlen, err)))
         goto out;
     for (size_t i = 0; i < n && !rc; i++)
         rc = ckpt_tensor_stream(order[i]->t, order[i]->out, sink_chunk, w, err);
@@ -287,7 +288,7 @@ int ckpt_write_safetensors(const char *path, const struct ckpt_sd *sd,
         rep = NULL;
     }
 out:
-    ckpt_write_abort(w);
+    ckpt__write_abort(w);
     free(header);
     free(order);
     free(items);

@@ -606,7 +606,7 @@ int ckpt__zip_read(const uint8_t *map, uint64_t size, const ckpt__zip_entry *e,
     char lim[32], want[32];
     if (e->usize > max_inflate || e->usize > SIZE_MAX)
         return CKPT_FAIL(err, CKPT_ELIMIT, "zip: entry '%s' inflates to %s, more than the "
-                         "limit of %s (raise it with --max-inflate)", show(&sn, e->name),
+                         "limit of %s (raise ckpt_options.max_inflate)", show(&sn, e->name),
                          ckpt__size_str(want, e->usize), ckpt__size_str(lim, max_inflate));
     uint8_t *buf = NULL;
     if (e->usize && !(buf = ckpt__malloc(a, (size_t)e->usize)))

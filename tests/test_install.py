@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""`cmake --install` gives a usable library: a program finds it through pkg-config and through
-find_package(ckpt), links, and reads a torch file (tests/data/vectors/two.pt, whose 2 tensors torch
-reads). The install goes to a temporary prefix; the build tree is CKPT_BIN's folder."""
+"""`cmake --install` gives usable libraries: a program finds libckpt (pkg-config ckpt,
+find_package's ckpt::ckpt) and libckpt-reader (pkg-config ckpt-reader, ckpt::reader), links, and
+reads a torch file (tests/data/vectors/two.pt, whose 2 tensors torch reads). It also prints whether
+resnet18 can be run: yes with libckpt, no with the reader, which has no inference. The install goes
+to a temporary prefix; the build tree is CKPT_BIN's folder."""
 import os
 import shutil
 import subprocess
@@ -22,7 +24,8 @@ int main(int argc, char **argv)
     ckpt_error err;
     if (argc < 2 || ckpt_open(argv[1], NULL, &f, &err) != CKPT_OK)
         return 1;
-    printf("%s %zu\n", ckpt_format_name(ckpt_file_format(f)), ckpt_value_len(ckpt_root(f)));
+    printf("%s %zu %d\n", ckpt_format_name(ckpt_file_format(f)), ckpt_value_len(ckpt_root(f)),
+           ckpt_arch_runnable(ckpt_arch_by_name("resnet18")));
     ckpt_close(f);
     return 0;
 }
@@ -33,7 +36,12 @@ project(consumer C)
 find_package(ckpt REQUIRED)
 add_executable(consumer main.c)
 target_link_libraries(consumer PRIVATE ckpt::ckpt)
+add_executable(reader main.c)
+target_link_libraries(reader PRIVATE ckpt::reader)
 """
+
+# what the program prints with each library
+EXPECTED = {"ckpt": "zip 2 1", "ckpt-reader": "zip 2 0"}
 
 
 def sanitizer_flags(build):
@@ -63,23 +71,28 @@ class Install(unittest.TestCase):
             env = dict(os.environ, LD_LIBRARY_PATH=":".join(libdirs),
                        PKG_CONFIG_PATH=":".join(os.path.join(x, "pkgconfig") for x in libdirs))
             # pkg-config
-            flags = subprocess.run(["pkg-config", "--cflags", "--libs", "ckpt"], env=env,
-                                   check=True, capture_output=True, text=True).stdout.split()
-            exe = os.path.join(d, "pc")
             san = sanitizer_flags(build)
-            subprocess.run(["cc"] + san + [os.path.join(src, "main.c"), "-o", exe] + flags,
-                           check=True)
-            out = subprocess.run([exe, two], env=env, check=True, capture_output=True, text=True)
-            self.assertEqual(out.stdout.strip(), "zip 2")
+            for pc, expected in EXPECTED.items():
+                flags = subprocess.run(["pkg-config", "--cflags", "--libs", pc], env=env,
+                                       check=True, capture_output=True, text=True).stdout.split()
+                self.assertIn("-l" + pc, flags)
+                exe = os.path.join(d, "pc-" + pc)
+                subprocess.run(["cc"] + san + [os.path.join(src, "main.c"), "-o", exe] + flags,
+                               check=True)
+                out = subprocess.run([exe, two], env=env, check=True, capture_output=True,
+                                     text=True)
+                self.assertEqual(out.stdout.strip(), expected, pc)
             # find_package(ckpt)
             b = os.path.join(d, "b")
             subprocess.run(["cmake", "-S", src, "-B", b, "-DCMAKE_PREFIX_PATH=" + prefix,
                             "-DCMAKE_C_FLAGS=" + " ".join(san)],
                            check=True, stdout=subprocess.DEVNULL)
             subprocess.run(["cmake", "--build", b], check=True, stdout=subprocess.DEVNULL)
-            out = subprocess.run([os.path.join(b, "consumer"), two], env=env, check=True,
-                                 capture_output=True, text=True)
-            self.assertEqual(out.stdout.strip(), "zip 2")
+            for exe, expected in (("consumer", EXPECTED["ckpt"]),
+                                  ("reader", EXPECTED["ckpt-reader"])):
+                out = subprocess.run([os.path.join(b, exe), two], env=env, check=True,
+                                     capture_output=True, text=True)
+                self.assertEqual(out.stdout.strip(), expected, exe)
             self.assertTrue(os.path.exists(os.path.join(prefix, "bin", "ckpt")))
 
 

@@ -629,15 +629,15 @@ static void test_safe_file(void)
     CHECK(ckpt_write_pth(tmp_path("nope/x.pt"), &sd, NULL, NULL, &err) == CKPT_EIO);
 
     /* the temporary file is in the output's folder and named after it */
-    ckpt_write_file *wf = NULL;
-    CHECK_OK(ckpt_write_open(tmp_path("t.bin"), NULL, &wf, &err), err);
+    ckpt__write_file *wf = NULL;
+    CHECK_OK(ckpt__write_open(tmp_path("t.bin"), NULL, &wf, &err), err);
     if (wf) {
-        const char *tp = ckpt_write_temp_path(wf);
+        const char *tp = ckpt__write_temp_path(wf);
         CHECK(strstr(tp, "/.t.bin.ckpt-tmp-") != NULL && access(tp, F_OK) == 0);
         char keep[300];
         snprintf(keep, sizeof keep, "%s", tp);
-        CHECK_OK(ckpt_write_bytes(wf, "abc", 3, &err), err);
-        ckpt_write_abort(wf);
+        CHECK_OK(ckpt__write_bytes(wf, "abc", 3, &err), err);
+        ckpt__write_abort(wf);
         CHECK(access(keep, F_OK) != 0 && access(tmp_path("t.bin"), F_OK) != 0);
     }
 
@@ -649,18 +649,18 @@ static void test_safe_file(void)
             signal(SIGXFSZ, SIG_IGN);
             struct rlimit rl = {100000, 100000};
             setrlimit(RLIMIT_FSIZE, &rl);
-            ckpt_write_file *x = NULL;
+            ckpt__write_file *x = NULL;
             ckpt_error e2 = {0};
-            if (ckpt_write_open(tmp_path("big.bin"), NULL, &x, &e2))
+            if (ckpt__write_open(tmp_path("big.bin"), NULL, &x, &e2))
                 _exit(3);
             static uint8_t chunk[1 << 16];
-            int rc = reserve ? ckpt_write_expect(x, 1u << 20, &e2) : CKPT_OK;
+            int rc = reserve ? ckpt__write_expect(x, 1u << 20, &e2) : CKPT_OK;
             for (int i = 0; i < 16 && !rc; i++)
-                rc = ckpt_write_bytes(x, chunk, sizeof chunk, &e2);
+                rc = ckpt__write_bytes(x, chunk, sizeof chunk, &e2);
             if (!rc)
-                rc = ckpt_write_commit(x, &e2);
+                rc = ckpt__write_commit(x, &e2);
             else
-                ckpt_write_abort(x);
+                ckpt__write_abort(x);
             _exit(rc == CKPT_EIO && strstr(e2.message, "too large") ? 0 : 4);
         }
         int st = 0;

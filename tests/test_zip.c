@@ -603,7 +603,7 @@ static void test_handmade_zip64(void)
     set64(x, es[0].csize * 1000); /* possible, but more than max_inflate */
     CHECK_OK(try_open(&t, &err), err);
     CHECK_EQ_INT(try_read(&t, 0, 16, &err), CKPT_ELIMIT);
-    check_msg(&err, "more than the limit of 16 bytes (raise it with --max-inflate)");
+    check_msg(&err, "more than the limit of 16 bytes (raise ckpt_options.max_inflate)");
     set64(x, 5000);
     /* A zip64 field too short for the three values it must hold. */
     set16(x - 2, 16);
