@@ -191,6 +191,32 @@ class Run(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertTrue(doc["repeat"]["bit_identical"])
 
+    def test_batched_path_bit_identical_at_every_position(self):
+        """--batch B runs groups of 8, 4, 2 and 1 images on batched oneDNN primitives: every
+        image of every batch size from 1 to 9 (each group size at each of its positions), on 1
+        and 2 threads, must have the bits it has alone on one thread."""
+        f = os.path.join(FIX, "r18-dp.pth")
+        x = self.x.numpy()
+        xs = np.concatenate([x, -x, x[::-1] * 0.5, x * 2.0, x[:, ::-1]])
+        self.assertGreaterEqual(len(xs), 9)
+        xs = np.ascontiguousarray(xs[:9], dtype=np.float32)
+        with tempfile.TemporaryDirectory() as d:
+            inp = os.path.join(d, "x.npy")
+            np.save(inp, xs)
+            rc, doc, err = run_json(f, "--input", inp, "--logits", "--batch", "1",
+                                    "--threads", "1")
+            self.assertEqual(rc, 0, err)
+            alone = [r["logits"] for r in doc["results"]]
+            for threads in ("1", "2"):
+                for b in range(1, 10):
+                    rc, doc, err = run_json(f, "--input", inp, "--logits", "--batch", str(b),
+                                            "--threads", threads)
+                    self.assertEqual(rc, 0, err)
+                    got = [r["logits"] for r in doc["results"]]
+                    for i in range(len(xs)):
+                        self.assertEqual(got[i], alone[i], "image %d, --batch %d, %s threads"
+                                         % (i, b, threads))
+
     def test_reference_backend_agrees(self):
         rc, doc, err = run_json(os.path.join(FIX, "r18-dp.pth"), self.paths[0], "--logits",
                                 "--backend", "ref")
