@@ -217,6 +217,27 @@ class Run(unittest.TestCase):
                         self.assertEqual(got[i], alone[i], "image %d, --batch %d, %s threads"
                                          % (i, b, threads))
 
+    def test_bf16_precision(self):
+        """--precision bf16: within 5e-2 of PyTorch's fp32 logits where the CPU has bf16 dot
+        products; refused (exit 2, saying why) where oneDNN is told it has none."""
+        f = os.path.join(FIX, "r18-dp.pth")
+        no_bf16 = dict(lib.RUN_ENV, DNNL_MAX_CPU_ISA="AVX512_CORE")
+        rc, out, err = lib.run_ckpt(["run", f, self.paths[0], "--precision", "bf16"],
+                                    env=no_bf16)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("bfloat16", err)
+        rc, out, err = lib.run_ckpt(["run", f, self.paths[0], "--precision", "fp16"])
+        self.assertEqual(rc, 2, err)
+        rc, doc, err = run_json(f, *self.paths, "--logits", "--precision", "bf16")
+        if rc == 2 and "bfloat16" in err:
+            self.skipTest("this CPU has no bf16 dot products")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(doc["model"]["precision"], "bf16")
+        for i, r in enumerate(doc["results"]):
+            ref = self.logits[i].double().numpy()
+            err_i = np.abs(np.array(r["logits"]) - ref).max() / max(1.0, np.abs(ref).max())
+            self.assertLessEqual(err_i, 5e-2, IMAGES[i])
+
     def test_reference_backend_agrees(self):
         rc, doc, err = run_json(os.path.join(FIX, "r18-dp.pth"), self.paths[0], "--logits",
                                 "--backend", "ref")
