@@ -456,7 +456,9 @@ typedef struct ckpt_model_profile {
     double load_ms;         /* all of ckpt_model_new */
     double read_fold_ms;    /* reading the weights (fn) and folding BatchNorm */
     double build_ms;        /* dnnl: creating the primitives for the prepared size */
-    double reorder_ms;      /* dnnl: wall time of the weight reorders (spread over threads) */
+    double reorder_ms;      /* dnnl: wall time of reading, folding and reordering the convs'
+                             * weights (reorders spread over the threads, overlapped with the
+                             * reading of the next group) */
     double winograd_cpu_ms; /* dnnl: of which Winograd weight transforms, summed over threads */
     double blocked_cpu_ms;  /* dnnl: and reorders into blocked layouts, summed over threads */
     double first_run_ms;    /* the first ckpt_model_run call (0 before it) */

@@ -113,7 +113,7 @@ typedef struct ckpt__dnnl_options {
 /* Where loading went (milliseconds); the model adds its own phases (net.c). */
 typedef struct ckpt__load_profile {
     double read_fold_ms;    /* reading the convs' weights and folding BatchNorm */
-    double reorder_ms;      /* wall time of the weight reorders, spread over the threads */
+    double reorder_ms;      /* wall time of read + fold + reorders, overlapped (load_weights) */
     double winograd_cpu_ms; /* of which Winograd transforms, summed over threads */
     double blocked_cpu_ms;  /* and reorders into blocked layouts, summed over threads */
     double build_ms;        /* planning: primitive descriptors and primitives */

@@ -43,6 +43,9 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define WINO_MAX_CHANNELS 128  /* CKPT__WINO_AUTO: layer1 and layer2 of the ResNets */
 #define DNNL_ALIGN 64
@@ -78,10 +81,12 @@ typedef struct plan {
     size_t n_steps, cap_steps;
     dnnl_memory_t *mems;   /* activation and scratchpad views, destroyed with the plan */
     size_t n_mems, cap_mems;
-    void *act[4];          /* activations */
+    void *act[4];          /* activations, then the scratchpad, in one region (big_alloc) */
     size_t act_bytes;
     void *scratch;
     size_t scratch_bytes;
+    void *region;
+    size_t region_mapped;
     float *out;            /* the last activation as NCHW, for the head */
     int64_t out_hw;
     dnnl_memory_t in_user; /* the caller's images, handle set per run */
@@ -377,9 +382,7 @@ static void plan_free(plan *pl)
     for (size_t i = 0; i < pl->n_mems; i++)
         dnnl_memory_destroy(pl->mems[i]);
     free(pl->mems);
-    for (int i = 0; i < 4; i++)
-        free(pl->act[i]);
-    free(pl->scratch);
+    big_free(pl->region, pl->region_mapped);
     free(pl->out);
     if (pl->in_user)
         dnnl_memory_destroy(pl->in_user);
@@ -739,11 +742,14 @@ static int prepare(ckpt__dnnl *d, int k, int64_t h, int64_t w, ckpt_error *err)
     planner p = {d, pl, NULL, 0, 0, false, err};
     int64_t mb = (int64_t)1 << k;
     int rc = plan_build(&p, mb, h, w);
-    for (int i = 0; i < 4 && rc == CKPT_OK; i++)
-        if (!(pl->act[i] = aligned_buf(pl->act_bytes)))
-            rc = CKPT_NOMEM(err);
-    if (rc == CKPT_OK && pl->scratch_bytes && !(pl->scratch = aligned_buf(pl->scratch_bytes)))
+    /* sizes come from oneDNN's descriptors of bounded images: no overflow */
+    size_t act = (pl->act_bytes + DNNL_ALIGN - 1) / DNNL_ALIGN * DNNL_ALIGN;
+    if (rc == CKPT_OK && !(pl->region = big_alloc(4 * act + pl->scratch_bytes, &pl->region_mapped)))
         rc = CKPT_NOMEM(err);
+    for (int i = 0; i < 4 && rc == CKPT_OK; i++)
+        pl->act[i] = (char *)pl->region + (size_t)i * act;
+    if (rc == CKPT_OK && pl->scratch_bytes)
+        pl->scratch = (char *)pl->region + 4 * act;
     for (size_t i = 0; i < p.n_binds && rc == CKPT_OK; i++) {
         int buf = p.binds[i].buf;
         void *h_ = buf < 4 ? pl->act[buf] : buf == BUF_SCRATCH ? pl->scratch : pl->out;
@@ -782,117 +788,178 @@ static int fill_one(ckpt__dnnl *d, dconv *dc, dnnl_stream_t strm, ckpt_error *er
     return rc;
 }
 
+static size_t plain_bytes(const ckpt__conv *c)
+{
+    size_t n = (size_t)c->oc * (size_t)(c->ic / c->groups) * (size_t)(c->k * c->k) * sizeof(float);
+    return (n + DNNL_ALIGN - 1) / DNNL_ALIGN * DNNL_ALIGN;
+}
+
+typedef struct loading {
+    ckpt__dnnl *d;
+    size_t *order;         /* pending convs in execution order */
+    size_t *group_start;   /* group g is order[group_start[g] .. group_start[g + 1]) */
+    size_t n_groups;
+    float *buf[2];         /* group g's plain weights go to buf[g % 2] */
+    int *status;           /* per entry of order: its reorder's status */
+    ckpt_error *errs;      /* and error */
+} loading;
+
+/* Read and fold group g's plain weights (on the calling thread: weight_fn is called from one
+ * thread, in order, as ckpt_model_new promises). Winograd-eligible convs keep their plain
+ * weights in their own buffer; the others share buf[g % 2]. */
+static int load_group(loading *ld, size_t g, ckpt_error *err)
+{
+    ckpt__dnnl *d = ld->d;
+    size_t used = 0;
+    for (size_t k = ld->group_start[g]; k < ld->group_start[g + 1]; k++) {
+        dconv *dc = &d->convs[ld->order[k]];
+        float *dst = NULL;
+        if (!dc->wino_ok) {
+            dst = (float *)((char *)ld->buf[g % 2] + used);
+            used += plain_bytes(dc->c);
+        }
+        int rc = d->load(d->load_ud, dc->c, dst, err);
+        dnnl_status_t s = rc ? dnnl_success : dnnl_memory_set_data_handle(dc->bmem, dc->c->b);
+        if (s != dnnl_success)
+            rc = dnnl_fail(err, s, "wrapping a bias", dc->c->name);
+        if (rc)
+            return rc;
+    }
+    return CKPT_OK;
+}
+
+/* Reorder entry k of ld->order on this thread, with its own stream. */
+static void reorder_entry(loading *ld, size_t k, double *cpu_wino, double *cpu_blocked)
+{
+    ckpt__dnnl *d = ld->d;
+    dconv *dc = &d->convs[ld->order[k]];
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    dnnl_stream_t strm;
+    ld->errs[k].status = CKPT_OK;
+    dnnl_status_t s = dnnl_stream_create(&strm, d->eng, dnnl_stream_default_flags);
+    if (s != dnnl_success) {
+        ld->status[k] = dnnl_fail(&ld->errs[k], s, "creating a stream", dc->c->name);
+    } else {
+        ld->status[k] = fill_one(d, dc, strm, &ld->errs[k]);
+        dnnl_stream_destroy(strm);
+    }
+    *(dc->wino_ok ? cpu_wino : cpu_blocked) += ms_since(&t0);
+}
+
 /* The weights of every conv the first plan left pending: one arena for all (huge pages where
- * the kernel gives them: a few hundred faults instead of tens of thousands), then group by
- * group, the plain weights read and folded in order into one reused buffer, and the group's
- * reorders (blocked layouts and Winograd transforms, which oneDNN runs on one thread) spread
- * over the threads, one conv per thread at a time. Reorders copy or transform each weight on
- * its own, so who runs them does not change a bit. */
+ * the kernel gives them: a few hundred faults instead of tens of thousands, each of which
+ * zeroes a fresh page), then, group by group, the plain weights read and folded on the
+ * calling thread into one of two reused buffers while the other threads (and then it too)
+ * run the previous group's reorders into the arena: blocked layouts and Winograd transforms,
+ * which oneDNN runs on one thread each. A reorder copies or transforms each weight on its own,
+ * so which thread runs it does not change a bit. */
 static int load_weights(ckpt__dnnl *d, ckpt_error *err)
 {
     if (d->arena_bytes == 0)
         return CKPT_OK;
     if (!(d->arena = big_alloc(d->arena_bytes, &d->arena_mapped)))
         return CKPT_NOMEM(err);
-    size_t max_plain = 0;
-    for (size_t i = 0; i < d->n_convs; i++) {
+    loading ld = {d, NULL, NULL, 0, {NULL, NULL}, NULL, NULL};
+    ld.order = malloc(d->n_convs * sizeof *ld.order);
+    ld.group_start = malloc((d->n_convs + 1) * sizeof *ld.group_start);
+    ld.status = calloc(d->n_convs, sizeof *ld.status);
+    ld.errs = calloc(d->n_convs, sizeof *ld.errs);
+    size_t mapped[2] = {0, 0}, n = 0, gcap = GROUP_BYTES;
+    int rc = ld.order && ld.group_start && ld.status && ld.errs ? CKPT_OK : CKPT_NOMEM(err);
+    for (size_t i = 0; i < d->n_convs && rc == CKPT_OK; i++) {
         dconv *dc = &d->convs[i];
         if (!dc->pending)
             continue;
-        DN(dnnl_memory_set_data_handle(dc->wmem, (char *)d->arena + dc->arena_off),
-           "binding weights", dc->c->name);
-        size_t bytes = (size_t)dc->c->oc * (size_t)(dc->c->ic / dc->c->groups) *
-                       (size_t)(dc->c->k * dc->c->k) * sizeof(float);
-        if (bytes > max_plain)
-            max_plain = bytes;
+        dnnl_status_t s = dnnl_memory_set_data_handle(dc->wmem, (char *)d->arena + dc->arena_off);
+        if (s != dnnl_success)
+            rc = dnnl_fail(err, s, "binding weights", dc->c->name);
+        if (!dc->wino_ok && plain_bytes(dc->c) > gcap)
+            gcap = plain_bytes(dc->c);
+        ld.order[n++] = i;
     }
-    size_t gcap = max_plain > GROUP_BYTES ? max_plain : GROUP_BYTES, gmapped = 0;
-    float *gbuf = big_alloc(gcap, &gmapped);
-    if (!gbuf)
-        return CKPT_NOMEM(err);
-    size_t *group = malloc(d->n_convs * sizeof *group);
-    int *status = malloc(d->n_convs * sizeof *status);
-    ckpt_error *errs = malloc(d->n_convs * sizeof *errs);
-    int rc = group && status && errs ? CKPT_OK : CKPT_NOMEM(err);
-    size_t next = 0;
-    while (rc == CKPT_OK) {
-        struct timespec t0;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        size_t ng = 0, used = 0;
-        for (; next < d->n_convs && rc == CKPT_OK; next++) {
-            dconv *dc = &d->convs[next];
-            if (!dc->pending)
-                continue;
-            ckpt__conv *c = dc->c;
-            size_t bytes = (size_t)c->oc * (size_t)(c->ic / c->groups) *
-                           (size_t)(c->k * c->k) * sizeof(float);
-            bytes = (bytes + DNNL_ALIGN - 1) / DNNL_ALIGN * DNNL_ALIGN;
-            if (!dc->wino_ok && used + bytes > gcap)
-                break;
-            /* Winograd-eligible convs keep their plain weights: their own buffer */
-            float *dst = dc->wino_ok ? NULL : (float *)((char *)gbuf + used);
-            if (!dc->wino_ok)
-                used += bytes;
-            rc = d->load(d->load_ud, c, dst, err);
-            dnnl_status_t s = rc ? dnnl_success : dnnl_memory_set_data_handle(dc->bmem, c->b);
-            if (s != dnnl_success)
-                rc = dnnl_fail(err, s, "wrapping a bias", c->name);
-            group[ng++] = next;
+    for (size_t k = 0, used = 0; k < n && rc == CKPT_OK; k++) {
+        const dconv *dc = &d->convs[ld.order[k]];
+        size_t bytes = dc->wino_ok ? 0 : plain_bytes(dc->c);
+        if (k == 0 || used + bytes > gcap) {
+            ld.group_start[ld.n_groups++] = k;
+            used = 0;
         }
-        d->prof.read_fold_ms += ms_since(&t0);
-        if (ng == 0 || rc)
-            break;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        double cpu_wino = 0, cpu_blocked = 0;
-        int nthr = d->threads < (int)ng ? d->threads : (int)ng;
+        used += bytes;
+    }
+    ld.group_start[ld.n_groups] = n;
+    for (int b = 0; b < 2 && rc == CKPT_OK; b++)
+        if (!(ld.buf[b] = big_alloc(gcap, &mapped[b])))
+            rc = CKPT_NOMEM(err);
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (rc == CKPT_OK && ld.n_groups > 0)
+        rc = load_group(&ld, 0, err);
+    d->prof.read_fold_ms += ms_since(&t0);
+    double cpu_wino = 0, cpu_blocked = 0, fold_ms = 0;
+    for (size_t g = 0; g < ld.n_groups && rc == CKPT_OK; g++) {
+        size_t first = ld.group_start[g], last = ld.group_start[g + 1], next = first;
+        int load_rc = CKPT_OK;
+        int nthr = d->threads;
         (void)nthr;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr) reduction(+ : cpu_wino, cpu_blocked)
+#pragma omp parallel num_threads(nthr) reduction(+ : cpu_wino, cpu_blocked)
 #endif
-        for (size_t g = 0; g < ng; g++) {
-            dconv *dc = &d->convs[group[g]];
-            struct timespec t1;
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            dnnl_stream_t strm;
-            errs[g].status = CKPT_OK;
-            dnnl_status_t s = dnnl_stream_create(&strm, d->eng, dnnl_stream_default_flags);
-            if (s != dnnl_success) {
-                status[g] = dnnl_fail(&errs[g], s, "creating a stream", dc->c->name);
-            } else {
-                status[g] = fill_one(d, dc, strm, &errs[g]);
-                dnnl_stream_destroy(strm);
+        {
+            double w = 0, bl = 0;
+#ifdef _OPENMP
+            bool loader = omp_get_thread_num() == 0;
+#else
+            bool loader = true;
+#endif
+            if (loader && g + 1 < ld.n_groups) {
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                load_rc = load_group(&ld, g + 1, err);
+                fold_ms += ms_since(&t1);
             }
-            double t = ms_since(&t1);
-            if (dc->wino_ok)
-                cpu_wino += t;
-            else
-                cpu_blocked += t;
+            for (;;) {
+                size_t k;
+#ifdef _OPENMP
+#pragma omp atomic capture
+#endif
+                k = next++;
+                if (k >= last)
+                    break;
+                reorder_entry(&ld, k, &w, &bl);
+            }
+            cpu_wino += w;
+            cpu_blocked += bl;
         }
-        d->prof.winograd_cpu_ms += cpu_wino;
-        d->prof.blocked_cpu_ms += cpu_blocked;
-        d->prof.reorder_ms += ms_since(&t0);
-        for (size_t g = 0; g < ng; g++) {
-            dconv *dc = &d->convs[group[g]];
-            if (status[g] && rc == CKPT_OK) {
-                *err = errs[g];
-                rc = status[g];
+        for (size_t k = first; k < last; k++) {
+            dconv *dc = &d->convs[ld.order[k]];
+            if (ld.status[k] && rc == CKPT_OK) {
+                *err = ld.errs[k];
+                rc = ld.status[k];
             }
             dc->pending = false;
             if (!dc->wino_ok)
-                dc->c->w = NULL; /* it lay in gbuf; the blocked copy is the master now */
+                dc->c->w = NULL; /* it lay in a group buffer; the blocked copy is the master */
         }
+        if (rc == CKPT_OK)
+            rc = load_rc;
     }
-    /* after a failure, no conv may keep a pointer into gbuf */
-    for (size_t i = 0; i < d->n_convs; i++)
-        if (d->convs[i].pending && !d->convs[i].wino_ok) {
-            float *w = d->convs[i].c->w;
-            if (w >= gbuf && (char *)w < (char *)gbuf + gcap)
-                d->convs[i].c->w = NULL;
-        }
-    big_free(gbuf, gmapped);
-    free(group);
-    free(status);
-    free(errs);
+    d->prof.read_fold_ms += fold_ms;
+    d->prof.winograd_cpu_ms += cpu_wino;
+    d->prof.blocked_cpu_ms += cpu_blocked;
+    d->prof.reorder_ms += ms_since(&t0);
+    /* after a failure, no conv may keep a pointer into a group buffer */
+    for (size_t k = 0; k < n; k++) {
+        dconv *dc = &d->convs[ld.order[k]];
+        if (dc->pending && !dc->wino_ok)
+            dc->c->w = NULL;
+    }
+    big_free(ld.buf[0], mapped[0]);
+    big_free(ld.buf[1], mapped[1]);
+    free(ld.order);
+    free(ld.group_start);
+    free(ld.status);
+    free(ld.errs);
     return rc;
 }
 
