@@ -547,13 +547,14 @@ static void print_profile(const run_options *o, const run_state *st)
             ckpt_backend_name(ckpt_model_backend(st->m)), o->bf16 ? "bf16" : "fp32", threads,
             threads == 1 ? "" : "s", st->in_w, st->in_h);
     fprintf(stderr, "  model load          %8.1f ms\n", st->load_ms);
-    fprintf(stderr, "    read + fold BN    %8.1f ms\n", p.read_fold_ms);
     if (ckpt_model_backend(st->m) == CKPT_BACKEND_DNNL) {
         fprintf(stderr, "    build primitives  %8.1f ms\n", p.build_ms);
-        fprintf(stderr, "    weight reorders   %8.1f ms wall (Winograd transforms %.1f ms, "
-                "blocked layouts %.1f ms of CPU over %d thread%s)\n",
-                p.reorder_ms, p.winograd_cpu_ms, p.blocked_cpu_ms, threads,
-                threads == 1 ? "" : "s");
+        fprintf(stderr, "    weights           %8.1f ms wall: read + fold BN %.1f ms on one "
+                "thread, overlapped with the reorders over %d thread%s (Winograd transforms "
+                "%.1f ms, blocked layouts %.1f ms of CPU)\n", p.reorder_ms, p.read_fold_ms,
+                threads, threads == 1 ? "" : "s", p.winograd_cpu_ms, p.blocked_cpu_ms);
+    } else {
+        fprintf(stderr, "    read + fold BN    %8.1f ms\n", p.read_fold_ms);
     }
     fprintf(stderr, "  first forward       %8.1f ms (batch of %d)\n", p.first_run_ms,
             p.first_run_images);
