@@ -575,11 +575,13 @@ static void shape_str(char *buf, size_t size, const int64_t *shape, int ndim)
 static void prefault(const ckpt_tensor *t)
 {
 #ifdef MADV_POPULATE_READ
-    if (!t->storage || !t->storage->data || t->storage->nbytes < (64u << 10))
-        return;
+    const uint8_t *data;
+    ckpt_error ignored;
+    if (!t->storage || t->storage->nbytes < (64u << 10) ||
+        ckpt__storage_bytes(t->storage, &data, &ignored) != CKPT_OK)
+        return; /* reading it reports the error */
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->storage->data / page * page;
-    uintptr_t b = (uintptr_t)t->storage->data + t->storage->nbytes;
+    uintptr_t a = (uintptr_t)data / page * page, b = (uintptr_t)data + t->storage->nbytes;
     madvise((void *)a, b - a, MADV_POPULATE_READ);
 #else
     (void)t;

@@ -4,8 +4,9 @@
  * Without arguments (CTest): every layer of the dnnl backend against the plain C reference on
  * random small shapes, with an error bound per op (ggml's test-backend-ops), whole networks
  * ref against dnnl, and determinism: the same bits for 1, 2 (and 3) threads, for an image
- * alone and at every position of a batch of 8, and after the model was rebuilt for another
- * image size. The expected values of the accuracy tests against PyTorch live in test_net.py.
+ * alone and at every position of every batch size from 1 to 9 (the batched plans of 2, 4 and
+ * 8 images, and their mixes), and after the model was rebuilt for another image size; bf16
+ * within its bound of the reference and with the same determinism, or refused. The expected values of the accuracy tests against PyTorch live in test_net.py.
  *
  * With arguments it is the driver test_net.py and bench/bench_run.py use before `ckpt run`
  * exists:
