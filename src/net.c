@@ -569,25 +569,6 @@ static void shape_str(char *buf, size_t size, const int64_t *shape, int ndim)
         snprintf(buf + n, size - n, "]");
 }
 
-/* Map the pages of t's storage in one call before reading it: the kernel then reads ahead and
- * fills the page table in bulk, instead of one fault per 64 KB (advice only: MADV_POPULATE_READ
- * needs Linux 5.14, and a storage outside the mapping is simply not touched). */
-static void prefault(const ckpt_tensor *t)
-{
-#ifdef MADV_POPULATE_READ
-    const uint8_t *data;
-    ckpt_error ignored;
-    if (!t->storage || t->storage->nbytes < (64u << 10) ||
-        ckpt__storage_bytes(t->storage, &data, &ignored) != CKPT_OK)
-        return; /* reading it reports the error */
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)data / page * page, b = (uintptr_t)data + t->storage->nbytes;
-    madvise((void *)a, b - a, MADV_POPULATE_READ);
-#else
-    (void)t;
-#endif
-}
-
 static int read_tensor(const ckpt_value *v, const char *key, const int64_t *shape, int ndim,
                        float *out, ckpt_error *err)
 {
@@ -610,7 +591,6 @@ static int read_tensor(const ckpt_value *v, const char *key, const int64_t *shap
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++)
         numel *= shape[i]; /* the model's own shapes: no overflow */
-    prefault(t);
     int rc = ckpt_tensor_read(t, CKPT_DT_FLOAT32, out, (size_t)numel * sizeof(float), err);
     /* the model holds its own copy now: the file's pages need not stay resident */
     if (rc == CKPT_OK && t->storage && t->storage->data)
