@@ -725,9 +725,11 @@ typedef int (*ckpt_weight_fn)(void *ud, const char *key, const int64_t *expect_s
                               float *out, ckpt_error *err);
 
 /* Build the model for arch with num_classes outputs, asking fn for every weight it needs (the
- * BatchNorm num_batches_tracked counters are not asked for). opt may be NULL. On success *out
- * belongs to the caller; free it with ckpt_model_free. CKPT_EUNSUPPORTED when opt asks for a
- * backend this build lacks. */
+ * BatchNorm num_batches_tracked counters are not asked for). num_classes 0: the backbone alone
+ * (a self-supervised checkpoint without fc): the head is not asked for, and ckpt_model_run
+ * writes features only, what torchvision's model with fc = nn.Identity() returns. opt may be
+ * NULL. On success *out belongs to the caller; free it with ckpt_model_free.
+ * CKPT_EUNSUPPORTED when opt asks for a backend this build lacks. */
 CKPT_API int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn,
                             void *ud, const ckpt_model_options *opt, ckpt_model **out,
                             ckpt_error *err);
@@ -744,7 +746,8 @@ CKPT_API int ckpt_model_load_sd(const ckpt_arch *arch, int64_t num_classes,
                                 ckpt_model **out, ckpt_error *err);
 /* Run batch images input[batch][3][height][width] (any height and width from 1 to 16384; the
  * average pool adapts) and write logits[batch][classes] and, if features is not NULL, the
- * pooled features before fc, features[batch][ckpt_model_features(m)]. A batch's outputs equal
+ * pooled features before fc, features[batch][ckpt_model_features(m)] (a backbone, built with
+ * num_classes 0, needs features and ignores logits, which may be NULL). A batch's outputs equal
  * those of its images run alone, bit for bit (dnnl runs groups of 8, 4 and 2 images on
  * batched primitives pinned to the one-image kernels; tests prove it per group size). Not
  * safe to call on one model from two threads at once. Sets the calling thread's OpenMP thread

@@ -213,8 +213,8 @@ static int load_conv_cb(void *ud, ckpt__conv *c, float *w, ckpt_error *err)
     return load_conv(l, c, w, c->bn);
 }
 
-/* The head (the family's head_w, head_b) always; the convs too when all_convs (the dnnl
- * backend loads them one at a time). */
+/* The head (the family's head_w, head_b) unless it has no classes (a backbone); the convs
+ * too when all_convs (the dnnl backend loads them one at a time). */
 static int net_load(ckpt__net *n, loader *l, bool all_convs, const char *head_w,
                     const char *head_b)
 {
@@ -224,6 +224,8 @@ static int net_load(ckpt__net *n, loader *l, bool all_convs, const char *head_w,
         if (rc)
             return rc;
     }
+    if (n->classes == 0)
+        return CKPT_OK;
     size_t fcn;
     if (ckpt__mul_overflow((size_t)n->classes, (size_t)n->features, &fcn) ||
         fcn > SIZE_MAX / sizeof(float))
@@ -319,7 +321,7 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
     if (!arch->family->net)
         return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "no inference for the %s family ('%s')",
                          arch->family->name, arch->name);
-    if (num_classes < 1 || num_classes > NET_MAX_CLASSES)
+    if (num_classes < 0 || num_classes > NET_MAX_CLASSES) /* 0: a backbone, no head */
         return CKPT_FAIL(err, CKPT_EINVAL, "class count %lld is out of range",
                          (long long)num_classes);
     ckpt_model_options o = opt ? *opt : (ckpt_model_options){0};
@@ -457,8 +459,10 @@ int64_t ckpt_model_features(const ckpt_model *m)
 int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int width,
                    float *logits, float *features, ckpt_error *err)
 {
-    if (!m || !input || !logits)
+    if (!m || !input || (m->net->classes ? !logits : !features))
         return CKPT_FAIL(err, CKPT_EINVAL, "no model, input or output given");
+    if (!m->net->classes)
+        logits = NULL; /* a backbone writes none */
     if (batch < 0 || batch > CKPT__NET_MAX_BATCH)
         return CKPT_FAIL(err, CKPT_EINVAL, "batch of %d images is out of range (0 to %d)",
                          batch, CKPT__NET_MAX_BATCH);
@@ -474,7 +478,7 @@ int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int
         rc = ckpt__dnnl_run(m->dnnl, input, batch, height, width, logits, features, err);
     for (int i = 0; i < batch && rc == CKPT_OK && m->backend == CKPT_BACKEND_REF; i++) {
         const float *x = input + (size_t)i * per_image;
-        float *lo = logits + (size_t)i * (size_t)m->net->classes;
+        float *lo = logits ? logits + (size_t)i * (size_t)m->net->classes : NULL;
         float *fe = features ? features + (size_t)i * (size_t)m->net->features : NULL;
         rc = ckpt__ref_run(m->ref, x, height, width, lo, fe, err);
     }

@@ -81,7 +81,8 @@ void ckpt__ref_conv(const ckpt__conv *c, const float *x, int64_t h, int64_t w, f
 /* 3x3, stride 2, padding 1 max-pool of x [c][h][w]; NaN propagates as in PyTorch. */
 void ckpt__ref_maxpool(const float *x, int64_t c, int64_t h, int64_t w, float *y, int threads);
 /* The head shared by both backends: features[c] = mean of x[c][..] (x is [c][hw], summed in
- * order), logits = fc_w . features + fc_b. features may be NULL. */
+ * order), logits = fc_w . features + fc_b. features may be NULL, and logits when the net has
+ * no classes (a backbone). */
 void ckpt__net_head(const ckpt__net *n, const float *x, int64_t hw, float *logits,
                     float *features);
 

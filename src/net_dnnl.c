@@ -1109,7 +1109,7 @@ static int run_plan(ckpt__dnnl *d, plan *pl, const float *x, float *logits, floa
     size_t per_out = (size_t)d->net->features * (size_t)pl->out_hw;
     for (int64_t j = 0; j < pl->mb; j++)
         ckpt__net_head(d->net, pl->out + (size_t)j * per_out, pl->out_hw,
-                       logits + (size_t)j * (size_t)d->net->classes,
+                       logits ? logits + (size_t)j * (size_t)d->net->classes : NULL,
                        features ? features + (size_t)j * (size_t)d->net->features : NULL);
     return CKPT_OK;
 }
@@ -1144,7 +1144,7 @@ int ckpt__dnnl_run(ckpt__dnnl *d, const float *x, int n, int64_t h, int64_t w, f
                 break;
         }
         int rc = run_plan(d, &d->plans[k], x + (size_t)i * per,
-                          logits + (size_t)i * (size_t)d->net->classes,
+                          logits ? logits + (size_t)i * (size_t)d->net->classes : NULL,
                           features ? features + (size_t)i * (size_t)d->net->features : NULL,
                           err);
         if (rc)

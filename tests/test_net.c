@@ -405,7 +405,7 @@ static void test_api_errors(void)
     CHECK(strstr(err.message, "layer2.0.downsample.1.running_var") != NULL);
     fail_key = NULL;
     CHECK_EQ_INT(ckpt_model_new(NULL, 10, random_weight, NULL, NULL, &m, &err), CKPT_EINVAL);
-    CHECK_EQ_INT(ckpt_model_new(ckpt_arch_by_name("resnet18"), 0, random_weight, NULL, NULL, &m,
+    CHECK_EQ_INT(ckpt_model_new(ckpt_arch_by_name("resnet18"), -1, random_weight, NULL, NULL, &m,
                                 &err),
                  CKPT_EINVAL);
     ckpt_model_options o = {CKPT_BACKEND_REF, -1, 0, 0, 0};
@@ -428,6 +428,34 @@ static void test_api_errors(void)
     CHECK_EQ_STR(ckpt_backend_name(CKPT_BACKEND_DNNL), "dnnl");
     CHECK_EQ_INT(ckpt_backend_from_name("ref"), CKPT_BACKEND_REF);
     CHECK_EQ_INT(ckpt_backend_from_name("cuda"), -1);
+}
+
+/* num_classes 0: the backbone alone. fc is never asked for, the features are the full model's
+ * bit for bit (the same code up to the head), logits may be NULL and features may not. */
+static void test_backbone(ckpt_backend b)
+{
+    enum { S = 40 };
+    ckpt_error err;
+    size_t nx = 2 * 3 * S * S;
+    float *x = malloc(nx * sizeof *x), logits[2 * 10], full[2 * 512], feat[2 * 512];
+    rng_state = 99;
+    fill_normal(x, nx, 1.0f);
+    n_weight_calls = 0;
+    fail_key = "fc.weight"; /* asking for it fails the load */
+    ckpt_model *bb = model_random("resnet18", 0, b, 2, 0, S, S);
+    fail_key = NULL;
+    CHECK_EQ_INT(n_weight_calls, 20 * 5);
+    CHECK_EQ_INT(ckpt_model_classes(bb), 0);
+    CHECK_EQ_INT(ckpt_model_features(bb), 512);
+    ckpt_model *m = model_random("resnet18", 10, b, 2, 0, S, S);
+    CHECK_OK(ckpt_model_run(m, x, 2, S, S, logits, full, &err), err);
+    memset(feat, 0xff, sizeof feat);
+    CHECK_OK(ckpt_model_run(bb, x, 2, S, S, NULL, feat, &err), err);
+    CHECK(same_bits(feat, full, 2 * 512));
+    CHECK_EQ_INT(ckpt_model_run(bb, x, 2, S, S, logits, NULL, &err), CKPT_EINVAL);
+    ckpt_model_free(bb);
+    ckpt_model_free(m);
+    free(x);
 }
 
 /* ---- the driver -------------------------------------------------------------------------- */
@@ -741,6 +769,7 @@ int main(int argc, char **argv)
         return 2;
     }
     test_api_errors();
+    test_backbone(CKPT_BACKEND_REF);
     if (ckpt_backend_available(CKPT_BACKEND_DNNL)) {
         test_maxpool_op();
         test_conv_ops();
@@ -749,6 +778,7 @@ int main(int argc, char **argv)
         test_net_arch("resnet50", 40, 56, 2, 8);
         test_net_arch("resnext50_32x4d", 33, 32, 2, 8);
         test_bf16("resnet18", 64, 64);
+        test_backbone(CKPT_BACKEND_DNNL);
     } else {
         printf("dnnl backend not built: per-op and determinism tests of it skipped\n");
     }
