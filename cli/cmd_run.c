@@ -44,7 +44,9 @@ const char cmd_run_help[] =
     "                     ImageNet-1k's names, as torchvision's weights carry them, for a\n"
     "                     1000-class head, else the class index)\n"
     "  --logits           also print the raw outputs (all classes)\n"
-    "  --features         also print the pooled features before fc (512 or 2048 values)\n"
+    "  --features         also print the pooled features before fc (512 or 2048 values);\n"
+    "                     on a backbone without fc (DINO, SwAV, ...), the features alone:\n"
+    "                     a summary per image, the vector with --json\n"
     "  --json             one JSON document on stdout (schema in docs/CLI.md)\n"
     "  --resize S         Resize's size (default 256; 232 for torchvision's V2 weights;\n"
     "                     0: no Resize)\n"
@@ -93,6 +95,7 @@ typedef struct run_options {
     cli_locate l; /* --arch, --key, ... and, once located, the weights */
     cli_inputs in; /* directories, --files-from, --jsonl, --shard, ... for the images */
     bool json, logits, features, profile, bf16;
+    bool backbone; /* the weights lack the classifier: run for the features alone */
     const char *labels, *input_npy, *save_input;
     const char **images; /* the image paths */
     size_t n_images;
@@ -337,7 +340,7 @@ extern const size_t cli_imagenet1k_count;
  * 1000 classes (most published ResNets are ImageNet models). */
 static void pick_names(const run_options *o, run_state *st)
 {
-    if (o->labels && strcmp(o->labels, "none") == 0)
+    if ((o->labels && strcmp(o->labels, "none") == 0) || o->backbone)
         return;
     if (o->labels) {
         st->names = (const char *const *)st->labels;
@@ -352,6 +355,42 @@ static void pick_names(const run_options *o, run_state *st)
 
 /* ---- 3. the weights ---------------------------------------------------------------------- */
 
+/* Whether key's first component (the module of the model's root it is under) is s's. */
+static bool same_root(const char *key, const char *s)
+{
+    size_t n = strcspn(key, ".");
+    return strncmp(key, s, n) == 0 && (s[n] == '.' || s[n] == '\0');
+}
+
+/* A backbone: the strict load fails only for want of the classifier (both its keys missing,
+ * no size mismatch), and every unexpected key lies outside the backbone: under the
+ * classifier's module (MoCo's MLP fc) or under a module the model does not have (SwAV's
+ * projection_head and prototypes). An unexpected key under conv1, layer1, ... would mean
+ * another network (a squeeze-excitation block, say), whose features these are not. Returns
+ * the count of the keys outside the backbone that the features leave aside. */
+static bool is_backbone(const ckpt_sd_report *r, size_t *aside)
+{
+    const ckpt_sd_verdict *v = r->verdict;
+    *aside = 0;
+    if (!r->arch || !r->model || v->ok || v->n_errors || v->n_mismatch || v->n_missing != 2)
+        return false;
+    const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
+    if (!((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
+          (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw))))
+        return false;
+    const ckpt_sd *m = &r->model->sd;
+    for (size_t i = 0; i < v->n_unexpected; i++) {
+        const char *u = v->unexpected[i];
+        if (same_root(u, hw))
+            continue;
+        for (size_t j = 0; j < m->n_entries; j++)
+            if (same_root(u, m->entries[j].key))
+                return false;
+    }
+    *aside = v->n_unexpected;
+    return true;
+}
+
 /* Locate and judge the weights as check does; refuse any that would not load strictly. */
 static int locate_weights(const cli_command *self, run_options *o)
 {
@@ -359,12 +398,23 @@ static int locate_weights(const cli_command *self, run_options *o)
     if (rc >= 0)
         return rc;
     const ckpt_sd_report *r = o->l.r;
-    if (!r->verdict->ok && cli_locate_backbone(r))
+    size_t aside;
+    o->backbone = is_backbone(r, &aside);
+    if (o->backbone && !o->features)
         return cli_error(o->l.path, "a backbone without its classifier ('%s' and '%s' are not "
-                         "in the file): there are no classes to predict; 'ckpt extract' writes "
-                         "the backbone for load_state_dict(sd, strict=False)",
+                         "in the file): there are no classes to predict; --features runs it "
+                         "for its pooled features, and 'ckpt extract' writes the backbone for "
+                         "load_state_dict(sd, strict=False)",
                          ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true));
-    if (!r->verdict->ok) {
+    if (o->backbone && o->logits)
+        return cli_error(o->l.path, "a backbone without its classifier has no logits: "
+                         "--features alone");
+    if (o->backbone && aside)
+        cli_warn(o->l.path, "%zu key%s outside the backbone ('%s'%s) left aside: the features "
+                 "are the backbone's, before any head", aside, aside == 1 ? "" : "s",
+                 r->verdict->unexpected[0], aside > 1 ? ", ..." : "");
+    /* a backbone lacks only the classifier, which the features do not need */
+    if (!r->verdict->ok && !o->backbone) {
         cli_sb why = {0};
         cli_locate_human(&why, &o->l);
         fprintf(stderr, "ckpt: error: %s: the weights would not load strictly; not running "
@@ -524,7 +574,9 @@ static int load_model(const run_options *o, run_state *st)
     mo.flags = (o->profile ? CKPT_MODEL_PROFILE : 0) | (o->bf16 ? CKPT_MODEL_BF16 : 0);
     ckpt_error err = {0};
     double t0 = now_ms();
-    if (ckpt_model_load_sd(r->arch, r->num_classes, r->sd, &mo, &st->m, &err) != CKPT_OK)
+    /* 0 classes: the backbone alone, what torchvision's model with fc = nn.Identity() is */
+    int64_t classes = o->backbone ? 0 : r->num_classes;
+    if (ckpt_model_load_sd(r->arch, classes, r->sd, &mo, &st->m, &err) != CKPT_OK)
         return cli_error_ckpt(o->l.path, &err);
     st->load_ms = now_ms() - t0;
     st->classes = ckpt_model_classes(st->m);
@@ -718,7 +770,7 @@ static json_t *model_json(const run_options *o, const run_state *st)
     json_object_set_new(model, "state_dict_path", sdp);
     json_object_set_new(model, "prefix", cli_json_str(r->prefix, strlen(r->prefix)));
     json_object_set_new(model, "arch", json_string(ckpt_arch_name(r->arch)));
-    json_object_set_new(model, "num_classes", json_integer(st->classes));
+    json_object_set_new(model, "num_classes", json_integer(st->classes)); /* 0: backbone */
     json_object_set_new(model, "features", json_integer(st->nfeat));
     json_object_set_new(model, "backend",
                         json_string(ckpt_backend_name(ckpt_model_backend(st->m))));
@@ -746,6 +798,10 @@ static void item_json(json_t *res, const run_options *o, const run_state *st, si
     const float *ft = st->features + i * (size_t)st->nfeat;
     if (it->error) {
         json_object_set_new(res, "error", cli_json_str(it->error, strlen(it->error)));
+        return;
+    }
+    if (o->backbone) {
+        json_object_set_new(res, "features", float_array(ft, st->nfeat));
         return;
     }
     topk(lg, st->classes, kk, ti);
@@ -834,14 +890,34 @@ static void put_floats(cli_sb *out, const char *what, const float *v, int64_t n)
     sb_putc(out, '\n');
 }
 
+/* A backbone's features in one line, six digits: "  features: 512 values, L2 norm 23.1, min 0,
+ * max 3.2, mean 0.91 (--json for the vector)". NaN and infinities show in the norm and mean. */
+static void features_summary(cli_sb *out, const float *v, int64_t n)
+{
+    double sq = 0, sum = 0, lo = INFINITY, hi = -INFINITY;
+    for (int64_t c = 0; c < n; c++) {
+        sq += (double)v[c] * v[c];
+        sum += v[c];
+        lo = v[c] < lo ? v[c] : lo;
+        hi = v[c] > hi ? v[c] : hi;
+    }
+    sb_printf(out, "  features: %" PRId64 " values, L2 norm %.6g, min %.6g, max %.6g, mean %.6g",
+              n, sqrt(sq), lo, hi, sum / (double)n);
+    sb_puts(out, " (--json for the vector)\n");
+}
+
 static void results_human(cli_sb *out, const run_options *o, const run_state *st)
 {
     const ckpt_sd_report *r = o->l.r;
     int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
     int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
     double *prob = alloc_array((size_t)st->classes, sizeof *prob);
-    sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
-              ckpt_arch_name(r->arch), st->classes);
+    if (o->backbone)
+        sb_printf(out, "%s: torchvision.models.%s() backbone (fc = nn.Identity(); the file has "
+                  "no classifier) from ", o->l.path, ckpt_arch_name(r->arch));
+    else
+        sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
+                  ckpt_arch_name(r->arch), st->classes);
     cli_locate_where(out, r->chosen);
     int threads = ckpt_model_threads(st->m);
     sb_printf(out, ", %s backend, %d thread%s", ckpt_backend_name(ckpt_model_backend(st->m)),
@@ -856,6 +932,10 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
             continue; /* already reported on stderr */
         sb_put_clean(out, it->name, strlen(it->name));
         sb_puts(out, "\n");
+        if (o->backbone) {
+            features_summary(out, st->features + i * (size_t)st->nfeat, st->nfeat);
+            continue;
+        }
         topk(lg, st->classes, kk, ti);
         softmax(lg, st->classes, prob);
         for (int j = 0; j < kk; j++) {
