@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 int cmd_run(int argc, char **argv, const cli_command *self);
@@ -43,7 +44,9 @@ const char cmd_run_help[] =
     "                     ImageNet-1k's names, as torchvision's weights carry them, for a\n"
     "                     1000-class head, else the class index)\n"
     "  --logits           also print the raw outputs (all classes)\n"
-    "  --features         also print the pooled features before fc (512 or 2048 values)\n"
+    "  --features         also print the pooled features before fc (512 or 2048 values);\n"
+    "                     on a backbone without fc (DINO, SwAV, ...), the features alone:\n"
+    "                     a summary per image, the vector with --json\n"
     "  --json             one JSON document on stdout (schema in docs/CLI.md)\n"
     "  --resize S         Resize's size (default 256; 232 for torchvision's V2 weights;\n"
     "                     0: no Resize)\n"
@@ -53,6 +56,11 @@ const char cmd_run_help[] =
     "  --batch B          images per batch (default 8, at most 1024)\n"
     "  --threads N        threads (default: the number of cores)\n"
     "  --backend B        dnnl (oneDNN, the default when built with it) or ref (plain C)\n"
+    "  --precision P      fp32 (default) or bf16: bfloat16 weights and activations on dnnl,\n"
+    "                     about 1.7x faster, logits within about 1e-2 (docs/INFERENCE.md);\n"
+    "                     refused where the CPU has no bf16 dot products (AVX512_BF16, AMX)\n"
+    "  --profile          on stderr: the phases of loading and a per-layer table (time,\n"
+    "                     oneDNN implementation, GFLOP/s)\n"
     "  --input X.npy      run on a preprocessed float32 array [N,3,H,W] (or [3,H,W]) instead\n"
     "                     of images\n"
     "  --save-input X.npy write the preprocessed tensor [N,3,C,C] of the images that were read\n"
@@ -86,7 +94,8 @@ const char cmd_run_help[] =
 typedef struct run_options {
     cli_locate l; /* --arch, --key, ... and, once located, the weights */
     cli_inputs in; /* directories, --files-from, --jsonl, --shard, ... for the images */
-    bool json, logits, features;
+    bool json, logits, features, profile, bf16;
+    bool backbone; /* the weights lack the classifier: run for the features alone */
     const char *labels, *input_npy, *save_input;
     const char **images; /* the image paths */
     size_t n_images;
@@ -116,6 +125,7 @@ typedef struct run_state {
     size_t per;    /* floats per input: 3 * in_h * in_w */
     bool image_failed;
     ckpt_model *m;
+    double load_ms, forward_ms; /* wall time of steps 5 and 6, for --profile */
     int64_t classes, nfeat;
     float *logits, *features; /* n_items x classes, n_items x nfeat, of the first run */
     long differing_runs;
@@ -168,7 +178,8 @@ static bool numeric(const cli_command *self, const char *name, const char *what,
 static int parse_options(const cli_command *self, int argc, char **argv, run_options *o)
 {
     const char *s_topk = NULL, *s_resize = NULL, *s_crop = NULL, *s_batch = NULL,
-               *s_threads = NULL, *s_backend = NULL, *s_repeat = NULL, *s_max_side = NULL;
+               *s_threads = NULL, *s_backend = NULL, *s_repeat = NULL, *s_max_side = NULL,
+               *s_precision = NULL;
     const cli_opt opts[] = {
         CLI_LOCATE_OPTS(&o->l),
         {"topk", "K", NULL, &s_topk},
@@ -185,6 +196,8 @@ static int parse_options(const cli_command *self, int argc, char **argv, run_opt
         {"input", "X.npy", NULL, &o->input_npy},
         {"save-input", "X.npy", NULL, &o->save_input},
         {"repeat", "N", NULL, &s_repeat},
+        {"precision", "P", NULL, &s_precision},
+        {"profile", NULL, &o->profile, NULL},
         CLI_INPUT_OPTS(&o->in),
         {NULL, NULL, NULL, NULL},
     };
@@ -230,6 +243,19 @@ static int parse_options(const cli_command *self, int argc, char **argv, run_opt
                       !ckpt_backend_available((ckpt_backend)o->backend)))
         return cli_usage_error(self, "--backend takes auto, ref or dnnl (when this build has "
                                "oneDNN)");
+    if (s_precision && strcmp(s_precision, "fp32") != 0 && strcmp(s_precision, "bf16") != 0)
+        return cli_usage_error(self, "--precision takes fp32 or bf16, not '%s'", s_precision);
+    o->bf16 = s_precision && strcmp(s_precision, "bf16") == 0;
+    if (o->bf16 && o->backend == CKPT_BACKEND_REF)
+        return cli_usage_error(self, "--precision bf16 needs the dnnl backend");
+    if (o->bf16 && !ckpt_model_bf16_available()) {
+        fputs("ckpt: error: --precision bf16: this CPU has no bfloat16 dot products "
+              "(AVX512_BF16 or AMX)" , stderr);
+        fputs(ckpt_backend_available(CKPT_BACKEND_DNNL) ? "; use fp32\n"
+                                                        : " in this build (no oneDNN)\n",
+              stderr);
+        return CLI_EXIT_ERROR;
+    }
     if (o->input_npy && (o->n_images > 0 || o->in.files_from))
         return cli_usage_error(self, "--input replaces the images: give FILE alone");
     if ((rc = cli_inputs_check(self, &o->in)) >= 0)
@@ -314,7 +340,7 @@ extern const size_t cli_imagenet1k_count;
  * 1000 classes (most published ResNets are ImageNet models). */
 static void pick_names(const run_options *o, run_state *st)
 {
-    if (o->labels && strcmp(o->labels, "none") == 0)
+    if ((o->labels && strcmp(o->labels, "none") == 0) || o->backbone)
         return;
     if (o->labels) {
         st->names = (const char *const *)st->labels;
@@ -329,6 +355,42 @@ static void pick_names(const run_options *o, run_state *st)
 
 /* ---- 3. the weights ---------------------------------------------------------------------- */
 
+/* Whether key's first component (the module of the model's root it is under) is s's. */
+static bool same_root(const char *key, const char *s)
+{
+    size_t n = strcspn(key, ".");
+    return strncmp(key, s, n) == 0 && (s[n] == '.' || s[n] == '\0');
+}
+
+/* A backbone: the strict load fails only for want of the classifier (both its keys missing,
+ * no size mismatch), and every unexpected key lies outside the backbone: under the
+ * classifier's module (MoCo's MLP fc) or under a module the model does not have (SwAV's
+ * projection_head and prototypes). An unexpected key under conv1, layer1, ... would mean
+ * another network (a squeeze-excitation block, say), whose features these are not. Returns
+ * the count of the keys outside the backbone that the features leave aside. */
+static bool is_backbone(const ckpt_sd_report *r, size_t *aside)
+{
+    const ckpt_sd_verdict *v = r->verdict;
+    *aside = 0;
+    if (!r->arch || !r->model || v->ok || v->n_errors || v->n_mismatch || v->n_missing != 2)
+        return false;
+    const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
+    if (!((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
+          (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw))))
+        return false;
+    const ckpt_sd *m = &r->model->sd;
+    for (size_t i = 0; i < v->n_unexpected; i++) {
+        const char *u = v->unexpected[i];
+        if (same_root(u, hw))
+            continue;
+        for (size_t j = 0; j < m->n_entries; j++)
+            if (same_root(u, m->entries[j].key))
+                return false;
+    }
+    *aside = v->n_unexpected;
+    return true;
+}
+
 /* Locate and judge the weights as check does; refuse any that would not load strictly. */
 static int locate_weights(const cli_command *self, run_options *o)
 {
@@ -336,12 +398,23 @@ static int locate_weights(const cli_command *self, run_options *o)
     if (rc >= 0)
         return rc;
     const ckpt_sd_report *r = o->l.r;
-    if (!r->verdict->ok && cli_locate_backbone(r))
+    size_t aside;
+    o->backbone = is_backbone(r, &aside);
+    if (o->backbone && !o->features)
         return cli_error(o->l.path, "a backbone without its classifier ('%s' and '%s' are not "
-                         "in the file): there are no classes to predict; 'ckpt extract' writes "
-                         "the backbone for load_state_dict(sd, strict=False)",
+                         "in the file): there are no classes to predict; --features runs it "
+                         "for its pooled features, and 'ckpt extract' writes the backbone for "
+                         "load_state_dict(sd, strict=False)",
                          ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true));
-    if (!r->verdict->ok) {
+    if (o->backbone && o->logits)
+        return cli_error(o->l.path, "a backbone without its classifier has no logits: "
+                         "--features alone");
+    if (o->backbone && aside)
+        cli_warn(o->l.path, "%zu key%s outside the backbone ('%s'%s) left aside: the features "
+                 "are the backbone's, before any head", aside, aside == 1 ? "" : "s",
+                 r->verdict->unexpected[0], aside > 1 ? ", ..." : "");
+    /* a backbone lacks only the classifier, which the features do not need */
+    if (!r->verdict->ok && !o->backbone) {
         cli_sb why = {0};
         cli_locate_human(&why, &o->l);
         fprintf(stderr, "ckpt: error: %s: the weights would not load strictly; not running "
@@ -482,6 +555,13 @@ static int gather_inputs(const run_options *o, run_state *st)
 
 /* ---- 5. the model ---------------------------------------------------------------------- */
 
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
 /* Built once, for the input size; the checkpoint is not needed after this. */
 static int load_model(const run_options *o, run_state *st)
 {
@@ -491,9 +571,14 @@ static int load_model(const run_options *o, run_state *st)
     mo.threads = (int)o->threads;
     mo.height = st->in_h;
     mo.width = st->in_w;
+    mo.flags = (o->profile ? CKPT_MODEL_PROFILE : 0) | (o->bf16 ? CKPT_MODEL_BF16 : 0);
     ckpt_error err = {0};
-    if (ckpt_model_load_sd(r->arch, r->num_classes, r->sd, &mo, &st->m, &err) != CKPT_OK)
+    double t0 = now_ms();
+    /* 0 classes: the backbone alone, what torchvision's model with fc = nn.Identity() is */
+    int64_t classes = o->backbone ? 0 : r->num_classes;
+    if (ckpt_model_load_sd(r->arch, classes, r->sd, &mo, &st->m, &err) != CKPT_OK)
         return cli_error_ckpt(o->l.path, &err);
+    st->load_ms = now_ms() - t0;
     st->classes = ckpt_model_classes(st->m);
     st->nfeat = ckpt_model_features(st->m);
     return -1;
@@ -557,7 +642,9 @@ static int forward(const run_options *o, run_state *st)
     st->features = alloc_array(n, nfeat * sizeof(float));
     float *again = o->repeat > 1 ? alloc_array(n, classes * sizeof(float)) : NULL;
     float *again_f = o->repeat > 1 ? alloc_array(n, nfeat * sizeof(float)) : NULL;
+    double t0 = now_ms();
     int rc = run_once(o, st, &b, st->logits, st->features);
+    st->forward_ms = now_ms() - t0;
     for (long run = 1; rc < 0 && run < o->repeat; run++) {
         rc = run_once(o, st, &b, again, again_f);
         bool same = true;
@@ -577,6 +664,48 @@ static int forward(const run_options *o, run_state *st)
     free(b.features);
     free(b.idx);
     return rc;
+}
+
+/* --profile: where the time went, on stderr (human output; may change). */
+static void print_profile(const run_options *o, const run_state *st)
+{
+    ckpt_model_profile p;
+    ckpt_model_get_profile(st->m, &p);
+    int threads = ckpt_model_threads(st->m);
+    fprintf(stderr, "profile: %s, %s backend, %s, %d thread%s, %dx%d\n",
+            ckpt_arch_name(o->l.r->arch), ckpt_backend_name(ckpt_model_backend(st->m)),
+            o->bf16 ? "bf16" : "fp32", threads, threads == 1 ? "" : "s", st->in_w, st->in_h);
+    fprintf(stderr, "  model load          %8.1f ms\n", st->load_ms);
+    if (ckpt_model_backend(st->m) == CKPT_BACKEND_DNNL) {
+        fprintf(stderr, "    build primitives  %8.1f ms\n", p.build_ms);
+        fprintf(stderr, "    weights           %8.1f ms wall: read + fold BN %.1f ms on one "
+                "thread, overlapped with the reorders over %d thread%s (Winograd transforms "
+                "%.1f ms, blocked layouts %.1f ms of CPU)\n", p.reorder_ms, p.read_fold_ms,
+                threads, threads == 1 ? "" : "s", p.winograd_cpu_ms, p.blocked_cpu_ms);
+    } else {
+        fprintf(stderr, "    read + fold BN    %8.1f ms\n", p.read_fold_ms);
+    }
+    fprintf(stderr, "  first forward       %8.1f ms (batch of %d)\n", p.first_run_ms,
+            p.first_run_images);
+    fprintf(stderr, "  all forwards        %8.1f ms (%zu inputs x %ld run%s, with a wait per "
+            "layer for the table)\n", st->forward_ms, st->n_items, o->repeat,
+            o->repeat == 1 ? "" : "s");
+    ckpt_model_layer ly;
+    if (!ckpt_model_get_layer(st->m, 0, &ly))
+        return;
+    fprintf(stderr, "  per image, mean of %lld: %-22s %-28s %9s %9s\n", (long long)p.images,
+            "layer", "implementation", "ms", "GFLOP/s");
+    double total = 0, flops = 0;
+    for (size_t i = 0; ckpt_model_get_layer(st->m, i, &ly); i++) {
+        total += ly.ms;
+        flops += ly.gflop;
+        fprintf(stderr, "    %-22s %-28s %9.3f", ly.name, ly.impl, ly.ms);
+        if (ly.gflop > 0 && ly.ms > 0)
+            fprintf(stderr, " %9.1f", ly.gflop / (ly.ms * 1e-3));
+        fputc('\n', stderr);
+    }
+    fprintf(stderr, "    %-22s %-28s %9.3f %9.1f\n", "total (without the head)", "", total,
+            total > 0 ? flops / (total * 1e-3) : 0.0);
 }
 
 /* ---- 7. results -------------------------------------------------------------------------- */
@@ -641,13 +770,14 @@ static json_t *model_json(const run_options *o, const run_state *st)
     json_object_set_new(model, "state_dict_path", sdp);
     json_object_set_new(model, "prefix", cli_json_str(r->prefix, strlen(r->prefix)));
     json_object_set_new(model, "arch", json_string(ckpt_arch_name(r->arch)));
-    json_object_set_new(model, "num_classes", json_integer(st->classes));
+    json_object_set_new(model, "num_classes", json_integer(st->classes)); /* 0: backbone */
     json_object_set_new(model, "features", json_integer(st->nfeat));
     json_object_set_new(model, "backend",
                         json_string(ckpt_backend_name(ckpt_model_backend(st->m))));
     json_object_set_new(model, "threads", json_integer(ckpt_model_threads(st->m)));
     json_object_set_new(model, "labels", st->names_from ? cli_json_cstr(st->names_from)
                                                         : json_null());
+    json_object_set_new(model, "precision", json_string(o->bf16 ? "bf16" : "fp32"));
     if (o->input_npy) {
         json_object_set_new(model, "input", json_string(o->input_npy));
     } else {
@@ -668,6 +798,10 @@ static void item_json(json_t *res, const run_options *o, const run_state *st, si
     const float *ft = st->features + i * (size_t)st->nfeat;
     if (it->error) {
         json_object_set_new(res, "error", cli_json_str(it->error, strlen(it->error)));
+        return;
+    }
+    if (o->backbone) {
+        json_object_set_new(res, "features", float_array(ft, st->nfeat));
         return;
     }
     topk(lg, st->classes, kk, ti);
@@ -756,14 +890,34 @@ static void put_floats(cli_sb *out, const char *what, const float *v, int64_t n)
     sb_putc(out, '\n');
 }
 
+/* A backbone's features in one line, six digits: "  features: 512 values, L2 norm 23.1, min 0,
+ * max 3.2, mean 0.91 (--json for the vector)". NaN and infinities show in the norm and mean. */
+static void features_summary(cli_sb *out, const float *v, int64_t n)
+{
+    double sq = 0, sum = 0, lo = INFINITY, hi = -INFINITY;
+    for (int64_t c = 0; c < n; c++) {
+        sq += (double)v[c] * v[c];
+        sum += v[c];
+        lo = v[c] < lo ? v[c] : lo;
+        hi = v[c] > hi ? v[c] : hi;
+    }
+    sb_printf(out, "  features: %" PRId64 " values, L2 norm %.6g, min %.6g, max %.6g, mean %.6g",
+              n, sqrt(sq), lo, hi, sum / (double)n);
+    sb_puts(out, " (--json for the vector)\n");
+}
+
 static void results_human(cli_sb *out, const run_options *o, const run_state *st)
 {
     const ckpt_sd_report *r = o->l.r;
     int kk = (int)(o->topk < st->classes ? o->topk : st->classes);
     int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
     double *prob = alloc_array((size_t)st->classes, sizeof *prob);
-    sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
-              ckpt_arch_name(r->arch), st->classes);
+    if (o->backbone)
+        sb_printf(out, "%s: torchvision.models.%s() backbone (fc = nn.Identity(); the file has "
+                  "no classifier) from ", o->l.path, ckpt_arch_name(r->arch));
+    else
+        sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
+                  ckpt_arch_name(r->arch), st->classes);
     cli_locate_where(out, r->chosen);
     int threads = ckpt_model_threads(st->m);
     sb_printf(out, ", %s backend, %d thread%s", ckpt_backend_name(ckpt_model_backend(st->m)),
@@ -778,6 +932,10 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
             continue; /* already reported on stderr */
         sb_put_clean(out, it->name, strlen(it->name));
         sb_puts(out, "\n");
+        if (o->backbone) {
+            features_summary(out, st->features + i * (size_t)st->nfeat, st->nfeat);
+            continue;
+        }
         topk(lg, st->classes, kk, ti);
         softmax(lg, st->classes, prob);
         for (int j = 0; j < kk; j++) {
@@ -848,6 +1006,8 @@ int cmd_run(int argc, char **argv, const cli_command *self)
         rc = forward(&o, &st);
         cli_progress_clear(&st.progress);
     }
+    if (rc < 0 && o.profile)
+        print_profile(&o, &st);
     if (rc < 0)
         rc = print_results(&o, &st);
 

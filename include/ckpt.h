@@ -831,6 +831,12 @@ CKPT_API bool ckpt_backend_available(ckpt_backend b);
 #define CKPT_MODEL_NO_WINOGRAD 1u  /* dnnl: direct convolution everywhere */
 #define CKPT_MODEL_WINOGRAD_ALL 2u /* dnnl: Winograd on every stride-1 3x3 conv without groups
                                     * (the default uses it where it wins; see INFERENCE.md) */
+#define CKPT_MODEL_PROFILE 4u      /* dnnl: time every layer of every run (a clock read and a
+                                    * stream wait per layer); see ckpt_model_get_layer */
+#define CKPT_MODEL_BF16 8u         /* dnnl: bfloat16 weights and activations (float32 bias,
+                                    * accumulation and head), about 1.7x faster where the CPU
+                                    * has bf16 dot products, CKPT_EUNSUPPORTED where it has not
+                                    * (ckpt_model_bf16_available); accuracy in INFERENCE.md */
 
 typedef struct ckpt_model_options {
     ckpt_backend backend; /* CKPT_BACKEND_AUTO */
@@ -849,9 +855,11 @@ typedef int (*ckpt_weight_fn)(void *ud, const char *key, const int64_t *expect_s
                               float *out, ckpt_error *err);
 
 /* Build the model for arch with num_classes outputs, asking fn for every weight it needs (the
- * BatchNorm num_batches_tracked counters are not asked for). opt may be NULL. On success *out
- * belongs to the caller; free it with ckpt_model_free. CKPT_EUNSUPPORTED when opt asks for a
- * backend this build lacks. */
+ * BatchNorm num_batches_tracked counters are not asked for). num_classes 0: the backbone alone
+ * (a self-supervised checkpoint without fc): the head is not asked for, and ckpt_model_run
+ * writes features only, what torchvision's model with fc = nn.Identity() returns. opt may be
+ * NULL. On success *out belongs to the caller; free it with ckpt_model_free.
+ * CKPT_EUNSUPPORTED when opt asks for a backend this build lacks. */
 CKPT_API int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn,
                             void *ud, const ckpt_model_options *opt, ckpt_model **out,
                             ckpt_error *err);
@@ -868,14 +876,52 @@ CKPT_API int ckpt_model_load_sd(const ckpt_arch *arch, int64_t num_classes,
                                 ckpt_model **out, ckpt_error *err);
 /* Run batch images input[batch][3][height][width] (any height and width from 1 to 16384; the
  * average pool adapts) and write logits[batch][classes] and, if features is not NULL, the
- * pooled features before fc, features[batch][ckpt_model_features(m)]. Images are computed one
- * at a time with the same code, so a batch's outputs equal those of its images run alone. Not
+ * pooled features before fc, features[batch][ckpt_model_features(m)] (a backbone, built with
+ * num_classes 0, needs features and ignores logits, which may be NULL). A batch's outputs equal
+ * those of its images run alone, bit for bit (dnnl runs groups of 8, 4 and 2 images on
+ * batched primitives pinned to the one-image kernels; tests prove it per group size). Not
  * safe to call on one model from two threads at once. Sets the calling thread's OpenMP thread
  * count to the model's for the call and restores it. */
 CKPT_API int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int width,
                             float *logits, float *features, ckpt_error *err);
 /* NULL is a no-op. */
 CKPT_API void ckpt_model_free(ckpt_model *m);
+
+/* Whether CKPT_MODEL_BF16 can be used on this machine (dnnl built in, and bf16 dot products:
+ * AVX512_BF16 or AMX, as oneDNN sees them; DNNL_MAX_CPU_ISA can hide them). */
+CKPT_API bool ckpt_model_bf16_available(void);
+
+/* Where the time of loading and running went, in milliseconds. Load phases are always
+ * recorded; per-layer times only with CKPT_MODEL_PROFILE. */
+typedef struct ckpt_model_profile {
+    double load_ms;         /* all of ckpt_model_new */
+    double read_fold_ms;    /* reading the weights (fn) and folding BatchNorm */
+    double build_ms;        /* dnnl: creating the primitives for the prepared size */
+    double reorder_ms;      /* dnnl: wall time of reading, folding and reordering the convs'
+                             * weights (reorders spread over the threads, overlapped with the
+                             * reading of the next group) */
+    double winograd_cpu_ms; /* dnnl: of which Winograd weight transforms, summed over threads */
+    double blocked_cpu_ms;  /* dnnl: and reorders into blocked layouts, summed over threads */
+    double first_run_ms;    /* the first ckpt_model_run call (0 before it) */
+    int first_run_images;   /* its batch */
+    int64_t images;         /* images run with CKPT_MODEL_PROFILE */
+    int largest_group;      /* dnnl: most images run at once by batched primitives so far (1:
+                             * one at a time; batched plans whose kernels would differ from
+                             * one image's are not used) */
+} ckpt_model_profile;
+
+/* One step of the network as the dnnl backend runs it. */
+typedef struct ckpt_model_layer {
+    const char *name;       /* "conv1", "maxpool", "layer1.0.conv2", "output" (a reorder) */
+    const char *impl;       /* oneDNN's implementation ("brgconv:avx512_core", ...) */
+    double gflop;           /* per image at the prepared size; 0 for other than convs */
+    double ms;              /* per image, mean over the profiled images (0 without profiling) */
+} ckpt_model_layer;
+
+/* The pointers in *out stay valid until the model is freed or run at another size. */
+CKPT_API void ckpt_model_get_profile(const ckpt_model *m, ckpt_model_profile *out);
+/* Layer i; false past the end (and always for the ref backend). */
+CKPT_API bool ckpt_model_get_layer(const ckpt_model *m, size_t i, ckpt_model_layer *out);
 
 CKPT_API ckpt_backend ckpt_model_backend(const ckpt_model *m); /* REF or DNNL, never AUTO */
 CKPT_API int ckpt_model_threads(const ckpt_model *m);

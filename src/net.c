@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -29,7 +30,16 @@ struct ckpt_model {
     ckpt__net *net; /* what the backend did not take over */
     ckpt__ref *ref;
     ckpt__dnnl *dnnl;
+    ckpt_model_profile prof; /* the phases net.c times; the backend's are added on request */
+    bool has_run;
 };
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) * 1e-6;
+}
 
 /* ---- threads ----------------------------------------------------------------------------- */
 
@@ -155,12 +165,13 @@ static int bn_key(char *buf, size_t size, const char *bn, const char *leaf)
     return snprintf(buf, size, "%s.%s", bn, leaf) < (int)size ? 0 : -1;
 }
 
-/* Read conv c's weight and fold the BatchNorm called bn into it. */
-static int load_conv(loader *l, ckpt__conv *c, const char *bn)
+/* Read conv c's weight (into w when not NULL, else a new buffer) and fold the BatchNorm
+ * called bn into it. */
+static int load_conv(loader *l, ckpt__conv *c, float *w, const char *bn)
 {
     int64_t icg = c->ic / c->groups;
     size_t per_oc = (size_t)(icg * c->k * c->k), count = (size_t)c->oc * per_oc;
-    c->w = malloc(count * sizeof *c->w);
+    c->w = w ? w : malloc(count * sizeof *c->w);
     c->b = malloc((size_t)c->oc * sizeof *c->b);
     float *stats = malloc(4 * (size_t)c->oc * sizeof *stats);
     if (!c->w || !c->b || !stats) {
@@ -195,24 +206,26 @@ static int load_conv(loader *l, ckpt__conv *c, const char *bn)
     return rc;
 }
 
-static int load_conv_cb(void *ud, ckpt__conv *c, ckpt_error *err)
+static int load_conv_cb(void *ud, ckpt__conv *c, float *w, ckpt_error *err)
 {
     loader *l = ud;
     (void)err; /* l->err is the same record */
-    return load_conv(l, c, c->bn);
+    return load_conv(l, c, w, c->bn);
 }
 
-/* The head (the family's head_w, head_b) always; the convs too when all_convs (the dnnl
- * backend loads them one at a time). */
+/* The head (the family's head_w, head_b) unless it has no classes (a backbone); the convs
+ * too when all_convs (the dnnl backend loads them one at a time). */
 static int net_load(ckpt__net *n, loader *l, bool all_convs, const char *head_w,
                     const char *head_b)
 {
     size_t nc = ckpt__net_conv_count(n);
     for (size_t i = 0; i < nc && all_convs; i++) {
-        int rc = load_conv_cb(l, ckpt__net_conv_at(n, i), l->err);
+        int rc = load_conv_cb(l, ckpt__net_conv_at(n, i), NULL, l->err);
         if (rc)
             return rc;
     }
+    if (n->classes == 0)
+        return CKPT_OK;
     size_t fcn;
     if (ckpt__mul_overflow((size_t)n->classes, (size_t)n->features, &fcn) ||
         fcn > SIZE_MAX / sizeof(float))
@@ -308,7 +321,7 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
     if (!arch->family->net)
         return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "no inference for the %s family ('%s')",
                          arch->family->name, arch->name);
-    if (num_classes < 1 || num_classes > NET_MAX_CLASSES)
+    if (num_classes < 0 || num_classes > NET_MAX_CLASSES) /* 0: a backbone, no head */
         return CKPT_FAIL(err, CKPT_EINVAL, "class count %lld is out of range",
                          (long long)num_classes);
     ckpt_model_options o = opt ? *opt : (ckpt_model_options){0};
@@ -333,6 +346,15 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
         return CKPT_FAIL(err, CKPT_EUNSUPPORTED,
                          "backend 'dnnl' is not in this build of libckpt (use 'ref')");
 
+    if ((o.flags & CKPT_MODEL_BF16) && o.backend != CKPT_BACKEND_DNNL)
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "bf16 inference needs the 'dnnl' backend");
+    if ((o.flags & CKPT_MODEL_BF16) && !ckpt__dnnl_bf16_supported())
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED,
+                         "this CPU has no bfloat16 dot products (AVX512_BF16 or AMX) for "
+                         "bf16 inference; use float32");
+
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     ckpt_model *m = calloc(1, sizeof *m);
     if (!m)
         return CKPT_NOMEM(err);
@@ -343,16 +365,25 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
     if (rc == CKPT_OK)
         rc = net_load(m->net, &l, o.backend == CKPT_BACKEND_REF, ckpt_arch_head(arch, false),
                       ckpt_arch_head(arch, true));
+    m->prof.read_fold_ms = ms_since(&t0);
     if (rc == CKPT_OK) {
-        if (o.backend == CKPT_BACKEND_REF)
+        if (o.backend == CKPT_BACKEND_REF) {
             rc = ckpt__ref_new(m->net, m->threads, &m->ref, err);
-        else
-            rc = ckpt__dnnl_new(m->net, m->threads,
-                                o.flags & CKPT_MODEL_NO_WINOGRAD    ? CKPT__WINO_NONE
-                                : o.flags & CKPT_MODEL_WINOGRAD_ALL ? CKPT__WINO_ALL
-                                                                    : CKPT__WINO_AUTO,
-                                o.height, o.width, load_conv_cb, &l, &m->dnnl, err);
+        } else {
+            ckpt__dnnl_options dopt = {
+                m->threads,
+                o.flags & CKPT_MODEL_NO_WINOGRAD    ? CKPT__WINO_NONE
+                : o.flags & CKPT_MODEL_WINOGRAD_ALL ? CKPT__WINO_ALL
+                                                    : CKPT__WINO_AUTO,
+                (o.flags & CKPT_MODEL_BF16) != 0,
+                (o.flags & CKPT_MODEL_PROFILE) != 0,
+                o.height,
+                o.width,
+            };
+            rc = ckpt__dnnl_new(m->net, &dopt, load_conv_cb, &l, &m->dnnl, err);
+        }
     }
+    m->prof.load_ms = ms_since(&t0);
     if (rc) {
         ckpt_model_free(m);
         return rc;
@@ -376,6 +407,40 @@ ckpt_backend ckpt_model_backend(const ckpt_model *m)
     return m->backend;
 }
 
+bool ckpt_model_bf16_available(void)
+{
+    return ckpt__dnnl_available() && ckpt__dnnl_bf16_supported();
+}
+
+void ckpt_model_get_profile(const ckpt_model *m, ckpt_model_profile *out)
+{
+    *out = m->prof;
+    if (m->dnnl) {
+        ckpt__load_profile p;
+        ckpt__dnnl_load_profile(m->dnnl, &p);
+        out->read_fold_ms += p.read_fold_ms;
+        out->build_ms = p.build_ms;
+        out->reorder_ms = p.reorder_ms;
+        out->winograd_cpu_ms = p.winograd_cpu_ms;
+        out->blocked_cpu_ms = p.blocked_cpu_ms;
+        out->images = p.images;
+        out->largest_group = p.largest_group;
+    } else {
+        out->largest_group = m->has_run ? 1 : 0;
+    }
+}
+
+bool ckpt_model_get_layer(const ckpt_model *m, size_t i, ckpt_model_layer *out)
+{
+    double ms;
+    if (!m->dnnl || !ckpt__dnnl_layer(m->dnnl, i, &out->name, &out->impl, &out->gflop, &ms))
+        return false;
+    ckpt__load_profile p;
+    ckpt__dnnl_load_profile(m->dnnl, &p);
+    out->ms = p.images > 0 ? ms / (double)p.images : 0.0;
+    return true;
+}
+
 int ckpt_model_threads(const ckpt_model *m)
 {
     return m->threads;
@@ -394,8 +459,10 @@ int64_t ckpt_model_features(const ckpt_model *m)
 int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int width,
                    float *logits, float *features, ckpt_error *err)
 {
-    if (!m || !input || !logits)
+    if (!m || !input || (m->net->classes ? !logits : !features))
         return CKPT_FAIL(err, CKPT_EINVAL, "no model, input or output given");
+    if (!m->net->classes)
+        logits = NULL; /* a backbone writes none */
     if (batch < 0 || batch > CKPT__NET_MAX_BATCH)
         return CKPT_FAIL(err, CKPT_EINVAL, "batch of %d images is out of range (0 to %d)",
                          batch, CKPT__NET_MAX_BATCH);
@@ -403,18 +470,24 @@ int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int
         return CKPT_FAIL(err, CKPT_EINVAL, "image of %dx%d is out of range (1 to %d a side)",
                          width, height, CKPT__NET_MAX_SIDE);
     size_t per_image = (size_t)3 * (size_t)height * (size_t)width; /* < 2^30 by the limits */
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int saved = ckpt__threads_set(m->threads);
     int rc = CKPT_OK;
-    for (int i = 0; i < batch && rc == CKPT_OK; i++) {
+    if (m->backend == CKPT_BACKEND_DNNL)
+        rc = ckpt__dnnl_run(m->dnnl, input, batch, height, width, logits, features, err);
+    for (int i = 0; i < batch && rc == CKPT_OK && m->backend == CKPT_BACKEND_REF; i++) {
         const float *x = input + (size_t)i * per_image;
-        float *lo = logits + (size_t)i * (size_t)m->net->classes;
+        float *lo = logits ? logits + (size_t)i * (size_t)m->net->classes : NULL;
         float *fe = features ? features + (size_t)i * (size_t)m->net->features : NULL;
-        if (m->backend == CKPT_BACKEND_REF)
-            rc = ckpt__ref_run(m->ref, x, height, width, lo, fe, err);
-        else
-            rc = ckpt__dnnl_run(m->dnnl, x, height, width, lo, fe, err);
+        rc = ckpt__ref_run(m->ref, x, height, width, lo, fe, err);
     }
     ckpt__threads_restore(saved);
+    if (!m->has_run && rc == CKPT_OK && batch > 0) {
+        m->has_run = true;
+        m->prof.first_run_ms = ms_since(&t0);
+        m->prof.first_run_images = batch;
+    }
     return rc;
 }
 

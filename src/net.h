@@ -81,7 +81,8 @@ void ckpt__ref_conv(const ckpt__conv *c, const float *x, int64_t h, int64_t w, f
 /* 3x3, stride 2, padding 1 max-pool of x [c][h][w]; NaN propagates as in PyTorch. */
 void ckpt__ref_maxpool(const float *x, int64_t c, int64_t h, int64_t w, float *y, int threads);
 /* The head shared by both backends: features[c] = mean of x[c][..] (x is [c][hw], summed in
- * order), logits = fc_w . features + fc_b. features may be NULL. */
+ * order), logits = fc_w . features + fc_b. features may be NULL, and logits when the net has
+ * no classes (a backbone). */
 void ckpt__net_head(const ckpt__net *n, const float *x, int64_t hw, float *logits,
                     float *features);
 
@@ -102,18 +103,48 @@ typedef enum ckpt__wino {
 } ckpt__wino;
 
 typedef struct ckpt__dnnl ckpt__dnnl;
-/* Fills c->w and c->b (folded). The dnnl backend calls it conv by conv while it builds its
- * primitives, so that only one conv's plain weights exist at a time. */
-typedef int (*ckpt__conv_load_fn)(void *ud, ckpt__conv *c, ckpt_error *err);
+/* Fills c->b and the folded weights: into w (oc * ic/groups * k * k floats, which c->w then
+ * points at without owning) when w is not NULL, else into a new c->w. The dnnl backend calls
+ * it conv by conv in execution order after planning, so that a bounded group of plain weights
+ * exists at a time. */
+typedef int (*ckpt__conv_load_fn)(void *ud, ckpt__conv *c, float *w, ckpt_error *err);
+
+typedef struct ckpt__dnnl_options {
+    int threads;
+    ckpt__wino wino;
+    bool bf16;          /* bf16 weights and activations (f32 bias, accumulation and head) */
+    bool profile;       /* time every step of every run */
+    int64_t h, w;       /* the image size to plan for at load */
+} ckpt__dnnl_options;
+
+/* Where loading went (milliseconds); the model adds its own phases (net.c). */
+typedef struct ckpt__load_profile {
+    double read_fold_ms;    /* reading the convs' weights and folding BatchNorm */
+    double reorder_ms;      /* wall time of read + fold + reorders, overlapped (load_weights) */
+    double winograd_cpu_ms; /* of which Winograd transforms, summed over threads */
+    double blocked_cpu_ms;  /* and reorders into blocked layouts, summed over threads */
+    double build_ms;        /* planning: primitive descriptors and primitives */
+    int64_t images;         /* images run with profiling on */
+    int largest_group;      /* most images one plan ran at once */
+} ckpt__load_profile;
+
 bool ckpt__dnnl_available(void);
-/* Takes over the folded weights: a conv whose w is NULL is loaded with load(ud, ...) when its
- * primitive is first built; each w is freed once reordered, unless the conv may need it again
- * (see net_dnnl.c). */
-int ckpt__dnnl_new(ckpt__net *n, int threads, ckpt__wino wino, int64_t h, int64_t w,
-                   ckpt__conv_load_fn load, void *ud, ckpt__dnnl **out, ckpt_error *err);
-int ckpt__dnnl_run(ckpt__dnnl *d, const float *x, int64_t h, int64_t w, float *logits,
+/* Whether oneDNN sees bf16 dot products (AVX512_BF16 or AMX) on this CPU. */
+bool ckpt__dnnl_bf16_supported(void);
+/* Takes over the folded weights: every conv is loaded with load(ud, ...) once planned; each w
+ * is freed once reordered, unless the conv may need it again (see net_dnnl.c). */
+int ckpt__dnnl_new(ckpt__net *n, const ckpt__dnnl_options *o, ckpt__conv_load_fn load,
+                   void *ud, ckpt__dnnl **out, ckpt_error *err);
+/* n images [n][3][h][w] -> logits [n][classes] and features [n][features] (may be NULL). */
+int ckpt__dnnl_run(ckpt__dnnl *d, const float *x, int n, int64_t h, int64_t w, float *logits,
                    float *features, ckpt_error *err);
 void ckpt__dnnl_free(ckpt__dnnl *d);
+void ckpt__dnnl_load_profile(const ckpt__dnnl *d, ckpt__load_profile *out);
+/* Step i of the one-image plan: its name ("conv1", "maxpool", "output"), oneDNN's
+ * implementation, GFLOP per image and milliseconds summed over the profiled runs; false past
+ * the end. */
+bool ckpt__dnnl_layer(const ckpt__dnnl *d, size_t i, const char **name, const char **impl,
+                      double *gflop, double *ms);
 /* Name of the oneDNN implementation of each conv at the last prepared size ("jit:avx512_core",
  * "jit_wino_4x3:avx512_core", ...), for tests and docs; NULL past the end. */
 const char *ckpt__dnnl_impl(const ckpt__dnnl *d, size_t conv_index);

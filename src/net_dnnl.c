@@ -11,19 +11,28 @@
  * its identity (the block input, or the downsample's output) with post-ops sum then ReLU, so
  * the residual add and the ReLU cost no extra pass.
  *
- * Determinism. Primitives are built for one image (mb = 1) and a batch runs image by image,
- * so an image's bits cannot depend on its batch or position. oneDNN's forward direct and
- * Winograd convolutions sum each output over input channels and taps in an order fixed by the
- * kernel's blocking, which 2.6 chooses from the shapes and the ISA; threads split the work by
- * output blocks and rows, never the sum (bit-identical for 1, 2 and 3 threads: test_net.c).
+ * Determinism. The plan for one image (mb 1) is built at load; plans for 2, 4 and 8 images
+ * are built on first use and must run exactly mb 1's kernels (pinned by implementation name,
+ * with mb 1's weights layout), else they are not used and images run one at a time. A batch
+ * runs in groups of 8, 4, 2 and 1. oneDNN's forward direct and Winograd convolutions sum each
+ * output over input channels and taps in an order fixed by the kernel's blocking, which 2.6
+ * chooses from the shapes and the ISA; threads and images split the work by output blocks,
+ * rows and images, never the sum. test_net.c checks the claim: every batch size from 1 to 9
+ * at every position equals the image alone, for 1, 2 and 3 threads.
  *
- * Winograd. oneDNN's F(2x2, 3x3) and F(4x4, 3x3) kernels keep 16/9 or 36/9 times the weights
- * of a direct conv, and the transformed weights cannot be reordered back. So: a conv
- * is Winograd-eligible by a rule that does not look at the image size (3x3, stride 1, no
- * groups, and under CKPT__WINO_AUTO at most WINO_MAX_CHANNELS channels, where the planes are
- * 14x14 or larger at 224 and the speed-up pays for the memory); eligible convs keep their
- * folded plain weights so any later image size can re-derive its layout; the others free them
- * once reordered and re-reorder from the blocked copy when the size changes the layout.
+ * Winograd. oneDNN picks F(2x2, 3x3) for one image and F(4x4, 3x3) for more, and the two round
+ * differently, so every plan takes F(4x4, 3x3). Its weights are 36/9 of a direct conv's and
+ * their transform is slow and cannot be reordered back. So: a conv is Winograd-eligible by a
+ * rule that does not look at the image size (3x3, stride 1, no groups, and under
+ * CKPT__WINO_AUTO at most WINO_MAX_CHANNELS channels: layer1 and layer2, where the planes are
+ * 28x28 or larger at 224 and the speed-up pays for the transform at load; layer3's would cost
+ * 56 MB and most of the load time); eligible convs keep their folded plain weights so any
+ * later image size can re-derive its layout; the others keep only the blocked copy and
+ * re-reorder from it when the size changes the layout.
+ *
+ * Loading. The plan is built first with the weights' memories left empty, so their total size
+ * is known: one arena, then the plain weights read and folded in order, group by group, and
+ * each group's reorders spread over the threads (load_weights).
  */
 #include "net.h"
 
@@ -32,17 +41,29 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
-#define WINO_MAX_CHANNELS 256  /* CKPT__WINO_AUTO: layer1..layer3 of the ResNets */
+#define WINO_MAX_CHANNELS 128  /* CKPT__WINO_AUTO: layer1 and layer2 of the ResNets */
 #define DNNL_ALIGN 64
 #define MAX_ARGS 6
+
+#define N_PLANS 4                  /* plans for batches of 1, 2, 4 and 8 images */
+#define GROUP_BYTES (4u << 20)     /* plain weights read and folded before a parallel reorder
+                                    * (at least the largest conv's) */
+#define ARENA_ALIGN (2u << 20)     /* the weights arena: one transparent huge page per 2 MB */
 
 typedef struct dconv {
     ckpt__conv *c;
     bool wino_ok;          /* eligible: keeps c->w */
-    dnnl_memory_t wmem;    /* weights in the layout of the current primitive */
+    dnnl_memory_t wmem;    /* weights in the layout of the current primitives */
+    void *wbuf;            /* wmem's buffer when owned here; NULL when it lies in d->arena */
     dnnl_memory_t bmem;    /* c->b, plain */
-    char impl[64];         /* implementation at the current size */
+    bool pending;          /* wmem made at load, its weights still to be read and reordered */
+    size_t arena_off;      /* where a pending wmem goes in the arena */
 } dconv;
 
 typedef struct step {
@@ -51,29 +72,54 @@ typedef struct step {
     dnnl_exec_arg_t args[MAX_ARGS];
 } step;
 
-struct ckpt__dnnl {
-    ckpt__net *net;
-    int threads;
-    ckpt__wino wino;
-    ckpt__conv_load_fn load; /* while ckpt__dnnl_new runs */
-    void *load_ud;
-    dnnl_engine_t eng;
-    dnnl_stream_t strm;
-    dconv *convs;
-    size_t n_convs;
-    /* the plan for one image of h x w; h == 0 when there is none */
-    int64_t h, w;
+/* The compiled network for mb images of h x w. Every plan has the same steps in the same
+ * order, so the profile's layers are the steps of any of them. */
+typedef struct plan {
+    int64_t mb, h, w;      /* h == 0: not built */
+    bool unusable;         /* mb > 1 whose kernels or weights would differ from mb 1's */
     step *steps;
     size_t n_steps, cap_steps;
     dnnl_memory_t *mems;   /* activation and scratchpad views, destroyed with the plan */
     size_t n_mems, cap_mems;
-    void *act[4];          /* blocked activations */
+    void *act[4];          /* activations, then the scratchpad, in one region (big_alloc) */
     size_t act_bytes;
     void *scratch;
     size_t scratch_bytes;
+    void *region;
+    size_t region_mapped;
     float *out;            /* the last activation as NCHW, for the head */
     int64_t out_hw;
-    dnnl_memory_t in_user; /* the caller's image, handle set per run */
+    dnnl_memory_t in_user; /* the caller's images, handle set per run */
+} plan;
+
+typedef struct layer {
+    char name[40];
+    char impl[64];         /* oneDNN's implementation in the mb 1 plan */
+    double gflop;          /* per image */
+    double ms;             /* summed over the profiled runs */
+} layer;
+
+struct ckpt__dnnl {
+    ckpt__net *net;
+    int threads;
+    ckpt__wino wino;
+    bool bf16;
+    dnnl_data_type_t dt;     /* activations and weights: f32, or bf16 */
+    ckpt__conv_load_fn load; /* while ckpt__dnnl_new runs */
+    void *load_ud;
+    bool loading;            /* plan_build defers weights (pending) instead of reordering */
+    size_t arena_bytes;
+    void *arena;             /* the weights of every conv made at load (big_alloc) */
+    size_t arena_mapped;
+    dnnl_engine_t eng;
+    dnnl_stream_t strm;
+    dconv *convs;
+    size_t n_convs;
+    plan plans[N_PLANS];
+    layer *layers;           /* the steps of plans[0] */
+    size_t n_layers;
+    bool profile;
+    ckpt__load_profile prof;
 };
 
 static const char *dnnl_status_name(dnnl_status_t s)
@@ -118,6 +164,16 @@ bool ckpt__dnnl_available(void)
     return true;
 }
 
+/* bf16 dot products (AVX512_BF16 or AMX) as oneDNN sees them: without them oneDNN would
+ * emulate bf16 at a fraction of the f32 speed, or have no kernel at all. DNNL_MAX_CPU_ISA
+ * lowers what it sees, and so what this answers. */
+bool ckpt__dnnl_bf16_supported(void)
+{
+    unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    return (isa & (unsigned)dnnl_cpu_isa_avx512_core_bf16) ==
+           (unsigned)dnnl_cpu_isa_avx512_core_bf16;
+}
+
 /* ---- small tools -------------------------------------------------------------------------- */
 
 static void *aligned_buf(size_t bytes)
@@ -126,27 +182,60 @@ static void *aligned_buf(size_t bytes)
     return aligned_alloc(DNNL_ALIGN, n ? n : DNNL_ALIGN);
 }
 
-static void act_md(dnnl_memory_desc_t *md, int64_t mb, int64_t c, int64_t h, int64_t w,
-                   dnnl_format_tag_t tag)
+/* Large buffers straight from the kernel (zero pages, faulted in on first write), aligned to
+ * ARENA_ALIGN: malloc would serve them from the heap after the first free (glibc raises its
+ * mmap threshold), where they stay resident; huge pages asked for (advice only). */
+static void *big_alloc(size_t bytes, size_t *mapped)
 {
-    dnnl_dims_t dims = {mb, c, h, w};
-    dnnl_memory_desc_init_by_tag(md, 4, dims, dnnl_f32, tag);
+    size_t n = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    if (n == 0 || n > SIZE_MAX - ARENA_ALIGN)
+        return NULL;
+    char *p = mmap(NULL, n + ARENA_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    uintptr_t a = ((uintptr_t)p + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    if (a > (uintptr_t)p)
+        munmap(p, a - (uintptr_t)p);
+    size_t tail = (uintptr_t)p + n + ARENA_ALIGN - (a + n);
+    if (tail)
+        munmap((void *)(a + n), tail);
+#ifdef MADV_HUGEPAGE
+    madvise((void *)a, n, MADV_HUGEPAGE);
+#endif
+    *mapped = n;
+    return (void *)a;
 }
 
-static void weights_md(dnnl_memory_desc_t *md, const ckpt__conv *c, dnnl_format_tag_t tag)
+static void big_free(void *p, size_t mapped)
+{
+    if (p)
+        munmap(p, mapped);
+}
+
+static void act_md(dnnl_memory_desc_t *md, int64_t mb, int64_t c, int64_t h, int64_t w,
+                   dnnl_data_type_t dt, dnnl_format_tag_t tag)
+{
+    dnnl_dims_t dims = {mb, c, h, w};
+    dnnl_memory_desc_init_by_tag(md, 4, dims, dt, tag);
+}
+
+static void weights_md(dnnl_memory_desc_t *md, const ckpt__conv *c, dnnl_data_type_t dt,
+                       dnnl_format_tag_t tag)
 {
     if (c->groups == 1) {
         dnnl_dims_t dims = {c->oc, c->ic, c->k, c->k};
-        dnnl_memory_desc_init_by_tag(md, 4, dims, dnnl_f32, tag == dnnl_format_tag_any ? tag
-                                                                                  : dnnl_oihw);
+        dnnl_memory_desc_init_by_tag(md, 4, dims, dt, tag == dnnl_format_tag_any ? tag
+                                                                            : dnnl_oihw);
     } else {
         dnnl_dims_t dims = {c->groups, c->oc / c->groups, c->ic / c->groups, c->k, c->k};
-        dnnl_memory_desc_init_by_tag(md, 5, dims, dnnl_f32, tag == dnnl_format_tag_any ? tag
-                                                                                  : dnnl_goihw);
+        dnnl_memory_desc_init_by_tag(md, 5, dims, dt, tag == dnnl_format_tag_any ? tag
+                                                                            : dnnl_goihw);
     }
 }
 
-/* Copy src into dst (two memories, any layouts) with a reorder primitive built for the call. */
+/* Copy src into dst (two memories, any layouts) with a reorder primitive built for the call,
+ * on stream strm. Several threads may run it at once, each with its own stream. */
 static int reorder_now(dnnl_engine_t eng, dnnl_stream_t strm, dnnl_memory_t src,
                        dnnl_memory_t dst, const char *subject, ckpt_error *err)
 {
@@ -168,20 +257,62 @@ static int reorder_now(dnnl_engine_t eng, dnnl_stream_t strm, dnnl_memory_t src,
     return CKPT_OK;
 }
 
-/* A convolution primitive descriptor: src fixed, weights any, bias plain, dst fixed or any
- * (dst_md NULL); post-ops sum (residual) and ReLU as asked, scratchpad from the caller. */
+static const char *pd_impl(const_dnnl_primitive_desc_t pd)
+{
+    const char *impl = NULL;
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    return impl ? impl : "?";
+}
+
+/* The first implementation of op whose name contains pin (any when pin is NULL), or with
+ * exact, whose name is pin. */
+static dnnl_status_t first_impl(dnnl_primitive_desc_t *pd, const_dnnl_op_desc_t op,
+                                const_dnnl_primitive_attr_t attr, dnnl_engine_t eng,
+                                const char *pin, bool exact)
+{
+    if (!pin)
+        return dnnl_primitive_desc_create(pd, op, attr, eng, NULL);
+    dnnl_primitive_desc_iterator_t it;
+    dnnl_status_t s = dnnl_primitive_desc_iterator_create(&it, op, attr, eng, NULL);
+    if (s != dnnl_success)
+        return s;
+    for (;;) {
+        dnnl_primitive_desc_t cand = dnnl_primitive_desc_iterator_fetch(it);
+        if (!cand) {
+            s = dnnl_out_of_memory;
+            break;
+        }
+        const char *impl = pd_impl(cand);
+        if (exact ? strcmp(impl, pin) == 0 : strstr(impl, pin) != NULL) {
+            *pd = cand;
+            break;
+        }
+        dnnl_primitive_desc_destroy(cand);
+        if ((s = dnnl_primitive_desc_iterator_next(it)) != dnnl_success) {
+            s = dnnl_unimplemented;
+            break;
+        }
+    }
+    dnnl_primitive_desc_iterator_destroy(it);
+    return s;
+}
+
+/* A convolution primitive descriptor: src fixed, weights any, bias plain f32, dst fixed or
+ * any (dst_md NULL) of type dt; post-ops sum (residual) and ReLU as asked, scratchpad from
+ * the caller; the implementation pinned as first_impl says. */
 static dnnl_status_t conv_pd(dnnl_primitive_desc_t *pd, dnnl_engine_t eng, const ckpt__conv *c,
                              const dnnl_memory_desc_t *src, const dnnl_memory_desc_t *dst_md,
-                             int64_t oh, int64_t ow, bool sum, bool relu, bool winograd)
+                             int64_t oh, int64_t ow, bool sum, bool relu, bool winograd,
+                             dnnl_data_type_t dt, const char *pin, bool exact)
 {
     dnnl_memory_desc_t wmd, bmd, dmd;
-    weights_md(&wmd, c, dnnl_format_tag_any);
+    weights_md(&wmd, c, dt, dnnl_format_tag_any);
     dnnl_dims_t bdims = {c->oc};
     dnnl_memory_desc_init_by_tag(&bmd, 1, bdims, dnnl_f32, dnnl_x);
     if (dst_md)
         dmd = *dst_md;
     else
-        act_md(&dmd, src->dims[0], c->oc, oh, ow, dnnl_format_tag_any);
+        act_md(&dmd, src->dims[0], c->oc, oh, ow, dt, dnnl_format_tag_any);
     dnnl_dims_t strides = {c->stride, c->stride}, pad = {c->pad, c->pad};
     dnnl_convolution_desc_t cd;
     dnnl_status_t s = dnnl_convolution_forward_desc_init(
@@ -205,7 +336,7 @@ static dnnl_status_t conv_pd(dnnl_primitive_desc_t *pd, dnnl_engine_t eng, const
             s = dnnl_primitive_attr_set_post_ops(attr, po);
     }
     if (s == dnnl_success)
-        s = dnnl_primitive_desc_create(pd, &cd, attr, eng, NULL);
+        s = first_impl(pd, &cd, attr, eng, pin, exact);
     if (po)
         dnnl_post_ops_destroy(po);
     dnnl_primitive_attr_destroy(attr);
@@ -216,7 +347,7 @@ static dnnl_status_t pool_pd(dnnl_primitive_desc_t *pd, dnnl_engine_t eng,
                              const dnnl_memory_desc_t *src, int64_t oh, int64_t ow)
 {
     dnnl_memory_desc_t dmd;
-    act_md(&dmd, src->dims[0], src->dims[1], oh, ow, dnnl_format_tag_any);
+    act_md(&dmd, src->dims[0], src->dims[1], oh, ow, src->data_type, dnnl_format_tag_any);
     dnnl_dims_t strides = {2, 2}, kernel = {3, 3}, pad = {1, 1};
     dnnl_pooling_desc_t d;
     dnnl_status_t s = dnnl_pooling_forward_desc_init(&d, dnnl_forward_inference,
@@ -234,50 +365,28 @@ static dnnl_status_t pool_pd(dnnl_primitive_desc_t *pd, dnnl_engine_t eng,
     return s;
 }
 
-/* ---- the plan ----------------------------------------------------------------------------- */
-
-static void plan_free(ckpt__dnnl *d)
+static double ms_since(const struct timespec *t0)
 {
-    for (size_t i = 0; i < d->n_steps; i++)
-        dnnl_primitive_destroy(d->steps[i].prim);
-    free(d->steps);
-    d->steps = NULL;
-    d->n_steps = d->cap_steps = 0;
-    for (size_t i = 0; i < d->n_mems; i++)
-        dnnl_memory_destroy(d->mems[i]);
-    free(d->mems);
-    d->mems = NULL;
-    d->n_mems = d->cap_mems = 0;
-    for (int i = 0; i < 4; i++) {
-        free(d->act[i]);
-        d->act[i] = NULL;
-    }
-    free(d->scratch);
-    free(d->out);
-    d->scratch = NULL;
-    d->out = NULL;
-    d->act_bytes = d->scratch_bytes = 0;
-    if (d->in_user)
-        dnnl_memory_destroy(d->in_user);
-    d->in_user = NULL;
-    d->h = d->w = 0;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) * 1e-6;
 }
 
-/* A memory view owned by the plan. The buffer is bound later (set_handles) unless given. */
-static int plan_mem(ckpt__dnnl *d, const dnnl_memory_desc_t *md, dnnl_memory_t *out,
-                    ckpt_error *err)
+/* ---- the plan ----------------------------------------------------------------------------- */
+
+static void plan_free(plan *pl)
 {
-    if (d->n_mems == d->cap_mems) {
-        size_t ncap = d->cap_mems ? 2 * d->cap_mems : 64;
-        dnnl_memory_t *nm = realloc(d->mems, ncap * sizeof *nm);
-        if (!nm)
-            return CKPT_NOMEM(err);
-        d->mems = nm;
-        d->cap_mems = ncap;
-    }
-    DN(dnnl_memory_create(out, md, d->eng, DNNL_MEMORY_NONE), "a memory", "activation");
-    d->mems[d->n_mems++] = *out;
-    return CKPT_OK;
+    for (size_t i = 0; i < pl->n_steps; i++)
+        dnnl_primitive_destroy(pl->steps[i].prim);
+    free(pl->steps);
+    for (size_t i = 0; i < pl->n_mems; i++)
+        dnnl_memory_destroy(pl->mems[i]);
+    free(pl->mems);
+    big_free(pl->region, pl->region_mapped);
+    free(pl->out);
+    if (pl->in_user)
+        dnnl_memory_destroy(pl->in_user);
+    memset(pl, 0, sizeof *pl);
 }
 
 /* Every activation view is bound to one of the plan's buffers once all sizes are known. */
@@ -288,14 +397,34 @@ typedef struct binding {
 
 typedef struct planner {
     ckpt__dnnl *d;
+    plan *pl;
     binding *binds;
     size_t n_binds, cap_binds;
+    bool mismatch; /* mb > 1: a kernel or weights layout differs from mb 1's */
     ckpt_error *err;
 } planner;
 
 #define BUF_SCRATCH 4
 #define BUF_OUT 5
-#define BUF_INPUT 6 /* the caller's image: in_user, bound per run */
+#define BUF_INPUT 6 /* the caller's images: in_user, bound per run */
+
+/* A memory view owned by the plan. The buffer is bound later (set_handles) unless given. */
+static int plan_mem(planner *p, const dnnl_memory_desc_t *md, dnnl_memory_t *out)
+{
+    plan *pl = p->pl;
+    ckpt_error *err = p->err;
+    if (pl->n_mems == pl->cap_mems) {
+        size_t ncap = pl->cap_mems ? 2 * pl->cap_mems : 64;
+        dnnl_memory_t *nm = realloc(pl->mems, ncap * sizeof *nm);
+        if (!nm)
+            return CKPT_NOMEM(err);
+        pl->mems = nm;
+        pl->cap_mems = ncap;
+    }
+    DN(dnnl_memory_create(out, md, p->d->eng, DNNL_MEMORY_NONE), "a memory", "activation");
+    pl->mems[pl->n_mems++] = *out;
+    return CKPT_OK;
+}
 
 static int bind(planner *p, dnnl_memory_t mem, int buf)
 {
@@ -314,61 +443,78 @@ static int bind(planner *p, dnnl_memory_t mem, int buf)
 /* A view of buffer buf with layout md; grows the activation buffers' size to fit. */
 static int view(planner *p, const dnnl_memory_desc_t *md, int buf, dnnl_memory_t *out)
 {
-    ckpt__dnnl *d = p->d;
+    plan *pl = p->pl;
     if (buf == BUF_INPUT) {
-        *out = d->in_user;
+        *out = pl->in_user;
         return CKPT_OK;
     }
     size_t bytes = dnnl_memory_desc_get_size(md);
-    if (buf < BUF_SCRATCH && bytes > d->act_bytes)
-        d->act_bytes = bytes;
-    int rc = plan_mem(d, md, out, p->err);
+    if (buf < BUF_SCRATCH && bytes > pl->act_bytes)
+        pl->act_bytes = bytes;
+    int rc = plan_mem(p, md, out);
     return rc ? rc : bind(p, *out, buf);
 }
 
+/* Add a step; for plan 0 also its row of the profile (name, implementation, GFLOP). */
 static int add_step(planner *p, dnnl_primitive_desc_t pd, const dnnl_exec_arg_t *args,
-                    int nargs, const char *subject)
+                    int nargs, const char *subject, double gflop)
 {
     ckpt__dnnl *d = p->d;
+    plan *pl = p->pl;
     ckpt_error *err = p->err;
-    if (d->n_steps == d->cap_steps) {
-        size_t ncap = d->cap_steps ? 2 * d->cap_steps : 64;
-        step *ns = realloc(d->steps, ncap * sizeof *ns);
-        if (!ns) {
+    if (pl->n_steps == pl->cap_steps) {
+        size_t ncap = pl->cap_steps ? 2 * pl->cap_steps : 64;
+        step *ns = realloc(pl->steps, ncap * sizeof *ns);
+        layer *nl = pl == &d->plans[0] ? realloc(d->layers, ncap * sizeof *nl) : d->layers;
+        if (nl)
+            d->layers = nl;
+        if (ns)
+            pl->steps = ns;
+        if (!ns || !nl) {
             dnnl_primitive_desc_destroy(pd);
             return CKPT_NOMEM(err);
         }
-        d->steps = ns;
-        d->cap_steps = ncap;
+        pl->cap_steps = ncap;
     }
-    step *st = &d->steps[d->n_steps];
+    if (pl == &d->plans[0]) {
+        layer *ly = &d->layers[pl->n_steps];
+        snprintf(ly->name, sizeof ly->name, "%s", subject);
+        snprintf(ly->impl, sizeof ly->impl, "%s", pd_impl(pd));
+        ly->gflop = gflop;
+        ly->ms = 0;
+        d->n_layers = pl->n_steps + 1;
+    }
+    step *st = &pl->steps[pl->n_steps];
     memcpy(st->args, args, (size_t)nargs * sizeof *args);
     st->nargs = nargs;
     const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     size_t sbytes = smd ? dnnl_memory_desc_get_size(smd) : 0;
     if (sbytes > 0) {
         dnnl_memory_t sm;
-        int rc = plan_mem(d, smd, &sm, err);
+        int rc = plan_mem(p, smd, &sm);
         if (!rc)
             rc = bind(p, sm, BUF_SCRATCH);
         if (rc) {
             dnnl_primitive_desc_destroy(pd);
             return rc;
         }
-        if (sbytes > d->scratch_bytes)
-            d->scratch_bytes = sbytes;
+        if (sbytes > pl->scratch_bytes)
+            pl->scratch_bytes = sbytes;
         st->args[st->nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, sm};
     }
     dnnl_status_t s = dnnl_primitive_create(&st->prim, pd);
     dnnl_primitive_desc_destroy(pd);
     DN(s, "creating a primitive", subject);
-    d->n_steps++;
+    pl->n_steps++;
     return CKPT_OK;
 }
 
-/* Bring conv i's weights into the layout pd wants (once per layout change). */
-static int conv_weights(ckpt__dnnl *d, dconv *dc, dnnl_primitive_desc_t pd, ckpt_error *err)
+/* Bring conv i's weights into the layout pd wants. While loading, only the memory is made
+ * (its buffer and contents come in load_weights); later, a layout change reorders at once. */
+static int conv_weights(planner *p, dconv *dc, dnnl_primitive_desc_t pd)
 {
+    ckpt__dnnl *d = p->d;
+    ckpt_error *err = p->err;
     ckpt__conv *c = dc->c;
     const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     if (dc->wmem) {
@@ -376,21 +522,38 @@ static int conv_weights(ckpt__dnnl *d, dconv *dc, dnnl_primitive_desc_t pd, ckpt
         DN(dnnl_memory_get_memory_desc(dc->wmem, &have), "reading weights", c->name);
         if (dnnl_memory_desc_equal(have, want))
             return CKPT_OK;
+        if (p->pl != &d->plans[0]) { /* batches share mb 1's weights, or are not batched */
+            p->mismatch = true;
+            return CKPT_EUNSUPPORTED;
+        }
     }
-    if (!dc->wmem && !c->w && d->load) {
-        int rc = d->load(d->load_ud, c, err);
-        if (rc)
-            return rc;
+    if (!dc->bmem) {
+        dnnl_memory_desc_t bmd;
+        dnnl_dims_t bdims = {c->oc};
+        dnnl_memory_desc_init_by_tag(&bmd, 1, bdims, dnnl_f32, dnnl_x);
+        DN(dnnl_memory_create(&dc->bmem, &bmd, d->eng, c->b ? c->b : DNNL_MEMORY_NONE),
+           "wrapping a bias", c->name);
     }
+    if (!dc->wmem && d->loading) {
+        DN(dnnl_memory_create(&dc->wmem, want, d->eng, DNNL_MEMORY_NONE), "weights", c->name);
+        dc->pending = true;
+        dc->arena_off = d->arena_bytes;
+        size_t bytes = dnnl_memory_desc_get_size(want);
+        d->arena_bytes += (bytes + DNNL_ALIGN - 1) / DNNL_ALIGN * DNNL_ALIGN;
+        return CKPT_OK;
+    }
+    /* a new size wants another layout: from the plain weights kept for it, or the old copy */
     dnnl_memory_t src = dc->wmem, plain = NULL, nw;
     if (c->w) {
         dnnl_memory_desc_t pmd;
-        weights_md(&pmd, c, dnnl_oihw);
+        weights_md(&pmd, c, dnnl_f32, dnnl_oihw);
         DN(dnnl_memory_create(&plain, &pmd, d->eng, c->w), "wrapping weights", c->name);
         src = plain;
     }
-    dnnl_status_t s = dnnl_memory_create(&nw, want, d->eng, DNNL_MEMORY_ALLOCATE);
+    void *buf = aligned_buf(dnnl_memory_desc_get_size(want));
+    dnnl_status_t s = buf ? dnnl_memory_create(&nw, want, d->eng, buf) : dnnl_out_of_memory;
     if (s != dnnl_success) {
+        free(buf);
         if (plain)
             dnnl_memory_destroy(plain);
         DN(s, "allocating weights", c->name);
@@ -400,26 +563,24 @@ static int conv_weights(ckpt__dnnl *d, dconv *dc, dnnl_primitive_desc_t pd, ckpt
         dnnl_memory_destroy(plain);
     if (rc) {
         dnnl_memory_destroy(nw);
+        free(buf);
         return rc;
     }
     if (dc->wmem)
         dnnl_memory_destroy(dc->wmem);
+    free(dc->wbuf);
     dc->wmem = nw;
-    if (!dc->bmem) {
-        dnnl_memory_desc_t bmd;
-        dnnl_dims_t bdims = {c->oc};
-        dnnl_memory_desc_init_by_tag(&bmd, 1, bdims, dnnl_f32, dnnl_x);
-        DN(dnnl_memory_create(&dc->bmem, &bmd, d->eng, c->b), "wrapping a bias", c->name);
-    }
-    if (!dc->wino_ok) { /* the blocked copy is the master from now on */
-        free(c->w);
-        c->w = NULL;
-    }
+    dc->wbuf = buf;
     return CKPT_OK;
 }
 
 /* Add conv dc reading src (buffer sbuf) and writing dst (buffer dbuf): a fixed layout when
- * dst_fixed (the residual's), else oneDNN's choice, returned in *dst_out. */
+ * dst_fixed (the residual's), else oneDNN's choice, returned in *dst_out.
+ *
+ * Which kernel: plan 0 (one image) takes oneDNN's first choice, except that Winograd convs
+ * take F(4x4, 3x3) where it exists (oneDNN picks F(2x2, 3x3) for one image and F(4x4, 3x3)
+ * for more, and the two round differently); every other plan must get plan 0's kernel by
+ * name, and its weights layout, or it is not used (p->mismatch). */
 static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int sbuf,
                      const dnnl_memory_desc_t *dst_fixed, int dbuf, bool sum, bool relu,
                      int64_t h, int64_t w, dnnl_memory_desc_t *dst_out)
@@ -427,19 +588,29 @@ static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int s
     ckpt__dnnl *d = p->d;
     ckpt_error *err = p->err;
     ckpt__conv *c = dc->c;
+    size_t li = p->pl->n_steps;
+    bool first = p->pl == &d->plans[0];
     int64_t oh = ckpt__conv_out(h, c->k, c->stride, c->pad);
     int64_t ow = ckpt__conv_out(w, c->k, c->stride, c->pad);
+    const char *pin = first ? NULL : d->layers[li].impl;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t s = dnnl_unimplemented;
-    if (dc->wino_ok)
-        s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, true);
+    if (dc->wino_ok) {
+        if (first)
+            s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, true, d->dt,
+                        "wino_4x3", false);
+        if (s != dnnl_success)
+            s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, true, d->dt, pin,
+                        true);
+    }
     if (s != dnnl_success)
-        s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, false);
+        s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, false, d->dt, pin, true);
+    if (s == dnnl_unimplemented && !first) {
+        p->mismatch = true;
+        return CKPT_EUNSUPPORTED;
+    }
     DN(s, "a convolution", c->name);
-    const char *impl = NULL;
-    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
-    snprintf(dc->impl, sizeof dc->impl, "%s", impl ? impl : "?");
-    int rc = conv_weights(d, dc, pd, err);
+    int rc = conv_weights(p, dc, pd);
     if (rc) {
         dnnl_primitive_desc_destroy(pd);
         return rc;
@@ -454,7 +625,9 @@ static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int s
                                {DNNL_ARG_WEIGHTS, dc->wmem},
                                {DNNL_ARG_BIAS, dc->bmem},
                                {DNNL_ARG_DST, md}};
-    return add_step(p, pd, args, 4, c->name);
+    double gflop = 2e-9 * (double)(c->ic / c->groups) * (double)(c->k * c->k) *
+                   (double)c->oc * (double)oh * (double)ow;
+    return add_step(p, pd, args, 4, c->name, gflop);
 }
 
 static int plan_reorder(planner *p, const dnnl_memory_desc_t *from, int fbuf,
@@ -472,21 +645,31 @@ static int plan_reorder(planner *p, const dnnl_memory_desc_t *from, int fbuf,
         return rc;
     }
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mf}, {DNNL_ARG_TO, mt}};
-    return add_step(p, pd, args, 2, subject);
+    return add_step(p, pd, args, 2, subject, 0.0);
 }
 
-static int plan_build(planner *p, int64_t h, int64_t w)
+static int plan_build(planner *p, int64_t mb, int64_t h, int64_t w)
 {
     ckpt__dnnl *d = p->d;
+    plan *pl = p->pl;
     ckpt_error *err = p->err;
     ckpt__net *n = d->net;
     dnnl_memory_desc_t user, cur, t1, t2, dn, out;
 
-    /* the stem reads the caller's NCHW image directly (oneDNN's first-conv kernels take it) */
-    act_md(&user, 1, 3, h, w, dnnl_nchw);
-    DN(dnnl_memory_create(&d->in_user, &user, d->eng, DNNL_MEMORY_NONE), "a memory", "input");
-    int rc = plan_conv(p, &d->convs[0], &user, BUF_INPUT, NULL, 1, false, true, h, w, &cur);
-    if (rc)
+    /* the stem reads the caller's NCHW images directly (oneDNN's first-conv kernels take
+     * them); in bf16 they are converted first */
+    act_md(&user, mb, 3, h, w, dnnl_f32, dnnl_nchw);
+    DN(dnnl_memory_create(&pl->in_user, &user, d->eng, DNNL_MEMORY_NONE), "a memory", "input");
+    int rc, src_buf = BUF_INPUT;
+    if (d->dt != dnnl_f32) {
+        dnnl_memory_desc_t conv_in;
+        act_md(&conv_in, mb, 3, h, w, d->dt, dnnl_nchw);
+        if ((rc = plan_reorder(p, &user, BUF_INPUT, &conv_in, 0, "input")))
+            return rc;
+        user = conv_in;
+        src_buf = 0;
+    }
+    if ((rc = plan_conv(p, &d->convs[0], &user, src_buf, NULL, 1, false, true, h, w, &cur)))
         return rc;
     h = ckpt__conv_out(h, 7, 2, 3);
     w = ckpt__conv_out(w, 7, 2, 3);
@@ -500,7 +683,7 @@ static int plan_build(planner *p, int64_t h, int64_t w)
         return rc;
     }
     dnnl_exec_arg_t pargs[2] = {{DNNL_ARG_SRC, ms}, {DNNL_ARG_DST, md}};
-    if ((rc = add_step(p, pd, pargs, 2, "maxpool")))
+    if ((rc = add_step(p, pd, pargs, 2, "maxpool", 0.0)))
         return rc;
     cur = pooled;
     h = ph;
@@ -542,63 +725,272 @@ static int plan_build(planner *p, int64_t h, int64_t w)
         w = ckpt__conv_out(w1, c1->c->k, c1->c->stride, c1->c->pad);
         in = idbuf;
     }
-    act_md(&out, 1, n->features, h, w, dnnl_nchw);
-    d->out_hw = h * w;
-    d->out = aligned_buf(dnnl_memory_desc_get_size(&out));
-    if (!d->out)
+    act_md(&out, mb, n->features, h, w, dnnl_f32, dnnl_nchw);
+    pl->out_hw = h * w;
+    pl->out = aligned_buf(dnnl_memory_desc_get_size(&out));
+    if (!pl->out)
         return CKPT_NOMEM(err);
     return plan_reorder(p, &cur, in, &out, BUF_OUT, "output");
 }
 
-/* Build the plan for h x w, then allocate the buffers and bind every view to its buffer. */
-static int prepare(ckpt__dnnl *d, int64_t h, int64_t w, ckpt_error *err)
+/* Build plan k (batches of 2^k images) for h x w, then allocate its buffers and bind every
+ * view. A plan k > 0 that cannot have plan 0's kernels is marked unusable (not an error). */
+static int prepare(ckpt__dnnl *d, int k, int64_t h, int64_t w, ckpt_error *err)
 {
-    plan_free(d);
-    planner p = {d, NULL, 0, 0, err};
-    int rc = plan_build(&p, h, w);
-    for (int i = 0; i < 4 && rc == CKPT_OK; i++)
-        if (!(d->act[i] = aligned_buf(d->act_bytes)))
-            rc = CKPT_NOMEM(err);
-    if (rc == CKPT_OK && d->scratch_bytes && !(d->scratch = aligned_buf(d->scratch_bytes)))
+    plan *pl = &d->plans[k];
+    plan_free(pl);
+    planner p = {d, pl, NULL, 0, 0, false, err};
+    int64_t mb = (int64_t)1 << k;
+    int rc = plan_build(&p, mb, h, w);
+    /* sizes come from oneDNN's descriptors of bounded images: no overflow */
+    size_t act = (pl->act_bytes + DNNL_ALIGN - 1) / DNNL_ALIGN * DNNL_ALIGN;
+    if (rc == CKPT_OK && !(pl->region = big_alloc(4 * act + pl->scratch_bytes, &pl->region_mapped)))
         rc = CKPT_NOMEM(err);
+    for (int i = 0; i < 4 && rc == CKPT_OK; i++)
+        pl->act[i] = (char *)pl->region + (size_t)i * act;
+    if (rc == CKPT_OK && pl->scratch_bytes)
+        pl->scratch = (char *)pl->region + 4 * act;
     for (size_t i = 0; i < p.n_binds && rc == CKPT_OK; i++) {
         int buf = p.binds[i].buf;
-        void *h_ = buf < 4 ? d->act[buf] : buf == BUF_SCRATCH ? d->scratch : d->out;
+        void *h_ = buf < 4 ? pl->act[buf] : buf == BUF_SCRATCH ? pl->scratch : pl->out;
         dnnl_status_t s = dnnl_memory_set_data_handle(p.binds[i].mem, h_);
         if (s != dnnl_success)
             rc = dnnl_fail(err, s, "binding a buffer", "activation");
     }
     free(p.binds);
     if (rc) {
-        plan_free(d);
+        plan_free(pl);
+        if (p.mismatch) {
+            pl->unusable = true;
+            return CKPT_OK;
+        }
         return rc;
     }
-    d->h = h;
-    d->w = w;
+    pl->mb = mb;
+    pl->h = h;
+    pl->w = w;
     return CKPT_OK;
+}
+
+/* ---- loading the weights ------------------------------------------------------------------ */
+
+/* One pending conv's plain weights (c->w, f32 OIHW) into its wmem, on this thread's stream.
+ * Returns the status; fills err (this thread's own). */
+static int fill_one(ckpt__dnnl *d, dconv *dc, dnnl_stream_t strm, ckpt_error *err)
+{
+    ckpt__conv *c = dc->c;
+    dnnl_memory_desc_t pmd;
+    weights_md(&pmd, c, dnnl_f32, dnnl_oihw);
+    dnnl_memory_t plain;
+    DN(dnnl_memory_create(&plain, &pmd, d->eng, c->w), "wrapping weights", c->name);
+    int rc = reorder_now(d->eng, strm, plain, dc->wmem, c->name, err);
+    dnnl_memory_destroy(plain);
+    return rc;
+}
+
+static size_t plain_bytes(const ckpt__conv *c)
+{
+    size_t n = (size_t)c->oc * (size_t)(c->ic / c->groups) * (size_t)(c->k * c->k) * sizeof(float);
+    return (n + DNNL_ALIGN - 1) / DNNL_ALIGN * DNNL_ALIGN;
+}
+
+typedef struct loading {
+    ckpt__dnnl *d;
+    size_t *order;         /* pending convs in execution order */
+    size_t *group_start;   /* group g is order[group_start[g] .. group_start[g + 1]) */
+    size_t n_groups;
+    float *buf[2];         /* group g's plain weights go to buf[g % 2] */
+    int *status;           /* per entry of order: its reorder's status */
+    ckpt_error *errs;      /* and error */
+} loading;
+
+/* Read and fold group g's plain weights (on the calling thread: weight_fn is called from one
+ * thread, in order, as ckpt_model_new promises). Winograd-eligible convs keep their plain
+ * weights in their own buffer; the others share buf[g % 2]. */
+static int load_group(loading *ld, size_t g, ckpt_error *err)
+{
+    ckpt__dnnl *d = ld->d;
+    size_t used = 0;
+    for (size_t k = ld->group_start[g]; k < ld->group_start[g + 1]; k++) {
+        dconv *dc = &d->convs[ld->order[k]];
+        float *dst = NULL;
+        if (!dc->wino_ok) {
+            dst = (float *)((char *)ld->buf[g % 2] + used);
+            used += plain_bytes(dc->c);
+        }
+        int rc = d->load(d->load_ud, dc->c, dst, err);
+        dnnl_status_t s = rc ? dnnl_success : dnnl_memory_set_data_handle(dc->bmem, dc->c->b);
+        if (s != dnnl_success)
+            rc = dnnl_fail(err, s, "wrapping a bias", dc->c->name);
+        if (rc)
+            return rc;
+    }
+    return CKPT_OK;
+}
+
+/* Reorder entry k of ld->order on this thread, with its own stream. */
+static void reorder_entry(loading *ld, size_t k, double *cpu_wino, double *cpu_blocked)
+{
+    ckpt__dnnl *d = ld->d;
+    dconv *dc = &d->convs[ld->order[k]];
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    dnnl_stream_t strm;
+    ld->errs[k].status = CKPT_OK;
+    dnnl_status_t s = dnnl_stream_create(&strm, d->eng, dnnl_stream_default_flags);
+    if (s != dnnl_success) {
+        ld->status[k] = dnnl_fail(&ld->errs[k], s, "creating a stream", dc->c->name);
+    } else {
+        ld->status[k] = fill_one(d, dc, strm, &ld->errs[k]);
+        dnnl_stream_destroy(strm);
+    }
+    *(dc->wino_ok ? cpu_wino : cpu_blocked) += ms_since(&t0);
+}
+
+/* The weights of every conv the first plan left pending: one arena for all (huge pages where
+ * the kernel gives them: a few hundred faults instead of tens of thousands, each of which
+ * zeroes a fresh page), then, group by group, the plain weights read and folded on the
+ * calling thread into one of two reused buffers while the other threads (and then it too)
+ * run the previous group's reorders into the arena: blocked layouts and Winograd transforms,
+ * which oneDNN runs on one thread each. A reorder copies or transforms each weight on its own,
+ * so which thread runs it does not change a bit. */
+static int load_weights(ckpt__dnnl *d, ckpt_error *err)
+{
+    if (d->arena_bytes == 0)
+        return CKPT_OK;
+    if (!(d->arena = big_alloc(d->arena_bytes, &d->arena_mapped)))
+        return CKPT_NOMEM(err);
+    loading ld = {d, NULL, NULL, 0, {NULL, NULL}, NULL, NULL};
+    ld.order = malloc(d->n_convs * sizeof *ld.order);
+    ld.group_start = malloc((d->n_convs + 1) * sizeof *ld.group_start);
+    ld.status = calloc(d->n_convs, sizeof *ld.status);
+    ld.errs = calloc(d->n_convs, sizeof *ld.errs);
+    size_t mapped[2] = {0, 0}, n = 0, gcap = GROUP_BYTES;
+    int rc = ld.order && ld.group_start && ld.status && ld.errs ? CKPT_OK : CKPT_NOMEM(err);
+    for (size_t i = 0; i < d->n_convs && rc == CKPT_OK; i++) {
+        dconv *dc = &d->convs[i];
+        if (!dc->pending)
+            continue;
+        dnnl_status_t s = dnnl_memory_set_data_handle(dc->wmem, (char *)d->arena + dc->arena_off);
+        if (s != dnnl_success)
+            rc = dnnl_fail(err, s, "binding weights", dc->c->name);
+        if (!dc->wino_ok && plain_bytes(dc->c) > gcap)
+            gcap = plain_bytes(dc->c);
+        ld.order[n++] = i;
+    }
+    for (size_t k = 0, used = 0; k < n && rc == CKPT_OK; k++) {
+        const dconv *dc = &d->convs[ld.order[k]];
+        size_t bytes = dc->wino_ok ? 0 : plain_bytes(dc->c);
+        if (k == 0 || used + bytes > gcap) {
+            ld.group_start[ld.n_groups++] = k;
+            used = 0;
+        }
+        used += bytes;
+    }
+    ld.group_start[ld.n_groups] = n;
+    for (int b = 0; b < 2 && rc == CKPT_OK; b++)
+        if (!(ld.buf[b] = big_alloc(gcap, &mapped[b])))
+            rc = CKPT_NOMEM(err);
+
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (rc == CKPT_OK && ld.n_groups > 0)
+        rc = load_group(&ld, 0, err);
+    d->prof.read_fold_ms += ms_since(&t0);
+    double cpu_wino = 0, cpu_blocked = 0, fold_ms = 0;
+    for (size_t g = 0; g < ld.n_groups && rc == CKPT_OK; g++) {
+        size_t first = ld.group_start[g], last = ld.group_start[g + 1], next = first;
+        int load_rc = CKPT_OK;
+        int nthr = d->threads;
+        (void)nthr;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthr) reduction(+ : cpu_wino, cpu_blocked)
+#endif
+        {
+            double w = 0, bl = 0;
+#ifdef _OPENMP
+            bool loader = omp_get_thread_num() == 0;
+#else
+            bool loader = true;
+#endif
+            if (loader && g + 1 < ld.n_groups) {
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                load_rc = load_group(&ld, g + 1, err);
+                fold_ms += ms_since(&t1);
+            }
+            for (;;) {
+                size_t k;
+#ifdef _OPENMP
+#pragma omp atomic capture
+#endif
+                k = next++;
+                if (k >= last)
+                    break;
+                reorder_entry(&ld, k, &w, &bl);
+            }
+            cpu_wino += w;
+            cpu_blocked += bl;
+        }
+        for (size_t k = first; k < last; k++) {
+            dconv *dc = &d->convs[ld.order[k]];
+            if (ld.status[k] && rc == CKPT_OK) {
+                *err = ld.errs[k];
+                rc = ld.status[k];
+            }
+            dc->pending = false;
+            if (!dc->wino_ok)
+                dc->c->w = NULL; /* it lay in a group buffer; the blocked copy is the master */
+        }
+        if (rc == CKPT_OK)
+            rc = load_rc;
+    }
+    d->prof.read_fold_ms += fold_ms;
+    d->prof.winograd_cpu_ms += cpu_wino;
+    d->prof.blocked_cpu_ms += cpu_blocked;
+    d->prof.reorder_ms += ms_since(&t0);
+    /* after a failure, no conv may keep a pointer into a group buffer */
+    for (size_t k = 0; k < n; k++) {
+        dconv *dc = &d->convs[ld.order[k]];
+        if (dc->pending && !dc->wino_ok)
+            dc->c->w = NULL;
+    }
+    big_free(ld.buf[0], mapped[0]);
+    big_free(ld.buf[1], mapped[1]);
+    free(ld.order);
+    free(ld.group_start);
+    free(ld.status);
+    free(ld.errs);
+    return rc;
 }
 
 /* ---- the backend -------------------------------------------------------------------------- */
 
-static bool wino_eligible(const ckpt__conv *c, ckpt__wino policy)
+static bool wino_eligible(const ckpt__conv *c, ckpt__wino policy, bool bf16)
 {
-    if (c->k != 3 || c->stride != 1 || c->groups != 1 || policy == CKPT__WINO_NONE)
+    if (bf16 || c->k != 3 || c->stride != 1 || c->groups != 1 || policy == CKPT__WINO_NONE)
         return false;
     return policy == CKPT__WINO_ALL || (c->ic <= WINO_MAX_CHANNELS && c->oc <= WINO_MAX_CHANNELS);
 }
 
-int ckpt__dnnl_new(ckpt__net *n, int threads, ckpt__wino wino, int64_t h, int64_t w,
-                   ckpt__conv_load_fn load, void *ud, ckpt__dnnl **out, ckpt_error *err)
+int ckpt__dnnl_new(ckpt__net *n, const ckpt__dnnl_options *o, ckpt__conv_load_fn load,
+                   void *ud, ckpt__dnnl **out, ckpt_error *err)
 {
     *out = NULL;
+    if (o->bf16 && !ckpt__dnnl_bf16_supported())
+        return CKPT_FAIL(err, CKPT_EUNSUPPORTED,
+                         "this CPU has no bfloat16 dot products (AVX512_BF16 or AMX) for "
+                         "bf16 inference; use float32");
     ckpt__dnnl *d = calloc(1, sizeof *d);
     if (!d)
         return CKPT_NOMEM(err);
     d->net = n;
     d->load = load;
     d->load_ud = ud;
-    d->threads = threads;
-    d->wino = wino;
+    d->threads = o->threads;
+    d->wino = o->wino;
+    d->bf16 = o->bf16;
+    d->dt = o->bf16 ? dnnl_bf16 : dnnl_f32;
+    d->profile = o->profile;
     d->n_convs = ckpt__net_conv_count(n);
     d->convs = calloc(d->n_convs, sizeof *d->convs);
     int rc = CKPT_OK;
@@ -613,12 +1005,19 @@ int ckpt__dnnl_new(ckpt__net *n, int threads, ckpt__wino wino, int64_t h, int64_
     for (size_t i = 0; i < d->n_convs && rc == CKPT_OK; i++) {
         dconv *dc = &d->convs[i];
         dc->c = ckpt__net_conv_at(n, i);
-        dc->wino_ok = wino_eligible(dc->c, wino);
+        dc->wino_ok = wino_eligible(dc->c, o->wino, o->bf16);
     }
     if (rc == CKPT_OK) {
         /* build for the expected size now, so that loading does the weight reorders */
-        int saved = ckpt__threads_set(threads);
-        rc = prepare(d, h, w, err);
+        int saved = ckpt__threads_set(d->threads);
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        d->loading = true;
+        rc = prepare(d, 0, o->h, o->w, err);
+        d->loading = false;
+        d->prof.build_ms = ms_since(&t0);
+        if (rc == CKPT_OK)
+            rc = load_weights(d, err);
         ckpt__threads_restore(saved);
     }
     d->load = NULL;
@@ -635,14 +1034,18 @@ void ckpt__dnnl_free(ckpt__dnnl *d)
 {
     if (!d)
         return;
-    plan_free(d);
+    for (int k = 0; k < N_PLANS; k++)
+        plan_free(&d->plans[k]);
     for (size_t i = 0; d->convs && i < d->n_convs; i++) {
         if (d->convs[i].wmem)
             dnnl_memory_destroy(d->convs[i].wmem);
         if (d->convs[i].bmem)
             dnnl_memory_destroy(d->convs[i].bmem);
+        free(d->convs[i].wbuf);
     }
     free(d->convs);
+    big_free(d->arena, d->arena_mapped);
+    free(d->layers);
     if (d->strm)
         dnnl_stream_destroy(d->strm);
     if (d->eng)
@@ -650,26 +1053,104 @@ void ckpt__dnnl_free(ckpt__dnnl *d)
     free(d);
 }
 
-const char *ckpt__dnnl_impl(const ckpt__dnnl *d, size_t i)
+const char *ckpt__dnnl_impl(const ckpt__dnnl *d, size_t conv_index)
 {
-    return i < d->n_convs ? d->convs[i].impl : NULL;
+    /* the convs' steps in order: skip the input reorder and the max-pool */
+    size_t seen = 0;
+    for (size_t i = 0; i < d->n_layers; i++) {
+        if (d->layers[i].gflop <= 0)
+            continue;
+        if (seen++ == conv_index)
+            return d->layers[i].impl;
+    }
+    return NULL;
 }
 
-int ckpt__dnnl_run(ckpt__dnnl *d, const float *x, int64_t h, int64_t w, float *logits,
+void ckpt__dnnl_load_profile(const ckpt__dnnl *d, ckpt__load_profile *out)
+{
+    *out = d->prof;
+}
+
+bool ckpt__dnnl_layer(const ckpt__dnnl *d, size_t i, const char **name, const char **impl,
+                      double *gflop, double *ms)
+{
+    if (i >= d->n_layers)
+        return false;
+    *name = d->layers[i].name;
+    *impl = d->layers[i].impl;
+    *gflop = d->layers[i].gflop;
+    *ms = d->layers[i].ms;
+    return true;
+}
+
+/* Run plan pl on its mb images at x; outputs per image. */
+static int run_plan(ckpt__dnnl *d, plan *pl, const float *x, float *logits, float *features,
+                    ckpt_error *err)
+{
+    DN(dnnl_memory_set_data_handle(pl->in_user, (void *)x), "binding the input", "image");
+    for (size_t i = 0; i < pl->n_steps; i++) {
+        struct timespec t0;
+        if (d->profile)
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+        DN(dnnl_primitive_execute(pl->steps[i].prim, d->strm, pl->steps[i].nargs,
+                                  pl->steps[i].args),
+           "running a primitive", d->net->arch_name);
+        if (d->profile) {
+            DN(dnnl_stream_wait(d->strm), "waiting for the stream", d->net->arch_name);
+            if (i < d->n_layers)
+                d->layers[i].ms += ms_since(&t0);
+        }
+    }
+    DN(dnnl_stream_wait(d->strm), "waiting for the stream", d->net->arch_name);
+    if (d->profile)
+        d->prof.images += pl->mb;
+    if (pl->mb > d->prof.largest_group)
+        d->prof.largest_group = (int)pl->mb;
+    size_t per_out = (size_t)d->net->features * (size_t)pl->out_hw;
+    for (int64_t j = 0; j < pl->mb; j++)
+        ckpt__net_head(d->net, pl->out + (size_t)j * per_out, pl->out_hw,
+                       logits ? logits + (size_t)j * (size_t)d->net->classes : NULL,
+                       features ? features + (size_t)j * (size_t)d->net->features : NULL);
+    return CKPT_OK;
+}
+
+/* n images: the largest batched plan that fits what is left, down to one image at a time.
+ * Each plan has mb 1's kernels and weights, so an image's bits do not depend on the plan
+ * that ran it (test_net.c checks every batch size up to 2^N_PLANS and every position). */
+int ckpt__dnnl_run(ckpt__dnnl *d, const float *x, int n, int64_t h, int64_t w, float *logits,
                    float *features, ckpt_error *err)
 {
-    if (d->h != h || d->w != w) {
-        int rc = prepare(d, h, w, err);
+    if (d->plans[0].h != h || d->plans[0].w != w) {
+        for (int k = 0; k < N_PLANS; k++)
+            plan_free(&d->plans[k]);
+        int rc = prepare(d, 0, h, w, err);
         if (rc)
             return rc;
     }
-    DN(dnnl_memory_set_data_handle(d->in_user, (void *)x), "binding the input", "image");
-    for (size_t i = 0; i < d->n_steps; i++)
-        DN(dnnl_primitive_execute(d->steps[i].prim, d->strm, d->steps[i].nargs,
-                                  d->steps[i].args),
-           "running a primitive", d->net->arch_name);
-    DN(dnnl_stream_wait(d->strm), "waiting for the stream", d->net->arch_name);
-    ckpt__net_head(d->net, d->out, d->out_hw, logits, features);
+    size_t per = (size_t)3 * (size_t)h * (size_t)w;
+    int i = 0;
+    while (i < n) {
+        int k = N_PLANS - 1;
+        for (; k > 0; k--) {
+            plan *pl = &d->plans[k];
+            if ((1 << k) > n - i || pl->unusable)
+                continue;
+            if (pl->h == 0) {
+                int rc = prepare(d, k, h, w, err);
+                if (rc)
+                    return rc;
+            }
+            if (!pl->unusable)
+                break;
+        }
+        int rc = run_plan(d, &d->plans[k], x + (size_t)i * per,
+                          logits ? logits + (size_t)i * (size_t)d->net->classes : NULL,
+                          features ? features + (size_t)i * (size_t)d->net->features : NULL,
+                          err);
+        if (rc)
+            return rc;
+        i += 1 << k;
+    }
     return CKPT_OK;
 }
 
@@ -733,14 +1214,14 @@ static int once_body_conv(once *o, const ckpt__conv *c, int64_t mb, const float 
     int64_t oh = ckpt__conv_out(h, c->k, c->stride, c->pad);
     int64_t ow = ckpt__conv_out(w, c->k, c->stride, c->pad);
     dnnl_memory_desc_t src_any, x_md, y_md, w_md, b_md;
-    act_md(&src_any, mb, c->ic, h, w, dnnl_format_tag_any);
-    act_md(&x_md, mb, c->ic, h, w, dnnl_nchw);
-    act_md(&y_md, mb, c->oc, oh, ow, dnnl_nchw);
-    weights_md(&w_md, c, dnnl_oihw);
+    act_md(&src_any, mb, c->ic, h, w, dnnl_f32, dnnl_format_tag_any);
+    act_md(&x_md, mb, c->ic, h, w, dnnl_f32, dnnl_nchw);
+    act_md(&y_md, mb, c->oc, oh, ow, dnnl_f32, dnnl_nchw);
+    weights_md(&w_md, c, dnnl_f32, dnnl_oihw);
     dnnl_dims_t bdims = {c->oc};
     dnnl_memory_desc_init_by_tag(&b_md, 1, bdims, dnnl_f32, dnnl_x);
     dnnl_status_t s = conv_pd(&o->pd, o->eng, c, &src_any, NULL, oh, ow, residual != NULL,
-                              relu, winograd);
+                              relu, winograd, dnnl_f32, NULL, false);
     DN(s, winograd ? "a winograd convolution" : "a convolution", c->name);
     const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(o->pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(o->pd, dnnl_query_weights_md, 0);
@@ -788,9 +1269,9 @@ static int once_body_pool(once *o, int64_t mb, int64_t c, const float *x, int64_
     DN(dnnl_stream_create(&o->strm, o->eng, dnnl_stream_default_flags), "a stream", "test");
     int64_t oh = ckpt__conv_out(h, 3, 2, 1), ow = ckpt__conv_out(w, 3, 2, 1);
     dnnl_memory_desc_t x_md, y_md, b_md;
-    act_md(&x_md, mb, c, h, w, dnnl_nchw);
-    act_md(&y_md, mb, c, oh, ow, dnnl_nchw);
-    act_md(&b_md, mb, c, h, w, c % 16 == 0 ? dnnl_nChw16c : dnnl_nchw); /* as in the net */
+    act_md(&x_md, mb, c, h, w, dnnl_f32, dnnl_nchw);
+    act_md(&y_md, mb, c, oh, ow, dnnl_f32, dnnl_nchw);
+    act_md(&b_md, mb, c, h, w, dnnl_f32, c % 16 == 0 ? dnnl_nChw16c : dnnl_nchw); /* as in the net */
     DN(pool_pd(&o->pd, o->eng, &b_md, oh, ow), "a max-pool", "test");
     const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md(o->pd, dnnl_query_dst_md, 0);
     dnnl_memory_t ux, uy, ms, md;
@@ -825,18 +1306,23 @@ bool ckpt__dnnl_available(void)
     return false;
 }
 
-int ckpt__dnnl_new(ckpt__net *n, int threads, ckpt__wino wino, int64_t h, int64_t w,
-                   ckpt__conv_load_fn load, void *ud, ckpt__dnnl **out, ckpt_error *err)
+bool ckpt__dnnl_bf16_supported(void)
 {
-    (void)n, (void)threads, (void)wino, (void)h, (void)w, (void)load, (void)ud;
+    return false;
+}
+
+int ckpt__dnnl_new(ckpt__net *n, const ckpt__dnnl_options *o, ckpt__conv_load_fn load,
+                   void *ud, ckpt__dnnl **out, ckpt_error *err)
+{
+    (void)n, (void)o, (void)load, (void)ud;
     *out = NULL;
     return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "backend 'dnnl' is not in this build of libckpt");
 }
 
-int ckpt__dnnl_run(ckpt__dnnl *d, const float *x, int64_t h, int64_t w, float *logits,
+int ckpt__dnnl_run(ckpt__dnnl *d, const float *x, int n, int64_t h, int64_t w, float *logits,
                    float *features, ckpt_error *err)
 {
-    (void)d, (void)x, (void)h, (void)w, (void)logits, (void)features;
+    (void)d, (void)x, (void)n, (void)h, (void)w, (void)logits, (void)features;
     return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "backend 'dnnl' is not in this build of libckpt");
 }
 
@@ -849,6 +1335,19 @@ const char *ckpt__dnnl_impl(const ckpt__dnnl *d, size_t i)
 {
     (void)d, (void)i;
     return NULL;
+}
+
+void ckpt__dnnl_load_profile(const ckpt__dnnl *d, ckpt__load_profile *out)
+{
+    (void)d;
+    memset(out, 0, sizeof *out);
+}
+
+bool ckpt__dnnl_layer(const ckpt__dnnl *d, size_t i, const char **name, const char **impl,
+                      double *gflop, double *ms)
+{
+    (void)d, (void)i, (void)name, (void)impl, (void)gflop, (void)ms;
+    return false;
 }
 
 int ckpt__dnnl_conv_once(const ckpt__conv *c, int64_t mb, const float *x, int64_t h, int64_t w,

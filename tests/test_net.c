@@ -4,21 +4,22 @@
  * Without arguments (CTest): every layer of the dnnl backend against the plain C reference on
  * random small shapes, with an error bound per op (ggml's test-backend-ops), whole networks
  * ref against dnnl, and determinism: the same bits for 1, 2 (and 3) threads, for an image
- * alone and at every position of a batch of 8, and after the model was rebuilt for another
- * image size. The expected values of the accuracy tests against PyTorch live in test_net.py.
+ * alone and at every position of every batch size from 1 to 9 (the batched plans of 2, 4 and
+ * 8 images, and their mixes), and after the model was rebuilt for another image size; bf16
+ * within its bound of the reference and with the same determinism, or refused. The expected values of the accuracy tests against PyTorch live in test_net.py.
  *
  * With arguments it is the driver test_net.py and bench/bench_run.py use before `ckpt run`
  * exists:
  *
  *   test_net run CKPT ARCH NUM_CLASSES INPUT.npy OUT.npy [--features F.npy] [--backend B]
- *   test_net maxpool ref|dnnl IN.npy OUT.npy   (one max-pool, for test_net.py)
- *                [--threads N] [--no-winograd|--winograd-all] [--repeat N] [--prefix P]
- *                [--via-sd]
+ *                [--threads N] [--no-winograd|--winograd-all] [--bf16] [--repeat N]
+ *                [--prefix P] [--via-sd]
  *       logits of every image of INPUT ([B,3,H,W] float32) into OUT ([B,NUM_CLASSES]);
  *       --repeat N runs N times and fails if any bit differs; --prefix: the weights' keys
  *       start with P; --via-sd: read them through ckpt_sd_from_value and ckpt_model_load_sd.
+ *   test_net maxpool ref|dnnl IN.npy OUT.npy   (one max-pool, for test_net.py)
  *   test_net bench CKPT ARCH NUM_CLASSES [--batch B] [--size S] [--runs N] [--warmup N]
- *                [--backend B] [--threads N] [--no-winograd]
+ *                [--backend B] [--threads N] [--no-winograd] [--bf16]
  *       prints one JSON line: load time, per-run milliseconds, median, peak RSS.
  *   test_net backends
  *       the backends of this build, one a line.
@@ -255,11 +256,17 @@ static float *run(ckpt_model *m, const float *x, int batch, int h, int w)
     return out;
 }
 
-/* nt: thread counts 1..nt must agree bit for bit (nt > 2 oversubscribes this machine) */
-static void test_net_arch(const char *arch, int h, int w, int nt)
+/* nt: thread counts 1..nt must agree bit for bit (nt > 2 oversubscribes this machine).
+ * The dnnl backend runs a batch in groups of 8, 4, 2 and 1 images on batched primitives, so
+ * every batch size from 1 to BATCH_SIZES (every group and every mix of them) is run, with
+ * every thread count, and each of its images must have the bits it has alone on one thread.
+ * group: the largest group the batched plans must reach at this size (oneDNN gives some
+ * small images other weight layouts for more images, and those plans are then not used). */
+#define BATCH_SIZES 9
+static void test_net_arch(const char *arch, int h, int w, int nt, int group)
 {
     const int64_t classes = 17;
-    const int batch = 8;
+    const int batch = BATCH_SIZES;
     size_t per = (size_t)3 * (size_t)h * (size_t)w;
     float *x = malloc(batch * per * sizeof *x);
     rng_state = 777;
@@ -276,44 +283,113 @@ static void test_net_arch(const char *arch, int h, int w, int nt)
         uint32_t fl = nowino ? CKPT_MODEL_NO_WINOGRAD : 0;
         enum { NT = 4 };
         ckpt_model *d[NT];
-        float *one[NT];
-        for (int t = 0; t < nt; t++) {
+        for (int t = 0; t < nt; t++)
             d[t] = model_random(arch, classes, CKPT_BACKEND_DNNL, t + 1, fl, h, w);
-            one[t] = run(d[t], x, 1, h, w);
+        /* every image alone on one thread: the yardstick */
+        float *alone = malloc((size_t)batch * classes * sizeof *alone);
+        for (int i = 0; i < batch; i++) {
+            float *one = run(d[0], x + i * per, 1, h, w);
+            memcpy(alone + (size_t)i * classes, one, classes * sizeof *one);
+            free(one);
         }
-        float *all = run(d[1], x, batch, h, w);
-        double e = rel_err(all, lr, (size_t)nref * classes);
+        double e = rel_err(alone, lr, (size_t)nref * classes);
         printf("%-18s %dx%d dnnl%s vs ref: max rel diff %.3g\n", arch, h, w,
                nowino ? " (direct)" : "", e);
         CHECK(e <= 1e-4);
-        for (int t = 1; t < nt; t++) {
-            if (!same_bits(one[t], one[0], classes))
-                fprintf(stderr, "%s: %d threads differ from 1 thread\n", arch, t + 1);
-            CHECK(same_bits(one[t], one[0], classes));
-        }
-        CHECK(same_bits(all, one[1], classes)); /* image 0 alone == in a batch of 8 */
-        /* every batch position, and after a rebuild for another size */
-        float *other = run(d[1], x, 1, h + 5, w + 3);
-        free(other);
-        for (int i = 0; i < batch; i++) {
-            float *alone = run(d[1], x + i * per, 1, h, w);
-            CHECK(same_bits(alone, all + (size_t)i * classes, classes));
-            free(alone);
-        }
-        float *again = run(d[1], x, batch, h, w);
-        CHECK(same_bits(again, all, (size_t)batch * classes));
-        free(again);
-        free(all);
+        int differ = 0;
         for (int t = 0; t < nt; t++) {
-            free(one[t]);
-            ckpt_model_free(d[t]);
+            for (int b = 1; b <= batch; b++) {
+                float *all = run(d[t], x, b, h, w);
+                for (int i = 0; i < b; i++) {
+                    if (!same_bits(all + (size_t)i * classes, alone + (size_t)i * classes,
+                                   classes)) {
+                        fprintf(stderr, "%s%s: %d threads, image %d of a batch of %d differs "
+                                        "from the image alone\n",
+                                arch, nowino ? " (direct)" : "", t + 1, i, b);
+                        differ++;
+                    }
+                }
+                free(all);
+            }
         }
+        CHECK_EQ_INT(differ, 0);
+        ckpt_model_profile prof;
+        ckpt_model_get_profile(d[0], &prof);
+        printf("%-18s %dx%d dnnl%s: batch sizes 1-%d x %d thread counts bit-identical to "
+               "one image, groups of up to %d\n", arch, h, w, nowino ? " (direct)" : "",
+               batch, nt, prof.largest_group);
+        CHECK(prof.largest_group >= group); /* the batched plans were used, not skipped */
+        /* after a rebuild for another size and back */
+        float *other = run(d[1], x, 2, h + 5, w + 3);
+        free(other);
+        float *again = run(d[1], x, batch, h, w);
+        CHECK(same_bits(again, alone, (size_t)batch * classes));
+        free(again);
+        free(alone);
+        for (int t = 0; t < nt; t++)
+            ckpt_model_free(d[t]);
     }
     free(lr);
     free(lr1);
     ckpt_model_free(ref);
     ckpt_model_free(ref1);
     free(x);
+}
+
+/* bf16 (where the CPU has it): within a bf16-sized bound of the reference, and the same
+ * determinism promise as fp32 (threads, every batch size and position); elsewhere refused. */
+static void test_bf16(const char *arch, int h, int w)
+{
+    const int64_t classes = 17;
+    if (!ckpt_model_bf16_available()) {
+        ckpt_model_options o = {CKPT_BACKEND_DNNL, 1, CKPT_MODEL_BF16, h, w};
+        ckpt_model *m = NULL;
+        ckpt_error err;
+        int rc = ckpt_model_new(ckpt_arch_by_name(arch), classes, random_weight, NULL, &o, &m,
+                                &err);
+        CHECK_EQ_INT(rc, CKPT_EUNSUPPORTED);
+        CHECK(m == NULL);
+        printf("bf16: not on this CPU (refused: %s)\n", err.message);
+        return;
+    }
+    const int batch = BATCH_SIZES;
+    size_t per = (size_t)3 * (size_t)h * (size_t)w;
+    float *x = malloc(batch * per * sizeof *x);
+    rng_state = 4242;
+    fill_normal(x, batch * per, 1.0f);
+    ckpt_model *ref = model_random(arch, classes, CKPT_BACKEND_REF, 2, 0, h, w);
+    ckpt_model *d1 = model_random(arch, classes, CKPT_BACKEND_DNNL, 1, CKPT_MODEL_BF16, h, w);
+    ckpt_model *d2 = model_random(arch, classes, CKPT_BACKEND_DNNL, 2, CKPT_MODEL_BF16, h, w);
+    float *lr = run(ref, x, 2, h, w);
+    float *alone = malloc((size_t)batch * classes * sizeof *alone);
+    for (int i = 0; i < batch; i++) {
+        float *one = run(d1, x + i * per, 1, h, w);
+        memcpy(alone + (size_t)i * classes, one, classes * sizeof *one);
+        free(one);
+    }
+    double e = rel_err(alone, lr, 2 * (size_t)classes);
+    printf("%-18s %dx%d dnnl bf16 vs ref (fp32): max rel diff %.3g\n", arch, h, w, e);
+    CHECK(e <= 0.1); /* 8 mantissa bits through ~20 layers; measured ~1e-2 */
+    int differ = 0;
+    ckpt_model *ms[2] = {d1, d2};
+    for (int t = 0; t < 2; t++)
+        for (int b = 1; b <= batch; b++) {
+            float *all = run(ms[t], x, b, h, w);
+            for (int i = 0; i < b; i++)
+                differ += !same_bits(all + (size_t)i * classes, alone + (size_t)i * classes,
+                                     classes);
+            free(all);
+        }
+    CHECK_EQ_INT(differ, 0);
+    ckpt_model_layer ly;
+    CHECK(ckpt_model_get_layer(d1, 1, &ly));
+    CHECK(strstr(ly.impl, "bf16") != NULL); /* a real bf16 kernel, not an emulation */
+    free(alone);
+    free(lr);
+    free(x);
+    ckpt_model_free(ref);
+    ckpt_model_free(d1);
+    ckpt_model_free(d2);
 }
 
 static void test_api_errors(void)
@@ -329,7 +405,7 @@ static void test_api_errors(void)
     CHECK(strstr(err.message, "layer2.0.downsample.1.running_var") != NULL);
     fail_key = NULL;
     CHECK_EQ_INT(ckpt_model_new(NULL, 10, random_weight, NULL, NULL, &m, &err), CKPT_EINVAL);
-    CHECK_EQ_INT(ckpt_model_new(ckpt_arch_by_name("resnet18"), 0, random_weight, NULL, NULL, &m,
+    CHECK_EQ_INT(ckpt_model_new(ckpt_arch_by_name("resnet18"), -1, random_weight, NULL, NULL, &m,
                                 &err),
                  CKPT_EINVAL);
     ckpt_model_options o = {CKPT_BACKEND_REF, -1, 0, 0, 0};
@@ -352,6 +428,34 @@ static void test_api_errors(void)
     CHECK_EQ_STR(ckpt_backend_name(CKPT_BACKEND_DNNL), "dnnl");
     CHECK_EQ_INT(ckpt_backend_from_name("ref"), CKPT_BACKEND_REF);
     CHECK_EQ_INT(ckpt_backend_from_name("cuda"), -1);
+}
+
+/* num_classes 0: the backbone alone. fc is never asked for, the features are the full model's
+ * bit for bit (the same code up to the head), logits may be NULL and features may not. */
+static void test_backbone(ckpt_backend b)
+{
+    enum { S = 40 };
+    ckpt_error err;
+    size_t nx = 2 * 3 * S * S;
+    float *x = malloc(nx * sizeof *x), logits[2 * 10], full[2 * 512], feat[2 * 512];
+    rng_state = 99;
+    fill_normal(x, nx, 1.0f);
+    n_weight_calls = 0;
+    fail_key = "fc.weight"; /* asking for it fails the load */
+    ckpt_model *bb = model_random("resnet18", 0, b, 2, 0, S, S);
+    fail_key = NULL;
+    CHECK_EQ_INT(n_weight_calls, 20 * 5);
+    CHECK_EQ_INT(ckpt_model_classes(bb), 0);
+    CHECK_EQ_INT(ckpt_model_features(bb), 512);
+    ckpt_model *m = model_random("resnet18", 10, b, 2, 0, S, S);
+    CHECK_OK(ckpt_model_run(m, x, 2, S, S, logits, full, &err), err);
+    memset(feat, 0xff, sizeof feat);
+    CHECK_OK(ckpt_model_run(bb, x, 2, S, S, NULL, feat, &err), err);
+    CHECK(same_bits(feat, full, 2 * 512));
+    CHECK_EQ_INT(ckpt_model_run(bb, x, 2, S, S, logits, NULL, &err), CKPT_EINVAL);
+    ckpt_model_free(bb);
+    ckpt_model_free(m);
+    free(x);
 }
 
 /* ---- the driver -------------------------------------------------------------------------- */
@@ -398,6 +502,10 @@ static int parse_opts(int argc, char **argv, int first, driver_opts *o)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--via-sd") == 0) {
             o->via_sd = true;
+            continue;
+        }
+        if (strcmp(a, "--bf16") == 0) {
+            o->mo.flags |= CKPT_MODEL_BF16;
             continue;
         }
         if (strcmp(a, "--no-winograd") == 0 || strcmp(a, "--winograd-all") == 0) {
@@ -661,12 +769,16 @@ int main(int argc, char **argv)
         return 2;
     }
     test_api_errors();
+    test_backbone(CKPT_BACKEND_REF);
     if (ckpt_backend_available(CKPT_BACKEND_DNNL)) {
         test_maxpool_op();
         test_conv_ops();
-        test_net_arch("resnet18", 64, 64, 3);
-        test_net_arch("resnet50", 40, 56, 2);
-        test_net_arch("resnext50_32x4d", 33, 32, 2);
+        test_net_arch("resnet18", 64, 64, 3, 1); /* 1 thread: Winograd at 64x64 lays its weights
+                                                   * out per batch size, so no batched plans */
+        test_net_arch("resnet50", 40, 56, 2, 8);
+        test_net_arch("resnext50_32x4d", 33, 32, 2, 8);
+        test_bf16("resnet18", 64, 64);
+        test_backbone(CKPT_BACKEND_DNNL);
     } else {
         printf("dnnl backend not built: per-op and determinism tests of it skipped\n");
     }

@@ -191,6 +191,53 @@ class Run(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertTrue(doc["repeat"]["bit_identical"])
 
+    def test_batched_path_bit_identical_at_every_position(self):
+        """--batch B runs groups of 8, 4, 2 and 1 images on batched oneDNN primitives: every
+        image of every batch size from 1 to 9 (each group size at each of its positions), on 1
+        and 2 threads, must have the bits it has alone on one thread."""
+        f = os.path.join(FIX, "r18-dp.pth")
+        x = self.x.numpy()
+        xs = np.concatenate([x, -x, x[::-1] * 0.5, x * 2.0, x[:, ::-1]])
+        self.assertGreaterEqual(len(xs), 9)
+        xs = np.ascontiguousarray(xs[:9], dtype=np.float32)
+        with tempfile.TemporaryDirectory() as d:
+            inp = os.path.join(d, "x.npy")
+            np.save(inp, xs)
+            rc, doc, err = run_json(f, "--input", inp, "--logits", "--batch", "1",
+                                    "--threads", "1")
+            self.assertEqual(rc, 0, err)
+            alone = [r["logits"] for r in doc["results"]]
+            for threads in ("1", "2"):
+                for b in range(1, 10):
+                    rc, doc, err = run_json(f, "--input", inp, "--logits", "--batch", str(b),
+                                            "--threads", threads)
+                    self.assertEqual(rc, 0, err)
+                    got = [r["logits"] for r in doc["results"]]
+                    for i in range(len(xs)):
+                        self.assertEqual(got[i], alone[i], "image %d, --batch %d, %s threads"
+                                         % (i, b, threads))
+
+    def test_bf16_precision(self):
+        """--precision bf16: within 5e-2 of PyTorch's fp32 logits where the CPU has bf16 dot
+        products; refused (exit 2, saying why) where oneDNN is told it has none."""
+        f = os.path.join(FIX, "r18-dp.pth")
+        no_bf16 = dict(lib.RUN_ENV, DNNL_MAX_CPU_ISA="AVX512_CORE")
+        rc, out, err = lib.run_ckpt(["run", f, self.paths[0], "--precision", "bf16"],
+                                    env=no_bf16)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("bfloat16", err)
+        rc, out, err = lib.run_ckpt(["run", f, self.paths[0], "--precision", "fp16"])
+        self.assertEqual(rc, 2, err)
+        rc, doc, err = run_json(f, *self.paths, "--logits", "--precision", "bf16")
+        if rc == 2 and "bfloat16" in err:
+            self.skipTest("this CPU has no bf16 dot products")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(doc["model"]["precision"], "bf16")
+        for i, r in enumerate(doc["results"]):
+            ref = self.logits[i].double().numpy()
+            err_i = np.abs(np.array(r["logits"]) - ref).max() / max(1.0, np.abs(ref).max())
+            self.assertLessEqual(err_i, 5e-2, IMAGES[i])
+
     def test_reference_backend_agrees(self):
         rc, doc, err = run_json(os.path.join(FIX, "r18-dp.pth"), self.paths[0], "--logits",
                                 "--backend", "ref")
