@@ -450,6 +450,38 @@ static const char *common_wrapper(ckpt__arena *ar, const ckpt_sd *sd, bool any_w
     return best ? ckpt__arena_strndup(ar, first, best) : "";
 }
 
+/* The rows of the last Linear of an nn.Sequential in the head's place ("fc.1.weight" of
+ * Sequential(Dropout, Linear), "fc.2.weight" of an MLP), else 0. Only for a dict that is this
+ * network alone: in MoCo's encoder_q the MLP is a projection head, not a classifier. */
+static int64_t seq_head_classes(const ckpt__cand *k, const char *prefix, const ckpt_arch *a)
+{
+    const char *hw = ckpt_arch_head(a, false);
+    const char *dot = strrchr(hw, '.');
+    if (!dot)
+        return 0;
+    size_t plen = strlen(prefix), hm = (size_t)(dot - hw) + 1; /* "fc." */
+    long best = -1;
+    int64_t nc = 0;
+    const ckpt_value *d = k->pub.dict;
+    for (size_t i = 0; i < d->u.dict.len; i++) {
+        const char *key = d->u.dict.keys[i]->u.str.data;
+        const ckpt_value *v = d->u.dict.vals[i];
+        if (strncmp(key, prefix, plen) != 0 || strncmp(key + plen, hw, hm) != 0 ||
+            v->type != CKPT_T_TENSOR || v->u.tensor->ndim != 2)
+            continue;
+        char *end;
+        const char *s = key + plen + hm;
+        if (*s < '0' || *s > '9')
+            continue;
+        long idx = strtol(s, &end, 10);
+        if (strcmp(end, ".weight") != 0 || idx <= best)
+            continue;
+        best = idx;
+        nc = v->u.tensor->shape[0];
+    }
+    return nc;
+}
+
 /* The class count of the unwrapped dict's head (as ckpt_arch_classes reads it), else
  * torchvision's default. */
 static int64_t head_classes(const ckpt__cand *k, const char *prefix, const ckpt_arch *a)
@@ -465,6 +497,8 @@ static int64_t head_classes(const ckpt__cand *k, const char *prefix, const ckpt_
         nc = tb->shape[0];
     else if (tw && tw->ndim == 2)
         nc = tw->shape[0];
+    else if (!tw && !tb && keys_under(k, prefix) == k->pub.dict->u.dict.len)
+        nc = seq_head_classes(k, prefix, a);
     return nc >= 1 && nc <= SD_MAX_CLASSES ? nc : SD_DEFAULT_CLASSES;
 }
 

@@ -231,6 +231,114 @@ static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_mod
     return CKPT_OK;
 }
 
+/* ---- the head in the classifier's place ------------------------------------------------- */
+
+#define SEQ_MAX_LAYERS 16
+
+/* An nn.Sequential where the classifier should be: fc.1.* (Dropout, Linear) of a fine-tuned
+ * model, or an MLP (fc.0/fc.2, fc.0/fc.3, with BatchNorm1d layers). Layers without weights
+ * (Dropout, ReLU) leave gaps in the indexes. */
+typedef struct seq_head {
+    int n;                          /* indexes 0..n-1 */
+    char kind[SEQ_MAX_LAYERS];      /* 0: no weights, 'L': Linear, 'B': BatchNorm1d */
+    int64_t in[SEQ_MAX_LAYERS], out[SEQ_MAX_LAYERS];
+    bool bias[SEQ_MAX_LAYERS];
+    int64_t classes;                /* out_features of the last Linear */
+} seq_head;
+
+/* The Sequential that the unexpected keys under head_mod ("fc.") form, fed by `features`;
+ * false when they form anything else. */
+static bool read_seq_head(const ckpt_sd *sd, const ckpt_sd_verdict *v, const char *head_mod,
+                          int64_t features, seq_head *h)
+{
+    memset(h, 0, sizeof *h);
+    size_t hm = strlen(head_mod);
+    bool bn_stat[SEQ_MAX_LAYERS] = {false};
+    if (v->n_unexpected == 0)
+        return false;
+    for (size_t i = 0; i < v->n_unexpected; i++) {
+        const char *key = v->unexpected[i];
+        if (strncmp(key, head_mod, hm) != 0)
+            return false;
+        const char *s = key + hm;
+        int idx = 0, digits = 0;
+        while (*s >= '0' && *s <= '9' && digits < 3) {
+            idx = idx * 10 + (*s++ - '0');
+            digits++;
+        }
+        if (!digits || *s != '.' || idx >= SEQ_MAX_LAYERS)
+            return false;
+        const char *leaf = s + 1;
+        const ckpt_sd_entry *e = NULL;
+        for (size_t j = 0; j < sd->n_entries && !e; j++)
+            if (!strcmp(sd->entries[j].key, key))
+                e = &sd->entries[j];
+        if (!e || !e->is_tensor)
+            return false;
+        if (idx + 1 > h->n)
+            h->n = idx + 1;
+        if (!strcmp(leaf, "weight") && e->ndim == 2) {
+            if (h->kind[idx] && h->kind[idx] != 'L')
+                return false;
+            h->kind[idx] = 'L';
+            h->out[idx] = e->shape[0];
+            h->in[idx] = e->shape[1];
+        } else if (!strcmp(leaf, "weight") && e->ndim == 1) {
+            if (h->kind[idx] == 'L')
+                return false;
+            h->kind[idx] = 'B';
+            h->out[idx] = h->in[idx] = e->shape[0];
+        } else if (!strcmp(leaf, "bias") && e->ndim == 1) {
+            h->bias[idx] = true;
+        } else if (!strcmp(leaf, "running_mean") || !strcmp(leaf, "running_var") ||
+                   !strcmp(leaf, "num_batches_tracked")) {
+            bn_stat[idx] = true;
+        } else {
+            return false;
+        }
+    }
+    /* each layer whole, and each fed by the one before */
+    int64_t width = features;
+    bool any_linear = false;
+    for (int i = 0; i < h->n; i++) {
+        if (h->kind[i] == 'B' && (!bn_stat[i] || !h->bias[i] || h->in[i] != width))
+            return false;
+        if (h->kind[i] == 'L') {
+            if (h->in[i] != width || bn_stat[i])
+                return false;
+            width = h->out[i];
+            h->classes = width;
+            any_linear = true;
+        }
+        if (!h->kind[i] && (h->bias[i] || bn_stat[i]))
+            return false;
+    }
+    return any_linear;
+}
+
+/* "torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(512, 10))": layers without
+ * weights are Dropout before the first Linear, then ReLU after a layer, then Dropout. */
+static void sb_seq_head(ckpt__strbuf *b, const seq_head *h)
+{
+    ckpt__sb_add(b, "torch.nn.Sequential(");
+    bool seen = false;
+    char prev = 0;
+    for (int i = 0; i < h->n; i++) {
+        if (i)
+            ckpt__sb_add(b, ", ");
+        if (h->kind[i] == 'L')
+            ckpt__sb_printf(b, "torch.nn.Linear(%lld, %lld%s)", (long long)h->in[i],
+                            (long long)h->out[i], h->bias[i] ? "" : ", bias=False");
+        else if (h->kind[i] == 'B')
+            ckpt__sb_printf(b, "torch.nn.BatchNorm1d(%lld)", (long long)h->in[i]);
+        else
+            ckpt__sb_add(b, seen && prev ? "torch.nn.ReLU()" : "torch.nn.Dropout()");
+        seen |= h->kind[i] != 0;
+        prev = h->kind[i];
+    }
+    ckpt__sb_add(b, ")");
+}
+
 static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                    const ckpt_value *root, const ckpt_sd_check_options *opt, const ckpt_file *f,
                    bool has_float, ckpt_error *err)
@@ -240,6 +348,32 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     const ckpt_sd_verdict *v = r->verdict;
     int rc = CKPT_OK;
     ckpt__strbuf b = {0};
+
+    /* the head: a Sequential in the classifier's place, or an empty classifier */
+    size_t outside = 0;
+    for (size_t i = 0; i < r->n_left_out; i++)
+        outside += !strcmp(r->left_out[i].why, "outside_prefix");
+    const char *hw = r->arch ? ckpt_arch_head(r->arch, false) : NULL;
+    const char *hb = r->arch ? ckpt_arch_head(r->arch, true) : NULL;
+    const char *hdot = hw ? strrchr(hw, '.') : NULL;
+    const char *head_mod = hdot ? ckpt__arena_strndup(ar, hw, (size_t)(hdot - hw) + 1) : NULL;
+    bool fc_missing = v && hw && v->n_missing == 2 && v->n_errors == 0 &&
+                      ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
+                       (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
+    seq_head sh;
+    bool seq = fc_missing && head_mod && outside == 0 && !k->module_class &&
+               read_seq_head(sd, v, head_mod, ckpt_arch_features(r->arch), &sh);
+    const ckpt_sd_entry *fc_entry = NULL;
+    for (size_t i = 0; hw && i < sd->n_entries && !fc_entry; i++)
+        if (!strcmp(sd->entries[i].key, hw) && sd->entries[i].is_tensor)
+            fc_entry = &sd->entries[i];
+    /* num_classes=0 or timm's reset_classifier(0) on a Linear: a [0, features] head */
+    bool empty_head = fc_entry && fc_entry->ndim == 2 && fc_entry->shape[0] == 0 && v &&
+                      v->n_missing == 0 && v->n_unexpected == 0;
+    for (size_t i = 0; empty_head && i < v->n_mismatch; i++)
+        empty_head = !strcmp(v->mismatch[i].key, hw) || !strcmp(v->mismatch[i].key, hb);
+    if (empty_head && !head_mod)
+        empty_head = false;
 
     if (k->pub.path_len > 0 && root->type == CKPT_T_DICT) {
         const char **sib = ckpt__arena_alloc(ar, (root->u.dict.len + 1) * sizeof *sib);
@@ -296,15 +430,17 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                                 "them to torchvision's", ckpt__scheme_what(k))))
         return rc;
     if (r->arch) {
-        const char *head = ckpt_arch_head(r->arch, false);
-        const ckpt_sd_entry *fc = NULL;
-        for (size_t i = 0; i < sd->n_entries && !fc; i++)
-            if (!strcmp(sd->entries[i].key, head) && sd->entries[i].is_tensor)
-                fc = &sd->entries[i];
+        const char *head = hw;
+        const ckpt_sd_entry *fc = fc_entry;
         bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
-        ckpt__sb_printf(&b, "%s torchvision.models.%s(num_classes=%lld)",
-                        auto_arch ? "recognised as" : "checked against", ckpt_arch_name(r->arch),
-                        (long long)r->num_classes);
+        if (empty_head)
+            ckpt__sb_printf(&b, "%s torchvision.models.%s without a classifier",
+                            auto_arch ? "recognised as" : "checked against",
+                            ckpt_arch_name(r->arch));
+        else
+            ckpt__sb_printf(&b, "%s torchvision.models.%s(num_classes=%lld)",
+                            auto_arch ? "recognised as" : "checked against",
+                            ckpt_arch_name(r->arch), (long long)r->num_classes);
         if (fc) {
             ckpt__sb_printf(&b, "; %s is ", head);
             ckpt__sb_dims(&b, fc->ndim, fc->shape);
@@ -312,7 +448,22 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         const char *msg = ckpt__sb_finish(&b, ar);
         if (!msg || (rc = warn(p, err, "arch", "%s", msg)))
             return msg ? rc : ckpt__arena_error(ar, err);
-        if (fc && fc->ndim == 2 && fc->shape[0] != r->num_classes &&
+        if (empty_head &&
+            (rc = warn(p, err, "head_empty",
+                       "the head is empty (%s has 0 rows, as a head built for no classes or timm's "
+                       "reset_classifier(0) leaves it): the file is a backbone, load it "
+                       "without %s*", head, head_mod)))
+            return rc;
+        if (seq) {
+            ckpt__sb_printf(&b, "the head is an nn.Sequential in %s with %lld classes (its last "
+                            "Linear): build the model with that head (below), or rename its last "
+                            "Linear to %s and %s", ckpt__arena_strndup(ar, hw, strlen(head_mod) - 1),
+                            (long long)sh.classes, hw, hb);
+            const char *hmsg = ckpt__sb_finish(&b, ar);
+            if (!hmsg || (rc = warn(p, err, "head_sequential", "%s", hmsg)))
+                return hmsg ? rc : ckpt__arena_error(ar, err);
+        }
+        if (!empty_head && fc && fc->ndim == 2 && fc->shape[0] != r->num_classes &&
             (rc = warn(p, err, "head",
                        "the checkpoint's head has %lld classes: build the model with "
                        "%s(num_classes=%lld)",
@@ -512,9 +663,6 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         ckpt__sb_add(&b, "\n");
     }
     ckpt__scheme_python(&b, k);
-    size_t outside = 0;
-    for (size_t i = 0; i < r->n_left_out; i++)
-        outside += !strcmp(r->left_out[i].why, "outside_prefix");
     if (sd->prefix[0] && outside && !k->module_class) {
         /* one network of several: keep its sub-tree only (consume_prefix would keep the rest) */
         ckpt__sb_add(&b, "p = ");
@@ -536,7 +684,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                        mm->checkpoint->shape[1] == ckpt_arch_features(r->arch);
             bool fcb = !strcmp(mm->key, ckpt_arch_head(r->arch, true)) &&
                        mm->checkpoint->ndim == 1;
-            if (fcw || fcb) {
+            if ((fcw || fcb) && !empty_head) {
                 nc = mm->checkpoint->shape[0];
                 problems--;
             }
@@ -547,21 +695,31 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                         ckpt_arch_name(r->arch), (long long)nc);
     else
         ckpt__sb_add(&b, "model = MyModel()  # your model class\n");
+    /* a Sequential head (a fine-tuned classifier, or an MLP): build the same head */
+    if (seq) {
+        ckpt__sb_printf(&b, "model.%.*s = ", (int)strlen(head_mod) - 1, head_mod);
+        sb_seq_head(&b, &sh);
+        bool guessed = false;
+        for (int i = 0; i < sh.n; i++)
+            guessed |= !sh.kind[i];
+        ckpt__sb_add(&b, guessed ? "  # the file's head; layers without weights are "
+                                   "guessed: check them against the training code\n"
+                                 : "  # the file's head\n");
+        problems = 0;
+    }
     /* a backbone: everything but the classifier, which is left to the user */
     bool backbone = false;
-    if (r->arch && v && v->n_missing == 2 && v->n_errors == 0) {
-        const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
-        const char *dot = strrchr(hw, '.');
-        size_t hm = dot ? (size_t)(dot - hw) + 1 : 0; /* "fc." */
-        backbone = hm && ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
-                          (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
+    if (head_mod && !seq && (fc_missing || empty_head)) {
+        size_t hm = strlen(head_mod); /* "fc." */
+        backbone = true;
         /* a projection or MLP head in the classifier's place (MoCo's fc.0/fc.2) is dropped */
         for (size_t i = 0; i < v->n_unexpected && backbone; i++)
             backbone = strncmp(v->unexpected[i], hw, hm) == 0;
-        if (backbone && v->n_unexpected) {
+        if (backbone && (v->n_unexpected || empty_head)) {
             ckpt__sb_add(&b, "sd = {k: v for k, v in sd.items() if not k.startswith(");
-            ckpt__sb_pystr(&b, ckpt__arena_strndup(ar, hw, hm));
-            ckpt__sb_add(&b, ")}  # the file's own head, not a classifier\n");
+            ckpt__sb_pystr(&b, head_mod);
+            ckpt__sb_add(&b, empty_head ? ")}  # the empty head, not a classifier\n"
+                                        : ")}  # the file's own head, not a classifier\n");
         }
         if (backbone) {
             ckpt__sb_add(&b, "missing, unexpected = model.load_state_dict(sd, strict=False)\n");

@@ -1,0 +1,144 @@
+#!/usr/bin/python3
+"""
+test_layouts_heads.py - issue 8: heads in the classifier's place. A fine-tuned model whose fc is
+nn.Sequential(Dropout, Linear) or an MLP, an empty [0]-row head, a CIFAR ResNet that is not
+torchvision's, renamed heads (mmpretrain, solo-learn). Checkpoints are made with torch here;
+ckpt's printed Python is executed under Debian's torch 1.13 and every tensor it loads is
+compared with the network that was saved.
+"""
+
+import collections
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckpt_testlib as L  # noqa: E402
+
+
+def net(arch="resnet18", seed=0, **kw):
+    import torch
+    import torchvision
+    torch.manual_seed(seed)
+    m = getattr(torchvision.models, arch)(**kw)
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return m
+
+
+def randomise(m, seed):
+    import torch
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return m
+
+
+class Heads(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        L.require_bin()
+        cls.tmp = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def save(self, name, obj):
+        import torch
+        path = os.path.join(self.tmp.name, name)
+        torch.save(obj, path)
+        return path
+
+    def run_python(self, path, codes=(0, 1)):
+        """ckpt check --json, then its Python executed as printed; (report, namespace)."""
+        j = L.run_json(self, ["check", "--json", path], ok_codes=codes)
+        ns = {}
+        exec(compile(j["python"], path, "exec"), ns)
+        return j, ns
+
+    def assert_same(self, got, want, skip=()):
+        for k, v in want.items():
+            if any(k.startswith(s) for s in skip):
+                continue
+            self.assertIn(k, got)
+            self.assertTrue(got[k].equal(v), "%s differs" % k)
+
+    def words(self, j):
+        return "\n".join(w["message"] for w in j["warnings"])
+
+    # --- 1. Sequential and MLP heads: the class count from the last Linear -----------------
+
+    def check_sequential(self, name, head, classes):
+        m = net(seed=len(name))
+        m.fc = head
+        randomise(m, len(name) + 1)
+        path = self.save(name, m.state_dict())
+        j, ns = self.run_python(path)
+        self.assertEqual(j["num_classes"], classes)
+        self.assertIn("strict=True", j["python"])
+        self.assert_same(ns["model"].state_dict(), m.state_dict())
+        self.assertEqual(len(ns["model"].state_dict()), len(m.state_dict()))
+        self.assertIn("%d classes" % classes, self.words(j))
+        self.assertNotIn("num_classes=1000", j["python"])
+        return j
+
+    def test_dropout_linear(self):
+        """fc = Sequential(Dropout, Linear(512, 7)): fc.1.*, 7 classes."""
+        import torch.nn as nn
+        j = self.check_sequential("fc1.pth", nn.Sequential(nn.Dropout(), nn.Linear(512, 7)), 7)
+        self.assertIn("Dropout()", j["python"])
+
+    def test_mlp_two_linears(self):
+        """fc.0 / fc.2: Linear, ReLU, Linear."""
+        import torch.nn as nn
+        self.check_sequential("mlp2.pth", nn.Sequential(nn.Linear(512, 64), nn.ReLU(),
+                                                        nn.Linear(64, 5)), 5)
+
+    def test_mlp_with_batchnorm(self):
+        """fc.0 / fc.1 (BatchNorm1d) / fc.3."""
+        import torch.nn as nn
+        self.check_sequential("mlp3.pth", nn.Sequential(nn.Linear(512, 32), nn.BatchNorm1d(32),
+                                                        nn.ReLU(), nn.Linear(32, 3)), 3)
+
+    def test_mlp_two_gaps(self):
+        """fc.0 / fc.3: Linear, ReLU, Dropout, Linear."""
+        import torch.nn as nn
+        self.check_sequential("mlp4.pth", nn.Sequential(nn.Linear(512, 16), nn.ReLU(),
+                                                        nn.Dropout(), nn.Linear(16, 11)), 11)
+
+    def test_sequential_in_training_checkpoint(self):
+        """The same head under 'state_dict' with DataParallel's module. prefix."""
+        import torch.nn as nn
+        m = net(seed=40)
+        m.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(512, 4))
+        randomise(m, 41)
+        sd = collections.OrderedDict(("module." + k, v) for k, v in m.state_dict().items())
+        path = self.save("ft.pth.tar", {"epoch": 3, "state_dict": sd})
+        j, ns = self.run_python(path)
+        self.assertEqual(j["num_classes"], 4)
+        self.assert_same(ns["model"].state_dict(), m.state_dict())
+
+    # --- 2. messages ----------------------------------------------------------------------
+
+    def test_empty_head(self):
+        """fc = Linear(512, 0): a backbone, never 'num_classes=0'."""
+        import torch.nn as nn
+        m = net(seed=20)
+        m.fc = nn.Linear(512, 0)
+        path = self.save("fc0.pth", m.state_dict())
+        j, ns = self.run_python(path)
+        out = self.words(j) + j["python"]
+        self.assertNotIn("num_classes=0", out)
+        self.assertIn("empty", self.words(j))
+        self.assertIn("assert set(missing) == {'fc.weight', 'fc.bias'}", j["python"])
+        self.assert_same(ns["model"].state_dict(), m.state_dict(), skip=("fc.",))
+
+
+if __name__ == "__main__":
+    unittest.main()
