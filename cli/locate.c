@@ -59,6 +59,13 @@ int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bo
         return cli_error_ckpt(path, &err);
     if (!l->r->verdict && !l->allow_no_model) {
         const ckpt_sd_candidate *c = l->r->chosen;
+        /* a ResNet no torchvision constructor builds (CIFAR): say so, not "matches none" */
+        if (ckpt_sd_explain(l->r, &err) == CKPT_OK)
+            for (size_t i = 0; i < l->r->n_warnings; i++)
+                if (!strcmp(l->r->warnings[i].code, "arch_not_torchvision"))
+                    return cli_error(path, "%s%s%s holds %s", c->path_len ? "'" : "",
+                                     c->path_len ? c->path_str : "the state dict",
+                                     c->path_len ? "'" : "", l->r->warnings[i].message);
         const char *where = c->path_len ? c->path_str : NULL;
         return cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu known architectures: "
                          "pass --arch NAME, or --against a checkpoint of the model",
@@ -135,7 +142,7 @@ void cli_locate_human(cli_sb *out, const cli_locate *l)
         sb_put_clean(out, l->against, strlen(l->against));
     }
     sb_puts(out, v->ok ? ": strict load OK\n" : ": strict load FAILS\n");
-    sb_printf(out, "  %zu tensors, ", r->n_tensors);
+    sb_printf(out, "  %zu tensor%s, ", r->n_tensors, r->n_tensors == 1 ? "" : "s");
     cli_fmt_count(out, (uint64_t)r->n_parameters);
     sb_puts(out, " parameters");
     if (!v->ok)

@@ -339,6 +339,37 @@ static void sb_seq_head(ckpt__strbuf *b, const seq_head *h)
     ckpt__sb_add(b, ")");
 }
 
+/* A ResNet that no torchvision constructor builds: the CIFAR variant (kuangliu's
+ * pytorch-cifar and its copies) has a 3x3 stem conv1, and usually shortcut.* for downsample.*
+ * and linear.* for fc.*. The words, or NULL. */
+static const char *cifar_resnet(ckpt__arena *ar, const ckpt_sd *sd)
+{
+    const ckpt_sd_entry *conv1 = NULL;
+    bool shortcut = false, linear = false, layers = false;
+    for (size_t i = 0; i < sd->n_entries; i++) {
+        const ckpt_sd_entry *e = &sd->entries[i];
+        if (!strcmp(e->key, "conv1.weight") && e->is_tensor)
+            conv1 = e;
+        shortcut |= strstr(e->key, ".shortcut.") != NULL;
+        linear |= !strcmp(e->key, "linear.weight");
+        layers |= ckpt__starts_with(e->key, "layer1.");
+    }
+    if (!conv1 || !layers || conv1->ndim != 4 || conv1->shape[1] != 3 || conv1->shape[2] != 3 ||
+        conv1->shape[3] != 3)
+        return NULL;
+    ckpt__strbuf b = {0};
+    ckpt__sb_add(&b, "a ResNet that is not torchvision's: a CIFAR variant (conv1.weight is ");
+    ckpt__sb_dims(&b, conv1->ndim, conv1->shape);
+    ckpt__sb_add(&b, ", a 3x3 stem where torchvision's is 7x7");
+    if (shortcut)
+        ckpt__sb_add(&b, "; shortcut.* where torchvision has downsample.*");
+    if (linear)
+        ckpt__sb_add(&b, "; linear.* where torchvision has fc.*");
+    ckpt__sb_add(&b, "): no torchvision constructor matches it; check it --against a "
+                     "checkpoint of its own model");
+    return ckpt__sb_finish(&b, ar);
+}
+
 static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                    const ckpt_value *root, const ckpt_sd_check_options *opt, const ckpt_file *f,
                    bool has_float, ckpt_error *err)
@@ -429,10 +460,13 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     if (r->naming && (rc = warn(p, err, "renamed", "the keys are named as %s; ckpt renamed "
                                 "them to torchvision's", ckpt__scheme_what(k))))
         return rc;
-    if (r->arch) {
+    const char *cifar = r->model && !r->arch ? NULL : cifar_resnet(ar, sd);
+    bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
+    if (cifar && (rc = warn(p, err, "arch_not_torchvision", "%s", cifar)))
+        return rc;
+    if (r->arch && !(cifar && auto_arch)) {
         const char *head = hw;
         const ckpt_sd_entry *fc = fc_entry;
-        bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
         if (empty_head)
             ckpt__sb_printf(&b, "%s torchvision.models.%s without a classifier",
                             auto_arch ? "recognised as" : "checked against",
@@ -469,7 +503,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                        "%s(num_classes=%lld)",
                        (long long)fc->shape[0], ckpt_arch_name(r->arch), (long long)fc->shape[0])))
             return rc;
-    } else if (!r->model) {
+    } else if (!r->model && !cifar) {
         if ((rc = warn(p, err, "arch_unknown",
                        "the keys match none of the %zu known architectures; check against "
                        "the model's own state_dict()",
@@ -503,12 +537,22 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                        "without _metadata would load: BatchNorm fills them with 0)",
                        nbt_missing)))
             return rc;
+        /* BatchNorm modules the file names otherwise have no _metadata entry under the
+         * model's names: that, not an old version, is why they are filled */
+        size_t bn_absent = 0;
+        for (size_t i = 0; i < v->n_missing; i++)
+            bn_absent += !strcmp(ckpt__leaf_name(v->missing[i]), "running_mean");
+        bool renamed = sd->prefix[0] || r->naming || bn_absent >= v->n_filled;
         if (v->n_filled &&
             (rc = warn(p, err, "num_batches_tracked_filled",
-                       "%zu num_batches_tracked entries are missing; load_state_dict fills "
-                       "them with 0 because the dict %s",
-                       v->n_filled, sd->has_metadata ? "records an old BatchNorm version"
-                                                     : "has no _metadata")))
+                       "%zu num_batches_tracked entr%s missing; load_state_dict fills "
+                       "%s with 0 because the dict %s",
+                       v->n_filled, v->n_filled == 1 ? "y is" : "ies are",
+                       v->n_filled == 1 ? "it" : "them",
+                       !sd->has_metadata ? "has no _metadata"
+                       : renamed ? "has no _metadata entry under the model's names for "
+                                   "their modules (the file names them otherwise)"
+                                 : "records an old BatchNorm version")))
             return rc;
         for (size_t i = 0; i < v->n_mismatch; i++) {
             const ckpt_sd_entry *c = v->mismatch[i].checkpoint, *e = v->mismatch[i].model;
@@ -576,8 +620,9 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             bool first = true;
             for (int dt = 0; dt < CKPT_DT_COUNT; dt++)
                 if (counts[dt]) {
-                    ckpt__sb_printf(&b, "%s%s (%zu tensors)", first ? "" : ", ",
-                                    ckpt_dtype_name((ckpt_dtype)dt), counts[dt]);
+                    ckpt__sb_printf(&b, "%s%s (%zu tensor%s)", first ? "" : ", ",
+                                    ckpt_dtype_name((ckpt_dtype)dt), counts[dt],
+                                    counts[dt] == 1 ? "" : "s");
                     first = false;
                 }
             const char *msg = ckpt__sb_finish(&b, ar);
@@ -628,8 +673,9 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     for (size_t i = 0; i < ng; i++)
         trusted &= g[i].kind == CKPT_GLOBAL_WEIGHTS;
     const char *fname = opt->file_name ? opt->file_name : "checkpoint.pth";
+    bool tv = r->arch && !(cifar && auto_arch); /* a torchvision constructor builds it */
     ckpt__sb_add(&b, "import torch\n");
-    if (r->arch)
+    if (tv)
         ckpt__sb_add(&b, "import torchvision\n");
     if (k->module_class) { /* torch.load would import the classes and run the pickle */
         ckpt__sb_printf(&b, "# the file pickles a whole %s object: torch.load needs its class "
@@ -690,7 +736,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             }
         }
     }
-    if (r->arch)
+    if (tv)
         ckpt__sb_printf(&b, "model = torchvision.models.%s(num_classes=%lld)\n",
                         ckpt_arch_name(r->arch), (long long)nc);
     else
@@ -734,7 +780,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     }
     if (!backbone)
         ckpt__sb_add(&b, "model.load_state_dict(sd, strict=True)");
-    if (problems)
+    if (problems && !(cifar && auto_arch))
         ckpt__sb_printf(&b,
                         "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",
                         v->n_missing, v->n_unexpected, v->n_errors);

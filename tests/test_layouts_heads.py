@@ -39,6 +39,38 @@ def randomise(m, seed):
     return m
 
 
+def cifar_resnet18(classes=10):
+    """kuangliu/pytorch-cifar's ResNet18: 3x3 stem, shortcut.*, linear.*."""
+    import torch.nn as nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, i, p, stride=1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(i, p, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(p)
+            self.conv2 = nn.Conv2d(p, p, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(p)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or i != p:
+                self.shortcut = nn.Sequential(nn.Conv2d(i, p, 1, stride, bias=False),
+                                              nn.BatchNorm2d(p))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            widths, inp = (64, 128, 256, 512), 64
+            for n, w in enumerate(widths):
+                s = 1 if n == 0 else 2
+                setattr(self, "layer%d" % (n + 1),
+                        nn.Sequential(BasicBlock(inp, w, s), BasicBlock(w, w, 1)))
+                inp = w
+            self.linear = nn.Linear(512, classes)
+
+    return ResNet
+
+
 class Heads(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -138,6 +170,63 @@ class Heads(unittest.TestCase):
         self.assertIn("empty", self.words(j))
         self.assertIn("assert set(missing) == {'fc.weight', 'fc.bias'}", j["python"])
         self.assert_same(ns["model"].state_dict(), m.state_dict(), skip=("fc.",))
+
+    def test_cifar_resnet(self):
+        """A CIFAR ResNet is a ResNet that is not torchvision's, never 'recognised as'."""
+        import torch
+        cls = cifar_resnet18()
+        m = randomise(cls(), 30)
+        path = self.save("cifar.pth", {"net": m.state_dict(), "acc": 95.1, "epoch": 200})
+        rc, out, err = L.run_ckpt(["check", path])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("not torchvision's", err)
+        self.assertIn("CIFAR", err)
+        self.assertNotIn("matches none", err)
+        # checked against its own model: the snippet builds MyModel and loads strictly
+        tpl = self.save("cifar_template.pth", cls().state_dict())
+        j = L.run_json(self, ["check", "--json", "--against", tpl, path])
+        ns = {"MyModel": cls}
+        exec(compile(j["python"].replace("weights_only=True", "weights_only=False"),
+                     path, "exec"), ns)
+        self.assert_same(ns["model"].state_dict(), m.state_dict())
+        # downsample-named copy that auto-recognition fits: still not torchvision's
+        sd = {k.replace("shortcut", "downsample"): v for k, v in m.state_dict().items()}
+        path2 = self.save("cifar2.pth", sd)
+        j = L.run_json(self, ["check", "--json", path2], ok_codes=(0, 1))
+        self.assertNotIn("recognised as", self.words(j))
+        self.assertIn("not torchvision's", self.words(j))
+        self.assertNotIn("torchvision.models", j["python"])
+        ns = {"MyModel": lambda: torch.nn.Module()}
+        with self.assertRaises(RuntimeError):  # the printed Python fails loudly, never quietly
+            exec(compile(j["python"], path2, "exec"), ns)
+
+    def test_renamed_modules_not_old_batchnorm(self):
+        """BatchNorm modules under other names are not 'an old BatchNorm version'."""
+        import torch
+        import torchvision
+        m = randomise(cifar_resnet18()(), 31)
+        path = self.save("cifar_arch.pth", m.state_dict())
+        j = L.run_json(self, ["check", "--json", "--arch", "resnet18", path], ok_codes=(1,))
+        self.assertNotIn("old BatchNorm version", self.words(j))
+        # PyTorch agrees the entries are filled: they are not among its missing keys
+        filled = [w for w in j["warnings"] if w["code"] == "num_batches_tracked_filled"]
+        self.assertEqual(len(filled), 1)
+        sd = torch.load(path)
+        del sd["conv1.weight"]  # the 3x3 stem is a size mismatch even with strict=False
+        r = torchvision.models.resnet18().load_state_dict(sd, strict=False)
+        self.assertFalse(any(k.endswith("num_batches_tracked") for k in r.missing_keys))
+
+    def test_one_tensor_singular(self):
+        """'1 tensor', never '1 tensors'."""
+        m = net(seed=32)
+        sd = m.state_dict()
+        sd["conv1.weight"] = sd["conv1.weight"].half()
+        path = self.save("one_half.pth", sd)
+        j, ns = self.run_python(path)
+        self.assertIn("(1 tensor)", self.words(j))
+        self.assertNotRegex(self.words(j), r"\b1 tensors")
+        self.assert_same(ns["model"].state_dict(), m.state_dict(), skip=("conv1.",))
+        self.assertTrue(ns["model"].conv1.weight.equal(sd["conv1.weight"].float()))
 
 
 if __name__ == "__main__":
