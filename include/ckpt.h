@@ -611,6 +611,11 @@ typedef struct ckpt_sd_report {
      * "sequential", "detectron2"; docs/ARCHITECTURES-DEV.md), or NULL: the key map's file
      * keys are the file's own. */
     const char *naming;
+    /* With the words: what the verdict says the file is (docs/CHECK.md): "model" (the mapped
+     * dict loads strictly), "backbone" (all but the classifier), "sequential_head" (loads into
+     * the model with the file's nn.Sequential head), "not_torchvision" (a ResNet no
+     * torchvision constructor builds), "fails" (the strict load fails), "unknown" (no model). */
+    const char *verdict_kind;
 } ckpt_sd_report;
 
 /* CKPT_ENOTFOUND when there is no dict of tensors or no opt->key path; CKPT_EINVAL for bad

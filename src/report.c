@@ -785,6 +785,12 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                         "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",
                         v->n_missing, v->n_unexpected, v->n_errors);
     ckpt__sb_add(&b, "\nmodel.eval()\n");
+    r->verdict_kind = !r->model             ? (cifar ? "not_torchvision" : "unknown")
+                      : cifar && auto_arch  ? "not_torchvision"
+                      : seq                 ? "sequential_head"
+                      : backbone            ? "backbone"
+                      : v && v->ok          ? "model"
+                                            : "fails";
     r->python = ckpt__sb_finish(&b, ar);
     return r->python ? CKPT_OK : ckpt__arena_error(ar, err);
 }

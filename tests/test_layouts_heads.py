@@ -228,6 +228,69 @@ class Heads(unittest.TestCase):
         self.assert_same(ns["model"].state_dict(), m.state_dict(), skip=("conv1.",))
         self.assertTrue(ns["model"].conv1.weight.equal(sd["conv1.weight"].float()))
 
+    # --- 4. verdict_kind and alternatives in --json -----------------------------------------
+
+    def test_verdict_kinds(self):
+        """verdict_kind names what the snippet does; each snippet runs."""
+        import torch.nn as nn
+        plain = net(seed=50)
+        seqm = net(seed=51)
+        seqm.fc = nn.Sequential(nn.Dropout(), nn.Linear(512, 6))
+        randomise(seqm, 52)
+        bb = net(seed=53)
+        bbsd = bb.state_dict()
+        del bbsd["fc.weight"], bbsd["fc.bias"]
+        broken = net(seed=54).state_dict()
+        del broken["layer1.0.conv1.weight"]
+        cases = [("plain.pth", plain.state_dict(), "model"),
+                 ("seq.pth", seqm.state_dict(), "sequential_head"),
+                 ("bb.pth", bbsd, "backbone"),
+                 ("broken.pth", broken, "fails")]
+        for name, sd, kind in cases:
+            path = self.save(name, sd)
+            j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+            self.assertEqual(j["verdict_kind"], kind, name)
+            ns = {}
+            if kind == "fails":
+                with self.assertRaises(RuntimeError):
+                    exec(compile(j["python"], path, "exec"), ns)
+            else:
+                exec(compile(j["python"], path, "exec"), ns)
+                self.assert_same(ns["model"].state_dict(), sd)
+
+    def test_alternatives(self):
+        """MoCo's encoder_k, DINO's student and an EMA copy are listed, each loadable."""
+        import torch
+        q, k = net(seed=60), net(seed=61)
+        sd = collections.OrderedDict()
+        sd.update(("module.encoder_q." + n, v) for n, v in q.state_dict().items())
+        sd.update(("module.encoder_k." + n, v) for n, v in k.state_dict().items())
+        sd["module.queue"] = torch.randn(8, 4)
+        path = self.save("moco_alt.pth.tar", {"state_dict": sd, "epoch": 1})
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        self.assertEqual(j["prefix"], "module.encoder_q.")
+        alts = [(a["path"], a["prefix"], a["kind"]) for a in j["alternatives"]]
+        self.assertEqual(alts, [(["state_dict"], "module.encoder_k.", "momentum")])
+        # the alternative, asked for, loads the key encoder exactly
+        j2 = L.run_json(self, ["check", "--json", "--key", "state_dict", "--strip-prefix",
+                               "module.encoder_k.", path], ok_codes=(0, 1))
+        ns = {}
+        exec(compile(j2["python"], path, "exec"), ns)
+        self.assert_same(ns["model"].state_dict(), k.state_dict())
+
+        t, s = net(seed=62), net(seed=63)
+        path = self.save("dino_alt.pth", {"teacher": t.state_dict(), "student": s.state_dict()})
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        self.assertEqual(j["state_dict_path"], ["teacher"])
+        self.assertIn((["student"], "student"),
+                      [(a["path"], a["kind"]) for a in j["alternatives"]])
+
+        m, e = net(seed=64), net(seed=65)
+        path = self.save("ema_alt.pth", {"model": m.state_dict(), "model_ema": e.state_dict()})
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        self.assertIn((["model_ema"], "ema"),
+                      [(a["path"], a["kind"]) for a in j["alternatives"]])
+
 
 if __name__ == "__main__":
     unittest.main()
