@@ -47,65 +47,17 @@ const char cmd_check_help[] =
     "  ckpt check trained.pt --against template.pth --json\n";
 
 
-/* What another copy of the network is, from its last path component or its prefix: "ema",
- * "momentum" (MoCo's encoder_k, a momentum encoder or backbone), "student" (DINO publishes
- * the teacher) or "other". */
-static const char *alternative_kind(const ckpt_sd_candidate *c, const char *prefix)
-{
-    const char *name = c->path_len ? c->path[c->path_len - 1] : "";
-    if (strstr(name, "ema") || strstr(prefix, "ema."))
-        return "ema";
-    if (strstr(prefix, "encoder_k.") || strstr(prefix, "momentum") || strstr(name, "momentum") ||
-        strstr(prefix, "target_") || strstr(prefix, "key_encoder."))
-        return "momentum";
-    if (!strcmp(name, "student") || strstr(prefix, "student."))
-        return "student";
-    return "other";
-}
-
-/* The other networks in the file: candidates recognised as an architecture, and sub-trees of
- * the chosen dict that hold another copy of the model (MoCo's encoder_k, a momentum
- * backbone), found as left-out keys ending in the model's first key. */
+/* The file's other copies of a network (docs/CHECK.md), for --key and --strip-prefix. */
 static json_t *alternatives(const ckpt_sd_report *r)
 {
     json_t *alts = json_array();
-    for (size_t i = 0; i < r->n_candidates; i++) {
-        const ckpt_sd_candidate *c = &r->candidates[i];
-        if (c == r->chosen || !c->arch)
-            continue;
+    for (size_t i = 0; i < r->n_alternatives; i++) {
+        const ckpt_sd_candidate *c = &r->alternatives[i];
         json_t *o = json_object();
         json_object_set_new(o, "path", cli_json_strs(c->path, c->path_len));
         json_object_set_new(o, "prefix", cli_json_cstr(c->prefix));
-        json_object_set_new(o, "arch", json_string(ckpt_arch_name(c->arch)));
-        json_object_set_new(o, "kind", json_string(alternative_kind(c, c->prefix)));
-        json_array_append_new(alts, o);
-    }
-    const char *first = r->n_key_map ? r->key_map[0].model_key : NULL;
-    size_t fl = first ? strlen(first) : 0;
-    for (size_t i = 0; first && i < r->n_left_out; i++) {
-        const char *k = r->left_out[i].file_key;
-        size_t kl = strlen(k);
-        if (strcmp(r->left_out[i].why, "outside_prefix") != 0 || kl <= fl ||
-            strcmp(k + kl - fl, first) != 0 || k[kl - fl - 1] != '.')
-            continue;
-        /* a whole copy: its last key is there too (layer1.0.conv1.weight ends in conv1.weight) */
-        const char *last = r->key_map[r->n_key_map - 1].model_key;
-        bool whole = false;
-        for (size_t j = 0; j < r->n_left_out && !whole; j++) {
-            const char *o = r->left_out[j].file_key;
-            whole = strlen(o) == kl - fl + strlen(last) && !strncmp(o, k, kl - fl) &&
-                    !strcmp(o + kl - fl, last);
-        }
-        if (!whole)
-            continue;
-        json_t *o = json_object();
-        json_object_set_new(o, "path", cli_json_strs(r->chosen->path, r->chosen->path_len));
-        json_object_set_new(o, "prefix", json_stringn(k, kl - fl));
-        char *pre = strndup(k, kl - fl);
-        json_object_set_new(o, "kind", json_string(pre ? alternative_kind(r->chosen, pre)
-                                                       : "other"));
-        free(pre);
-        json_object_set_new(o, "arch", r->arch ? json_string(ckpt_arch_name(r->arch))
+        json_object_set_new(o, "kind", json_string(r->alternative_kinds[i]));
+        json_object_set_new(o, "arch", c->arch ? json_string(ckpt_arch_name(c->arch))
                                                : json_null());
         json_array_append_new(alts, o);
     }

@@ -617,6 +617,68 @@ static int key_map(ckpt__arena *ar, ckpt_sd_report *r, const ckpt_value *d, ckpt
     return CKPT_OK;
 }
 
+/* What another copy of the network is, from its dict's name or its prefix: "ema",
+ * "momentum" (MoCo's encoder_k, a momentum encoder or backbone), "student" (DINO publishes
+ * the teacher) or "other". */
+static const char *alternative_kind(const ckpt_sd_candidate *c, const char *prefix)
+{
+    const char *name = c->path_len ? c->path[c->path_len - 1] : "";
+    if (strstr(name, "ema") || strstr(prefix, "ema."))
+        return "ema";
+    if (prefix_rank(prefix) || strstr(name, "momentum"))
+        return !strcmp(name, "student") || strstr(prefix, "student.") ? "student" : "momentum";
+    if (!strcmp(name, "student"))
+        return "student";
+    return "other";
+}
+
+/* The file's other networks: recognised candidates, then sub-trees of the chosen dict whose
+ * left-out keys hold the model's first and last keys under another prefix (a key like
+ * layer1.0.conv1.weight also ends in conv1.weight: the last key tells them apart). */
+static int alternatives(ckpt__arena *ar, ckpt_sd_report *r, ckpt_error *err)
+{
+    size_t cap = r->n_candidates + r->n_left_out + 1;
+    ckpt_sd_candidate *alt = ckpt__arena_alloc(ar, cap * sizeof *alt);
+    const char **kinds = ckpt__arena_alloc(ar, cap * sizeof *kinds);
+    if (!alt || !kinds)
+        return ckpt__arena_error(ar, err);
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_candidates; i++) {
+        const ckpt_sd_candidate *c = &r->candidates[i];
+        if (c == r->chosen || !c->arch)
+            continue;
+        alt[n] = *c;
+        kinds[n++] = alternative_kind(c, c->prefix);
+    }
+    const char *first = r->n_key_map ? r->key_map[0].model_key : NULL;
+    const char *last = r->n_key_map ? r->key_map[r->n_key_map - 1].model_key : NULL;
+    size_t fl = first ? strlen(first) : 0, ll = last ? strlen(last) : 0;
+    ckpt__strmap outside;
+    if (first && !ckpt__strmap_init(ar, &outside, r->n_left_out))
+        return ckpt__arena_error(ar, err);
+    for (size_t i = 0; first && i < r->n_left_out; i++)
+        if (!strcmp(r->left_out[i].why, "outside_prefix"))
+            ckpt__strmap_add(&outside, r->left_out[i].file_key, i);
+    for (size_t i = 0; first && i < r->n_left_out; i++) {
+        const char *k = r->left_out[i].file_key;
+        size_t kl = strlen(k);
+        if (strcmp(r->left_out[i].why, "outside_prefix") != 0 || kl <= fl ||
+            strcmp(k + kl - fl, first) != 0 || k[kl - fl - 1] != '.' ||
+            ckpt__strmap_get2(&outside, k, kl - fl, last, ll) == SIZE_MAX)
+            continue;
+        alt[n] = *r->chosen;
+        if (!(alt[n].prefix = ckpt__arena_strndup(ar, k, kl - fl)))
+            return ckpt__arena_error(ar, err);
+        alt[n].arch = r->arch;
+        kinds[n] = alternative_kind(r->chosen, alt[n].prefix);
+        n++;
+    }
+    r->alternatives = alt;
+    r->n_alternatives = n;
+    r->alternative_kinds = kinds;
+    return CKPT_OK;
+}
+
 /* The template's state dict: found and unwrapped like a checkpoint's, minus the model. */
 static int template_model(ckpt__check_priv *p, const ckpt_sd_check_options *opt,
                           ckpt_sd_model **out, ckpt_error *err)
@@ -876,7 +938,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         if ((rc = ckpt__judge(ar, r->model, sd, &v, err)))
             goto fail;
         r->verdict = v;
-        if ((rc = key_map(ar, r, chosen->pub.dict, err)) ||
+        if ((rc = key_map(ar, r, chosen->pub.dict, err)) || (rc = alternatives(ar, r, err)) ||
             (rc = ckpt__scheme_finish(ar, r, chosen, err)))
             goto fail;
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
