@@ -389,7 +389,9 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
                        ckpt_arch_count());
         goto done;
     }
-    size_t backbone = cli_locate_backbone(r); /* written alone: its head is not a classifier */
+    /* written alone: its head is not a classifier; --no-check writes the state dict whole
+     * (a Sequential head that the caller builds, as ckpt check's Python does) */
+    size_t backbone = no_check ? 0 : cli_locate_backbone(r);
     if (r->verdict && !r->verdict->ok && !backbone && !no_check) {
         if (json) {
             rc = cli_emit_json(path, to_json(&oc));
