@@ -62,6 +62,7 @@ typedef struct check_ctx {
     const char *path[SD_MAX_DEPTH + 1];
     bool is_index[SD_MAX_DEPTH + 1];
     bool has_float;         /* a plain Python float somewhere (1.13's weights_only refuses it) */
+    bool has_other;         /* a set, bytes or complex number (so does it) */
     ckpt__module_budget modules; /* spent on whole pickled modules */
 } check_ctx;
 
@@ -149,6 +150,9 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         return walk_module(c, v, depth);
     if (v->type == CKPT_T_FLOAT && !(v->flags & CKPT_VF_NUMPY))
         c->has_float = true;
+    if ((v->type == CKPT_T_SET || v->type == CKPT_T_BYTES || v->type == CKPT_T_COMPLEX) &&
+        !(v->flags & CKPT_VF_NUMPY))
+        c->has_other = true;
     if (v->type == CKPT_T_DICT) {
         size_t n_tensors = 0;
         bool strings = true;
@@ -172,7 +176,8 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         for (size_t i = 0; i < v->u.dict.len; i++) {
             const ckpt_value *x = v->u.dict.vals[i];
             if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
-                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT)
+                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT &&
+                x->type != CKPT_T_SET && x->type != CKPT_T_BYTES && x->type != CKPT_T_COMPLEX)
                 continue;
             c->path[depth] = v->u.dict.keys[i]->u.str.data;
             c->is_index[depth] = false;
@@ -186,7 +191,8 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         for (size_t i = 0; i < v->u.seq.len && c->visited <= SD_MAX_NODES; i++) {
             const ckpt_value *x = v->u.seq.items[i];
             if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
-                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT)
+                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT &&
+                x->type != CKPT_T_SET && x->type != CKPT_T_BYTES && x->type != CKPT_T_COMPLEX)
                 continue;
             char *seg = ckpt__arena_printf(c->ar, "%zu", i);
             if (!seg)
@@ -968,6 +974,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
     p->root = root;
     p->file = f;
     p->has_float = c.has_float;
+    p->has_other = c.has_other;
     p->opt = opt;
     if (opt.explain && (rc = ckpt_sd_explain(r, err)))
         goto fail;

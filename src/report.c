@@ -370,9 +370,54 @@ static const char *cifar_resnet(ckpt__arena *ar, const ckpt_sd *sd)
     return ckpt__sb_finish(&b, ar);
 }
 
+/* A shell word, single-quoted; control characters (which would end the Python comment the
+ * command is printed in) become '?'. */
+static void sb_shell_word(ckpt__strbuf *b, const char *s)
+{
+    ckpt__sb_add(b, "'");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\'')
+            ckpt__sb_add(b, "'\\''");
+        else if (c < 0x20 || c == 0x7f)
+            ckpt__sb_add(b, "?");
+        else
+            ckpt__sb_addn(b, s, 1);
+    }
+    ckpt__sb_add(b, "'");
+}
+
+/* On the allowlist of torch 1.13's weights_only unpickler (torch/_weights_only_unpickler.py:
+ * _get_allowed_globals), the oldest torch the printed Python must run on. */
+static bool weights_only_113(const char *module, const char *name)
+{
+    static const char *const exact[] = {
+        "collections.OrderedDict", "torch.nn.parameter.Parameter",
+        "torch.serialization._get_layout", "torch.Size", "torch.Tensor",
+        "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+        "torch.complex32", "torch.complex64", "torch.complex128", "torch.float16",
+        "torch.float32", "torch.float64", "torch.int8", "torch.int16", "torch.int32",
+        "torch.int64", "torch._utils._rebuild_parameter", "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_sparse_tensor",
+        "torch._utils._rebuild_meta_tensor_no_storage",
+        "torch._utils._rebuild_sparse_csr_tensor",
+    };
+    size_t ml = strlen(module), nl = strlen(name);
+    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
+        if (!strncmp(exact[i], module, ml) && exact[i][ml] == '.' &&
+            !strcmp(exact[i] + ml + 1, name))
+            return true;
+    /* the tensor and storage classes: torch.FloatStorage, torch.cuda.HalfTensor, ... */
+    bool tmod = !strcmp(module, "torch") || !strcmp(module, "torch.cuda") ||
+                !strcmp(module, "torch.sparse") || !strcmp(module, "torch.cuda.sparse");
+    bool storage = nl > 7 && !strcmp(name + nl - 7, "Storage");
+    bool tensor = nl > 6 && !strcmp(name + nl - 6, "Tensor");
+    return tmod && ((storage && !strstr(module, "sparse")) || tensor);
+}
+
 static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                    const ckpt_value *root, const ckpt_sd_check_options *opt, const ckpt_file *f,
-                   bool has_float, ckpt_error *err)
+                   ckpt_error *err)
 {
     ckpt__arena *ar = p->ar;
     const ckpt_sd *sd = r->sd;
@@ -666,24 +711,93 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             return rc;
     }
 
-    /* the Python that loads it */
-    bool trusted = true;
-    const ckpt_global_ref *g;
-    size_t ng = ckpt_globals(f, &g);
-    for (size_t i = 0; i < ng; i++)
-        trusted &= g[i].kind == CKPT_GLOBAL_WEIGHTS;
+    /* the Python that loads it: as printed, on torch 1.13 and 2.x */
     const char *fname = opt->file_name ? opt->file_name : "checkpoint.pth";
     bool tv = r->arch && !(cifar && auto_arch); /* a torchvision constructor builds it */
+    bool torch_save = ckpt_file_format(f) != CKPT_FORMAT_SAFETENSORS &&
+                      ckpt_file_format(f) != CKPT_FORMAT_PICKLE;
+    /* what 1.13's torch.load(weights_only=True) refuses: globals off its allowlist, Python
+     * floats, sets, bytes, complex numbers */
+    const ckpt_global_ref *g;
+    size_t ng = ckpt_globals(f, &g), refused = 0;
+    for (size_t i = 0; i < ng; i++)
+        refused += g[i].torch_load && !weights_only_113(g[i].module, g[i].name);
+    bool via_extract = k->module_class ||
+                       (torch_save && (refused || p->has_float || p->has_other));
     ckpt__sb_add(&b, "import torch\n");
     if (tv)
         ckpt__sb_add(&b, "import torchvision\n");
-    if (k->module_class) { /* torch.load would import the classes and run the pickle */
-        ckpt__sb_printf(&b, "# the file pickles a whole %s object: torch.load needs its class "
-                        "and runs its pickle.\n# Write its state_dict() as plain weights "
-                        "first (no code runs):\n#   ckpt extract ", k->module_class);
-        ckpt__sb_pystr(&b, fname);
-        ckpt__sb_add(&b, " -o weights.safetensors\nfrom safetensors.torch import load_file\n"
-                     "sd = load_file('weights.safetensors')\n");
+    if (via_extract) {
+        if (k->module_class) { /* torch.load would import the classes and run the pickle */
+            ckpt__sb_printf(&b, "# the file pickles a whole %s object: torch.load needs its "
+                            "class and runs its pickle.\n", k->module_class);
+        } else {
+            ckpt__sb_add(&b, "# torch 1.13's torch.load(weights_only=True) refuses the file: "
+                             "it ");
+            if (refused) {
+                ckpt__sb_printf(&b, "names %s outside its allowlist (", refused == 1 ? "a global"
+                                                                                : "globals");
+                size_t shown = 0;
+                for (size_t i = 0; i < ng; i++) {
+                    if (!g[i].torch_load || weights_only_113(g[i].module, g[i].name))
+                        continue;
+                    if (shown == 4) {
+                        ckpt__sb_add(&b, ", ...");
+                        break;
+                    }
+                    ckpt__sb_printf(&b, "%s%s.%s", shown ? ", " : "", g[i].module, g[i].name);
+                    shown++;
+                }
+                ckpt__sb_add(&b, ")");
+            }
+            if (p->has_float || p->has_other)
+                ckpt__sb_printf(&b, "%sholds %s%s%s", refused ? " and " : "",
+                                p->has_float ? "Python floats" : "",
+                                p->has_float && p->has_other ? ", " : "",
+                                p->has_other ? "sets, bytes or complex numbers" : "");
+            ckpt__sb_add(&b, ".\n# weights_only=False would ");
+            /* the top-level packages it would import (torch is; builtins need none) */
+            size_t shown = 0;
+            for (size_t i = 0; i < ng; i++) {
+                const char *m = g[i].module;
+                size_t ml = strcspn(m, ".");
+                bool seen = !g[i].torch_load || weights_only_113(m, g[i].name) ||
+                            (ml == 5 && !strncmp(m, "torch", 5)) ||
+                            (ml == 8 && !strncmp(m, "builtins", 8)) ||
+                            (ml == 7 && !strncmp(m, "_codecs", 7)) ||
+                            (ml == 11 && !strncmp(m, "collections", 11));
+                for (size_t j = 0; j < i && !seen; j++)
+                    seen = g[j].torch_load && !weights_only_113(g[j].module, g[j].name) &&
+                           strcspn(g[j].module, ".") == ml && !strncmp(g[j].module, m, ml);
+                if (seen)
+                    continue;
+                ckpt__sb_printf(&b, "%s%.*s", shown ? ", " : "import ", (int)ml, m);
+                shown++;
+            }
+            ckpt__sb_printf(&b, "%srun the file's pickle: only for files you trust.\n",
+                            shown ? " and " : "");
+        }
+        ckpt__sb_add(&b, "# Write its weights alone first (no code runs):\n#   ckpt extract ");
+        sb_shell_word(&b, fname);
+        ckpt__sb_add(&b, " -o weights.pth");
+        if (k->pub.path_len && (opt->key || opt->against)) {
+            ckpt__sb_add(&b, " --key ");
+            sb_shell_word(&b, k->pub.path_str);
+        }
+        if (opt->strip_prefix) {
+            ckpt__sb_add(&b, " --strip-prefix ");
+            sb_shell_word(&b, opt->strip_prefix);
+        }
+        if (r->arch && !auto_arch)
+            ckpt__sb_printf(&b, " --arch %s", ckpt_arch_name(r->arch));
+        if (r->arch && opt->num_classes > 0)
+            ckpt__sb_printf(&b, " --num-classes %lld", (long long)opt->num_classes);
+        /* extract checks against the torchvision model it recognises and writes a backbone
+         * without its head; anything else is written whole, unchecked */
+        if (!(tv && v && v->ok))
+            ckpt__sb_add(&b, " --no-check");
+        ckpt__sb_add(&b, "\nsd = torch.load('weights.pth', map_location='cpu', "
+                         "weights_only=True)\n");
     } else if (ckpt_file_format(f) == CKPT_FORMAT_SAFETENSORS) {
         ckpt__sb_add(&b, "from safetensors.torch import load_file\nsd = load_file(");
         ckpt__sb_pystr(&b, fname);
@@ -699,22 +813,19 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     } else {
         ckpt__sb_add(&b, "ckpt = torch.load(");
         ckpt__sb_pystr(&b, fname);
-        ckpt__sb_printf(&b, ", map_location='cpu', weights_only=%s)", trusted ? "True" : "False");
-        if (!trusted)
-            ckpt__sb_add(&b, "  # it pickles more than tensors: only for files you trust");
-        else if (has_float)
-            ckpt__sb_add(&b, "  # torch >= 2.0 (1.13's weights_only refuses Python floats)");
-        ckpt__sb_add(&b, "\nsd = ");
+        ckpt__sb_add(&b, ", map_location='cpu', weights_only=True)\nsd = ");
         sb_pypath(&b, k);
         ckpt__sb_add(&b, "\n");
     }
-    ckpt__scheme_python(&b, k);
-    if (sd->prefix[0] && outside && !k->module_class) {
+    /* ckpt extract wrote the keys renamed, unwrapped and of the one network */
+    if (!via_extract)
+        ckpt__scheme_python(&b, k);
+    if (sd->prefix[0] && outside && !via_extract) {
         /* one network of several: keep its sub-tree only (consume_prefix would keep the rest) */
         ckpt__sb_add(&b, "p = ");
         ckpt__sb_pystr(&b, sd->prefix);
         ckpt__sb_add(&b, "\nsd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}\n");
-    } else if (sd->prefix[0] && !k->module_class) { /* extract wrote the keys unwrapped */
+    } else if (sd->prefix[0] && !via_extract) {
         ckpt__sb_add(&b, "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, ");
         ckpt__sb_pystr(&b, sd->prefix);
         ckpt__sb_add(&b, ")\n");
@@ -803,7 +914,7 @@ int ckpt_sd_explain(ckpt_sd_report *r, ckpt_error *err)
     if (p->explained)
         return CKPT_OK;
     p->warnings.len = 0;
-    int rc = explain(p, r, p->chosen, p->root, &p->opt, p->file, p->has_float, err);
+    int rc = explain(p, r, p->chosen, p->root, &p->opt, p->file, err);
     if (rc)
         return rc;
     r->warnings = ckpt__arena_alloc(p->ar, (p->warnings.len + 1) * sizeof *r->warnings);

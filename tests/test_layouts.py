@@ -60,9 +60,8 @@ class Layouts(unittest.TestCase):
     def check_loads(self, path, want, backbone):
         """ckpt's Python loads exactly want's tensors (all but fc for a backbone)."""
         j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
-        code = j["python"].replace("weights_only=True", "weights_only=False")
-        ns = {}
-        exec(compile(code, path, "exec"), ns)
+        code = j["python"]
+        ns = L.run_python(self, code, path)
         got = ns["model"].state_dict()
         for k, v in want.items():
             if backbone and k.startswith("fc."):

@@ -90,9 +90,7 @@ class Heads(unittest.TestCase):
     def run_python(self, path, codes=(0, 1)):
         """ckpt check --json, then its Python executed as printed; (report, namespace)."""
         j = L.run_json(self, ["check", "--json", path], ok_codes=codes)
-        ns = {}
-        exec(compile(j["python"], path, "exec"), ns)
-        return j, ns
+        return j, L.run_python(self, j["python"], path)
 
     def assert_same(self, got, want, skip=()):
         for k, v in want.items():
@@ -186,8 +184,7 @@ class Heads(unittest.TestCase):
         tpl = self.save("cifar_template.pth", cls().state_dict())
         j = L.run_json(self, ["check", "--json", "--against", tpl, path])
         ns = {"MyModel": cls}
-        exec(compile(j["python"].replace("weights_only=True", "weights_only=False"),
-                     path, "exec"), ns)
+        L.run_python(self, j["python"], path, ns)
         self.assert_same(ns["model"].state_dict(), m.state_dict())
         # downsample-named copy that auto-recognition fits: still not torchvision's
         sd = {k.replace("shortcut", "downsample"): v for k, v in m.state_dict().items()}
@@ -198,7 +195,7 @@ class Heads(unittest.TestCase):
         self.assertNotIn("torchvision.models", j["python"])
         ns = {"MyModel": lambda: torch.nn.Module()}
         with self.assertRaises(RuntimeError):  # the printed Python fails loudly, never quietly
-            exec(compile(j["python"], path2, "exec"), ns)
+            L.run_python(self, j["python"], path2, ns)
 
     def test_renamed_modules_not_old_batchnorm(self):
         """BatchNorm modules under other names are not 'an old BatchNorm version'."""
@@ -253,9 +250,9 @@ class Heads(unittest.TestCase):
             ns = {}
             if kind == "fails":
                 with self.assertRaises(RuntimeError):
-                    exec(compile(j["python"], path, "exec"), ns)
+                    L.run_python(self, j["python"], path, ns)
             else:
-                exec(compile(j["python"], path, "exec"), ns)
+                L.run_python(self, j["python"], path, ns)
                 self.assert_same(ns["model"].state_dict(), sd)
 
     def test_alternatives(self):
@@ -274,8 +271,7 @@ class Heads(unittest.TestCase):
         # the alternative, asked for, loads the key encoder exactly
         j2 = L.run_json(self, ["check", "--json", "--key", "state_dict", "--strip-prefix",
                                "module.encoder_k.", path], ok_codes=(0, 1))
-        ns = {}
-        exec(compile(j2["python"], path, "exec"), ns)
+        ns = L.run_python(self, j2["python"], path)
         self.assert_same(ns["model"].state_dict(), k.state_dict())
 
         t, s = net(seed=62), net(seed=63)

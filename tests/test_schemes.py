@@ -229,16 +229,12 @@ class Schemes(unittest.TestCase):
         """Execute ckpt's printed Python next to the file; returns its `sd` and `model`."""
         import torch
         ns = {}
-        cwd = os.getcwd()
-        os.chdir(os.path.dirname(path))
         try:
-            exec(compile(j["python"], "ckpt-python", "exec"), ns)
+            L.run_python(self, j["python"], "ckpt-python", ns, base=os.path.dirname(path))
         except RuntimeError as e:
             if not backbone:
                 raise
             self.assertIn("Missing key(s)", str(e))
-        finally:
-            os.chdir(cwd)
         sd, model = ns["sd"], ns["model"]
         if backbone:   # fc alone is missing: what a backbone is
             res = model.load_state_dict(sd, strict=False)
