@@ -722,8 +722,10 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     size_t ng = ckpt_globals(f, &g), refused = 0;
     for (size_t i = 0; i < ng; i++)
         refused += g[i].torch_load && !weights_only_113(g[i].module, g[i].name);
+    /* protocol 4 and 5 opcodes (FRAME, SHORT_BINUNICODE, MEMOIZE) are unknown to it */
+    bool proto4 = f->globals.max_proto >= 4;
     bool via_extract = k->module_class ||
-                       (torch_save && (refused || p->has_float || p->has_other));
+                       (torch_save && (refused || p->has_float || p->has_other || proto4));
     ckpt__sb_add(&b, "import torch\n");
     if (tv)
         ckpt__sb_add(&b, "import torchvision\n");
@@ -750,11 +752,17 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                 }
                 ckpt__sb_add(&b, ")");
             }
-            if (p->has_float || p->has_other)
+            /* sets, bytes, complex numbers come with a global below pickle protocol 3 */
+            bool other = p->has_other && !refused;
+            if (p->has_float || other)
                 ckpt__sb_printf(&b, "%sholds %s%s%s", refused ? " and " : "",
                                 p->has_float ? "Python floats" : "",
-                                p->has_float && p->has_other ? ", " : "",
-                                p->has_other ? "sets, bytes or complex numbers" : "");
+                                p->has_float && other ? ", " : "",
+                                other ? "sets, bytes or complex numbers" : "");
+            if (proto4)
+                ckpt__sb_printf(&b, "%sis pickled with protocol %u (1.13 reads 2 and 3)",
+                                refused || p->has_float || other ? "; it " : "",
+                                f->globals.max_proto);
             ckpt__sb_add(&b, ".\n# weights_only=False would ");
             /* the top-level packages it would import (torch is; builtins need none) */
             size_t shown = 0;

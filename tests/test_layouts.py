@@ -327,6 +327,22 @@ class PicklesMore(unittest.TestCase):
         path = self.save("snapshot_set.pth", {"model": m.state_dict(), "classes": {1, 2, 3}})
         self.loads(path, m.state_dict())
 
+    def test_pickle_protocol_4(self):
+        """pickle_protocol=4 (zip and legacy): 1.13's weights_only knows none of its opcodes."""
+        import torch
+        m = net(seed=47)
+        for name, kw in (("p4.pth", {}), ("p4_legacy.pth",
+                                          {"_use_new_zipfile_serialization": False})):
+            path = os.path.join(self.tmp.name, name)
+            torch.save(m.state_dict(), path, pickle_protocol=4, **kw)
+            j = self.loads(path, m.state_dict())
+            self.assertIn("protocol 4", j["python"])
+        # protocol 2, torch's default, loads directly
+        path = self.save("p2.pth", m.state_dict())
+        j = L.run_json(self, ["check", "--json", path])
+        self.assertNotIn("ckpt extract", j["python"])
+        L.run_python(self, j["python"], path)
+
     def test_backbone_of_several(self):
         """MoCo's two encoders with MLP heads and a float: extract writes the query encoder,
         whose projection head the Python drops."""
