@@ -302,6 +302,18 @@ class Schemes(unittest.TestCase):
             torch.save(d, path)
             self.check_scheme(path, "huggingface", file_of, tv, arch)
 
+    def test_huggingface_in_snapshot(self):
+        """Next to a Python float (1.13's weights_only refuses it) the Python goes through
+        ckpt extract, which writes the keys already renamed."""
+        import torch
+        tv, d, file_of = self.hf_file("resnet18", 11)
+        path = os.path.join(self.tmp, "hf-snapshot.pth")
+        torch.save({"model": d, "epoch": 3, "best_acc": 0.5}, path)
+        j = self.check(path)
+        self.assertIn("#   ckpt extract ", j["python"])
+        self.assertNotIn("torchvision_key", j["python"])
+        self.check_scheme(path, "huggingface", file_of, tv, "resnet18")
+
     def test_huggingface_safetensors(self):
         provide_safetensors()
         tv, d, file_of = self.hf_file("resnet18", 7)
