@@ -788,7 +788,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         ckpt__sb_add(&b, "# Write its weights alone first (no code runs):\n#   ckpt extract ");
         sb_shell_word(&b, fname);
         ckpt__sb_add(&b, " -o weights.pth");
-        if (k->pub.path_len && (opt->key || opt->against)) {
+        if (opt->key || opt->against) { /* extract alone might find another dict */
             ckpt__sb_add(&b, " --key ");
             sb_shell_word(&b, k->pub.path_str);
         }

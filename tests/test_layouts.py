@@ -251,10 +251,10 @@ class PicklesMore(unittest.TestCase):
         torch.save(obj, path)
         return path
 
-    def loads(self, path, want, imports=(), backbone=False):
+    def loads(self, path, want, imports=(), backbone=False, args=()):
         """The Python names the extract command and the packages weights_only=False would
         import, and loads exactly want (all but fc for a backbone) through weights.pth."""
-        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        j = L.run_json(self, ["check", "--json"] + list(args) + [path], ok_codes=(0, 1))
         code = j["python"]
         self.assertIn("#   ckpt extract ", code)
         self.assertIn("sd = torch.load('weights.pth', map_location='cpu', weights_only=True)",
@@ -342,6 +342,16 @@ class PicklesMore(unittest.TestCase):
         j = L.run_json(self, ["check", "--json", path])
         self.assertNotIn("ckpt extract", j["python"])
         L.run_python(self, j["python"], path)
+
+    def test_key_chosen(self):
+        """--key and --strip-prefix given to check are given to extract: the same dict."""
+        m, ema = net(seed=48), net(seed=49)
+        path = self.save("ema_float.pth", {"model": under("module.", m.state_dict()),
+                                           "model_ema": ema.state_dict(), "acc": 0.5})
+        j = self.loads(path, ema.state_dict(), args=("--key", "model_ema"))
+        self.assertIn("--key 'model_ema'", j["python"])
+        j = self.loads(path, m.state_dict(), args=("--key", "model", "--strip-prefix", "module."))
+        self.assertIn("--strip-prefix 'module.'", j["python"])
 
     def test_backbone_of_several(self):
         """MoCo's two encoders with MLP heads and a float: extract writes the query encoder,
