@@ -134,14 +134,22 @@ void cli_locate_human(cli_sb *out, const cli_locate *l)
         sb_put_clean(out, r->prefix, strlen(r->prefix));
         sb_puts(out, "'");
     }
-    if (r->arch) {
+    /* a backbone has no class count: the file has no classifier to read it from */
+    bool backbone = r->verdict_kind && !strcmp(r->verdict_kind, "backbone");
+    if (r->arch && backbone) {
+        sb_printf(out, " into torchvision.models.%s()", ckpt_arch_name(r->arch));
+    } else if (r->arch) {
         sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")",
                   ckpt_arch_name(r->arch), r->num_classes);
     } else {
         sb_puts(out, " into the model of ");
         sb_put_clean(out, l->against, strlen(l->against));
     }
-    sb_puts(out, v->ok ? ": strict load OK\n" : ": strict load FAILS\n");
+    if (backbone && !v->ok)
+        sb_printf(out, ": strict load FAILS, as for any backbone: %s and %s are not in the "
+                  "file\n", ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true));
+    else
+        sb_puts(out, v->ok ? ": strict load OK\n" : ": strict load FAILS\n");
     sb_printf(out, "  %zu tensor%s, ", r->n_tensors, r->n_tensors == 1 ? "" : "s");
     cli_fmt_count(out, (uint64_t)r->n_parameters);
     sb_puts(out, " parameters");

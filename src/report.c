@@ -450,6 +450,12 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         empty_head = !strcmp(v->mismatch[i].key, hw) || !strcmp(v->mismatch[i].key, hb);
     if (empty_head && !head_mod)
         empty_head = false;
+    /* a backbone: everything but the classifier; a projection or MLP head in the classifier's
+     * place (MoCo's fc.0/fc.2) is dropped as no classifier */
+    bool backbone = head_mod && !seq && (fc_missing || empty_head);
+    size_t own_head = 0; /* unexpected keys under head_mod */
+    for (size_t i = 0; backbone && i < v->n_unexpected; i++, own_head++)
+        backbone = strncmp(v->unexpected[i], head_mod, strlen(head_mod)) == 0;
 
     if (k->pub.path_len > 0 && root->type == CKPT_T_DICT) {
         const char **sib = ckpt__arena_alloc(ar, (root->u.dict.len + 1) * sizeof *sib);
@@ -512,7 +518,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     if (r->arch && !(cifar && auto_arch)) {
         const char *head = hw;
         const ckpt_sd_entry *fc = fc_entry;
-        if (empty_head)
+        if (empty_head || backbone)
             ckpt__sb_printf(&b, "%s torchvision.models.%s without a classifier",
                             auto_arch ? "recognised as" : "checked against",
                             ckpt_arch_name(r->arch));
@@ -533,6 +539,21 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                        "reset_classifier(0) leaves it): the file is a backbone, load it "
                        "without %s*", head, head_mod)))
             return rc;
+        if (backbone && !empty_head) {
+            ckpt__sb_printf(&b, "a backbone: every tensor of %s but the classifier (%s, %s) is "
+                            "in the file, as self-supervised projects publish it",
+                            ckpt_arch_name(r->arch), hw, hb);
+            if (own_head)
+                ckpt__sb_printf(&b, "; its own head under %s (%zu tensor%s: a projection head, "
+                                "not a classifier) is dropped", head_mod, own_head,
+                                own_head == 1 ? "" : "s");
+            ckpt__sb_add(&b, "; load it with strict=False and check that only the classifier is "
+                             "missing (below); 'ckpt run --features' computes its features, "
+                             "'ckpt extract' writes it alone");
+            const char *bmsg = ckpt__sb_finish(&b, ar);
+            if (!bmsg || (rc = warn(p, err, "backbone", "%s", bmsg)))
+                return bmsg ? rc : ckpt__arena_error(ar, err);
+        }
         if (seq) {
             ckpt__sb_printf(&b, "the head is an nn.Sequential in %s with %lld classes (its last "
                             "Linear): build the model with that head (below), or rename its last "
@@ -569,6 +590,53 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         const char *msg = ckpt__sb_finish(&b, ar);
         if (!msg || (rc = warn(p, err, "other_candidates", "%s", msg)))
             return msg ? rc : ckpt__arena_error(ar, err);
+    }
+    /* other copies of the network (MoCo's key encoder, DINO's student, an EMA copy), and the
+     * keys outside the chosen prefix that belong to none of them (MoCo's queue) */
+    if (r->n_alternatives) {
+        ckpt__sb_add(&b, "the file holds other copies of the network, not loaded here: ");
+        for (size_t i = 0; i < r->n_alternatives && i < SD_MAX_LISTED; i++) {
+            const ckpt_sd_candidate *c = &r->alternatives[i];
+            if (i)
+                ckpt__sb_add(&b, ", ");
+            if (strcmp(c->path_str, r->chosen->path_str) != 0) /* another dict */
+                ckpt__sb_printf(&b, "'%s'%s%s%s", c->path_str[0] ? c->path_str : "<root>",
+                                c->prefix[0] ? " without '" : "", c->prefix,
+                                c->prefix[0] ? "'" : "");
+            else /* another sub-tree of the chosen dict */
+                ckpt__sb_printf(&b, "'%s'", c->prefix);
+            ckpt__sb_printf(&b, " (%s)", r->alternative_kinds[i]);
+        }
+        if (r->n_alternatives > SD_MAX_LISTED)
+            ckpt__sb_printf(&b, " and %zu more", r->n_alternatives - SD_MAX_LISTED);
+        ckpt__sb_add(&b, "; --key PATH or --strip-prefix PREFIX checks one of them");
+        const char *msg = ckpt__sb_finish(&b, ar);
+        if (!msg || (rc = warn(p, err, "alternatives", "%s", msg)))
+            return msg ? rc : ckpt__arena_error(ar, err);
+    }
+    if (outside && sd->prefix[0]) {
+        const char **rest = ckpt__arena_alloc(ar, outside * sizeof *rest);
+        if (!rest)
+            return ckpt__arena_error(ar, err);
+        size_t n = 0;
+        for (size_t i = 0; i < r->n_left_out; i++) {
+            const char *key = r->left_out[i].file_key;
+            bool copy = false;
+            for (size_t j = 0; j < r->n_alternatives && !copy; j++) {
+                const char *ap = r->alternatives[j].prefix;
+                copy = ap[0] && !strncmp(key, ap, strlen(ap));
+            }
+            if (!copy && !strcmp(r->left_out[i].why, "outside_prefix"))
+                rest[n++] = key;
+        }
+        if (n) {
+            ckpt__sb_printf(&b, "%zu other key%s outside '%s' left out: ", n, n == 1 ? "" : "s",
+                            sd->prefix);
+            sb_names(&b, rest, n);
+            const char *msg = ckpt__sb_finish(&b, ar);
+            if (!msg || (rc = warn(p, err, "left_out", "%s", msg)))
+                return msg ? rc : ckpt__arena_error(ar, err);
+        }
     }
     if (v && r->model) {
         /* num_batches_tracked: missing and reported, or missing and filled in */
@@ -873,14 +941,8 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         problems = 0;
     }
     /* a backbone: everything but the classifier, which is left to the user */
-    bool backbone = false;
-    if (head_mod && !seq && (fc_missing || empty_head)) {
-        size_t hm = strlen(head_mod); /* "fc." */
-        backbone = true;
-        /* a projection or MLP head in the classifier's place (MoCo's fc.0/fc.2) is dropped */
-        for (size_t i = 0; i < v->n_unexpected && backbone; i++)
-            backbone = strncmp(v->unexpected[i], hw, hm) == 0;
-        if (backbone && (v->n_unexpected || empty_head)) {
+    if (backbone) {
+        if (v->n_unexpected || empty_head) {
             ckpt__sb_add(&b, "sd = {k: v for k, v in sd.items() if not k.startswith(");
             ckpt__sb_pystr(&b, head_mod);
             ckpt__sb_add(&b, empty_head ? ")}  # the empty head, not a classifier\n"
