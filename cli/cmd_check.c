@@ -47,6 +47,23 @@ const char cmd_check_help[] =
     "  ckpt check trained.pt --against template.pth --json\n";
 
 
+/* The file's other copies of a network (docs/CHECK.md), for --key and --strip-prefix. */
+static json_t *alternatives(const ckpt_sd_report *r)
+{
+    json_t *alts = json_array();
+    for (size_t i = 0; i < r->n_alternatives; i++) {
+        const ckpt_sd_candidate *c = &r->alternatives[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "path", cli_json_strs(c->path, c->path_len));
+        json_object_set_new(o, "prefix", cli_json_cstr(c->prefix));
+        json_object_set_new(o, "kind", json_string(r->alternative_kinds[i]));
+        json_object_set_new(o, "arch", c->arch ? json_string(ckpt_arch_name(c->arch))
+                                               : json_null());
+        json_array_append_new(alts, o);
+    }
+    return alts;
+}
+
 static json_t *to_json(const char *path, const char *against, const ckpt_sd_report *r)
 {
     const ckpt_sd_verdict *v = r->verdict;
@@ -60,6 +77,8 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
                         r->arch ? json_integer((json_int_t)r->num_classes) : json_null());
     json_object_set_new(doc, "against", against ? cli_json_cstr(against) : json_null());
     json_object_set_new(doc, "ok", json_boolean(v->ok));
+    json_object_set_new(doc, "verdict_kind", cli_json_cstr(r->verdict_kind));
+    json_object_set_new(doc, "alternatives", alternatives(r));
     json_object_set_new(doc, "missing", cli_json_strs(v->missing, v->n_missing));
     json_object_set_new(doc, "unexpected", cli_json_strs(v->unexpected, v->n_unexpected));
     json_t *mm = json_array();

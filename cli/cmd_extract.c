@@ -389,7 +389,9 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
                        ckpt_arch_count());
         goto done;
     }
-    size_t backbone = cli_locate_backbone(r); /* written alone: its head is not a classifier */
+    /* written alone: its head is not a classifier; --no-check writes the state dict whole
+     * (a Sequential head that the caller builds, as ckpt check's Python does) */
+    size_t backbone = no_check ? 0 : cli_locate_backbone(r);
     if (r->verdict && !r->verdict->ok && !backbone && !no_check) {
         if (json) {
             rc = cli_emit_json(path, to_json(&oc));
@@ -430,8 +432,10 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     oc.dropped = dropped;
     for (size_t i = 0; i < oc.n_dropped; i++) {
         if (i == EXTRACT_MAX_WARNINGS) {
-            cli_warn(path, "and %zu more values that are not tensors were left out",
-                     oc.n_dropped - i);
+            cli_warn(path, "and %zu more value%s that %s not tensors %s left out",
+                     oc.n_dropped - i, oc.n_dropped - i == 1 ? "" : "s",
+                     oc.n_dropped - i == 1 ? "is" : "are",
+                     oc.n_dropped - i == 1 ? "was" : "were");
             break;
         }
         const ckpt_value *v = ckpt_dict_get(r->chosen->dict, dropped[i]);
@@ -525,8 +529,9 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     oc.w = wr;
     for (size_t i = 0; i < wr->n_shared && wo.format == CKPT_WRITE_SAFETENSORS; i++) {
         if (i == EXTRACT_MAX_WARNINGS) {
-            cli_warn(out, "and %zu more tensors sharing memory were written as copies",
-                     wr->n_shared - i);
+            cli_warn(out, "and %zu more tensor%s sharing memory %s written as copies",
+                     wr->n_shared - i, wr->n_shared - i == 1 ? "" : "s",
+                     wr->n_shared - i == 1 ? "was" : "were");
             break;
         }
         cli_warn(out, "'%s' shares memory with '%s' (tied weights): written as a separate "

@@ -59,6 +59,13 @@ int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bo
         return cli_error_ckpt(path, &err);
     if (!l->r->verdict && !l->allow_no_model) {
         const ckpt_sd_candidate *c = l->r->chosen;
+        /* a ResNet no torchvision constructor builds (CIFAR): say so, not "matches none" */
+        if (ckpt_sd_explain(l->r, &err) == CKPT_OK)
+            for (size_t i = 0; i < l->r->n_warnings; i++)
+                if (!strcmp(l->r->warnings[i].code, "arch_not_torchvision"))
+                    return cli_error(path, "%s%s%s holds %s", c->path_len ? "'" : "",
+                                     c->path_len ? c->path_str : "the state dict",
+                                     c->path_len ? "'" : "", l->r->warnings[i].message);
         const char *where = c->path_len ? c->path_str : NULL;
         return cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu known architectures: "
                          "pass --arch NAME, or --against a checkpoint of the model",
@@ -127,15 +134,23 @@ void cli_locate_human(cli_sb *out, const cli_locate *l)
         sb_put_clean(out, r->prefix, strlen(r->prefix));
         sb_puts(out, "'");
     }
-    if (r->arch) {
+    /* a backbone has no class count: the file has no classifier to read it from */
+    bool backbone = r->verdict_kind && !strcmp(r->verdict_kind, "backbone");
+    if (r->arch && backbone) {
+        sb_printf(out, " into torchvision.models.%s()", ckpt_arch_name(r->arch));
+    } else if (r->arch) {
         sb_printf(out, " into torchvision.models.%s(num_classes=%" PRId64 ")",
                   ckpt_arch_name(r->arch), r->num_classes);
     } else {
         sb_puts(out, " into the model of ");
         sb_put_clean(out, l->against, strlen(l->against));
     }
-    sb_puts(out, v->ok ? ": strict load OK\n" : ": strict load FAILS\n");
-    sb_printf(out, "  %zu tensors, ", r->n_tensors);
+    if (backbone && !v->ok)
+        sb_printf(out, ": strict load FAILS, as for any backbone: %s and %s are not in the "
+                  "file\n", ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true));
+    else
+        sb_puts(out, v->ok ? ": strict load OK\n" : ": strict load FAILS\n");
+    sb_printf(out, "  %zu tensor%s, ", r->n_tensors, r->n_tensors == 1 ? "" : "s");
     cli_fmt_count(out, (uint64_t)r->n_parameters);
     sb_puts(out, " parameters");
     if (!v->ok)

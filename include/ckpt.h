@@ -621,6 +621,18 @@ typedef struct ckpt_sd_report {
      * "sequential", "detectron2"; docs/ARCHITECTURES-DEV.md), or NULL: the key map's file
      * keys are the file's own. */
     const char *naming;
+    /* With the words: what the verdict says the file is (docs/CHECK.md): "model" (the mapped
+     * dict loads strictly), "backbone" (all but the classifier), "sequential_head" (loads into
+     * the model with the file's nn.Sequential head), "not_torchvision" (a ResNet no
+     * torchvision constructor builds), "fails" (the strict load fails), "unknown" (no model). */
+    const char *verdict_kind;
+    /* The file's other copies of a network, for opt->key and opt->strip_prefix: candidates
+     * recognised as an architecture, and sub-trees of the chosen dict that hold the same model
+     * (MoCo's encoder_k); each with its prefix and arch. alternative_kinds[i] says what it is:
+     * "ema", "momentum", "student" or "other". */
+    const ckpt_sd_candidate *alternatives;
+    size_t n_alternatives;
+    const char *const *alternative_kinds;
 } ckpt_sd_report;
 
 /* CKPT_ENOTFOUND when there is no dict of tensors or no opt->key path; CKPT_EINVAL for bad

@@ -137,6 +137,7 @@ typedef struct ckpt__globals {
     ckpt__hindex index; /* over items */
     uint64_t named;     /* occurrences recorded, distinct or not */
     bool side;          /* recording a side pickle: occurrences do not set torch_load */
+    unsigned max_proto; /* the highest PROTO of the pickles torch.load runs (0: none) */
 } ckpt__globals;
 
 /* Record one occurrence; module is normalised to Python 3 spelling by the caller. */

@@ -62,6 +62,7 @@ typedef struct check_ctx {
     const char *path[SD_MAX_DEPTH + 1];
     bool is_index[SD_MAX_DEPTH + 1];
     bool has_float;         /* a plain Python float somewhere (1.13's weights_only refuses it) */
+    bool has_other;         /* a set, bytes or complex number (so does it) */
     ckpt__module_budget modules; /* spent on whole pickled modules */
 } check_ctx;
 
@@ -149,6 +150,9 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         return walk_module(c, v, depth);
     if (v->type == CKPT_T_FLOAT && !(v->flags & CKPT_VF_NUMPY))
         c->has_float = true;
+    if ((v->type == CKPT_T_SET || v->type == CKPT_T_BYTES || v->type == CKPT_T_COMPLEX) &&
+        !(v->flags & CKPT_VF_NUMPY))
+        c->has_other = true;
     if (v->type == CKPT_T_DICT) {
         size_t n_tensors = 0;
         bool strings = true;
@@ -172,7 +176,8 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         for (size_t i = 0; i < v->u.dict.len; i++) {
             const ckpt_value *x = v->u.dict.vals[i];
             if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
-                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT)
+                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT &&
+                x->type != CKPT_T_SET && x->type != CKPT_T_BYTES && x->type != CKPT_T_COMPLEX)
                 continue;
             c->path[depth] = v->u.dict.keys[i]->u.str.data;
             c->is_index[depth] = false;
@@ -186,7 +191,8 @@ static int walk(check_ctx *c, const ckpt_value *v, size_t depth)
         for (size_t i = 0; i < v->u.seq.len && c->visited <= SD_MAX_NODES; i++) {
             const ckpt_value *x = v->u.seq.items[i];
             if (x->type != CKPT_T_DICT && x->type != CKPT_T_LIST && x->type != CKPT_T_TUPLE &&
-                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT)
+                x->type != CKPT_T_FLOAT && x->type != CKPT_T_OBJECT &&
+                x->type != CKPT_T_SET && x->type != CKPT_T_BYTES && x->type != CKPT_T_COMPLEX)
                 continue;
             char *seg = ckpt__arena_printf(c->ar, "%zu", i);
             if (!seg)
@@ -450,6 +456,38 @@ static const char *common_wrapper(ckpt__arena *ar, const ckpt_sd *sd, bool any_w
     return best ? ckpt__arena_strndup(ar, first, best) : "";
 }
 
+/* The rows of the last Linear of an nn.Sequential in the head's place ("fc.1.weight" of
+ * Sequential(Dropout, Linear), "fc.2.weight" of an MLP), else 0. Only for a dict that is this
+ * network alone: in MoCo's encoder_q the MLP is a projection head, not a classifier. */
+static int64_t seq_head_classes(const ckpt__cand *k, const char *prefix, const ckpt_arch *a)
+{
+    const char *hw = ckpt_arch_head(a, false);
+    const char *dot = strrchr(hw, '.');
+    if (!dot)
+        return 0;
+    size_t plen = strlen(prefix), hm = (size_t)(dot - hw) + 1; /* "fc." */
+    long best = -1;
+    int64_t nc = 0;
+    const ckpt_value *d = k->pub.dict;
+    for (size_t i = 0; i < d->u.dict.len; i++) {
+        const char *key = d->u.dict.keys[i]->u.str.data;
+        const ckpt_value *v = d->u.dict.vals[i];
+        if (strncmp(key, prefix, plen) != 0 || strncmp(key + plen, hw, hm) != 0 ||
+            v->type != CKPT_T_TENSOR || v->u.tensor->ndim != 2)
+            continue;
+        char *end;
+        const char *s = key + plen + hm;
+        if (*s < '0' || *s > '9')
+            continue;
+        long idx = strtol(s, &end, 10);
+        if (strcmp(end, ".weight") != 0 || idx <= best)
+            continue;
+        best = idx;
+        nc = v->u.tensor->shape[0];
+    }
+    return nc;
+}
+
 /* The class count of the unwrapped dict's head (as ckpt_arch_classes reads it), else
  * torchvision's default. */
 static int64_t head_classes(const ckpt__cand *k, const char *prefix, const ckpt_arch *a)
@@ -465,6 +503,8 @@ static int64_t head_classes(const ckpt__cand *k, const char *prefix, const ckpt_
         nc = tb->shape[0];
     else if (tw && tw->ndim == 2)
         nc = tw->shape[0];
+    else if (!tw && !tb && keys_under(k, prefix) == k->pub.dict->u.dict.len)
+        nc = seq_head_classes(k, prefix, a);
     return nc >= 1 && nc <= SD_MAX_CLASSES ? nc : SD_DEFAULT_CLASSES;
 }
 
@@ -580,6 +620,68 @@ static int key_map(ckpt__arena *ar, ckpt_sd_report *r, const ckpt_value *d, ckpt
     r->n_key_map = nm;
     r->left_out = out;
     r->n_left_out = nl;
+    return CKPT_OK;
+}
+
+/* What another copy of the network is, from its dict's name or its prefix: "ema",
+ * "momentum" (MoCo's encoder_k, a momentum encoder or backbone), "student" (DINO publishes
+ * the teacher) or "other". */
+static const char *alternative_kind(const ckpt_sd_candidate *c, const char *prefix)
+{
+    const char *name = c->path_len ? c->path[c->path_len - 1] : "";
+    if (strstr(name, "ema") || strstr(prefix, "ema."))
+        return "ema";
+    if (prefix_rank(prefix) || strstr(name, "momentum"))
+        return !strcmp(name, "student") || strstr(prefix, "student.") ? "student" : "momentum";
+    if (!strcmp(name, "student"))
+        return "student";
+    return "other";
+}
+
+/* The file's other networks: recognised candidates, then sub-trees of the chosen dict whose
+ * left-out keys hold the model's first and last keys under another prefix (a key like
+ * layer1.0.conv1.weight also ends in conv1.weight: the last key tells them apart). */
+static int alternatives(ckpt__arena *ar, ckpt_sd_report *r, ckpt_error *err)
+{
+    size_t cap = r->n_candidates + r->n_left_out + 1;
+    ckpt_sd_candidate *alt = ckpt__arena_alloc(ar, cap * sizeof *alt);
+    const char **kinds = ckpt__arena_alloc(ar, cap * sizeof *kinds);
+    if (!alt || !kinds)
+        return ckpt__arena_error(ar, err);
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_candidates; i++) {
+        const ckpt_sd_candidate *c = &r->candidates[i];
+        if (c == r->chosen || !c->arch)
+            continue;
+        alt[n] = *c;
+        kinds[n++] = alternative_kind(c, c->prefix);
+    }
+    const char *first = r->n_key_map ? r->key_map[0].model_key : NULL;
+    const char *last = r->n_key_map ? r->key_map[r->n_key_map - 1].model_key : NULL;
+    size_t fl = first ? strlen(first) : 0, ll = last ? strlen(last) : 0;
+    ckpt__strmap outside;
+    if (first && !ckpt__strmap_init(ar, &outside, r->n_left_out))
+        return ckpt__arena_error(ar, err);
+    for (size_t i = 0; first && i < r->n_left_out; i++)
+        if (!strcmp(r->left_out[i].why, "outside_prefix"))
+            ckpt__strmap_add(&outside, r->left_out[i].file_key, i);
+    for (size_t i = 0; first && i < r->n_left_out; i++) {
+        const char *k = r->left_out[i].file_key;
+        size_t kl = strlen(k);
+        if (strcmp(r->left_out[i].why, "outside_prefix") != 0 || kl <= fl ||
+            strcmp(k + kl - fl, first) != 0 || k[kl - fl - 1] != '.' ||
+            ckpt__strmap_get2(&outside, k, kl - fl, last, ll) == SIZE_MAX)
+            continue;
+        alt[n] = *r->chosen;
+        if (!(alt[n].prefix = ckpt__arena_strndup(ar, k, kl - fl)))
+            return ckpt__arena_error(ar, err);
+        alt[n].arch = r->arch;
+        kinds[n] = alternative_kind(r->chosen, alt[n].prefix);
+        n++;
+    }
+    r->alternatives = alt;
+    r->n_alternatives = n;
+    r->alternative_kinds = kinds;
     return CKPT_OK;
 }
 
@@ -842,7 +944,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         if ((rc = ckpt__judge(ar, r->model, sd, &v, err)))
             goto fail;
         r->verdict = v;
-        if ((rc = key_map(ar, r, chosen->pub.dict, err)) ||
+        if ((rc = key_map(ar, r, chosen->pub.dict, err)) || (rc = alternatives(ar, r, err)) ||
             (rc = ckpt__scheme_finish(ar, r, chosen, err)))
             goto fail;
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
@@ -872,6 +974,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
     p->root = root;
     p->file = f;
     p->has_float = c.has_float;
+    p->has_other = c.has_other;
     p->opt = opt;
     if (opt.explain && (rc = ckpt_sd_explain(r, err)))
         goto fail;

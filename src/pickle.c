@@ -1842,6 +1842,8 @@ static int step(pk *p)
             return CKPT_FAIL(p->err, CKPT_EUNSUPPORTED,
                              "pickle: protocol %u at offset %zu is newer than %d", (unsigned)u,
                              p->at, PK_HIGHEST_PROTOCOL);
+        if (p->ctx->globals && !p->ctx->globals->side && u > p->ctx->globals->max_proto)
+            p->ctx->globals->max_proto = (unsigned)u; /* 1.13's weights_only stops at 3 */
         return CKPT_OK;
     case OP_FRAME: /* frames only group opcodes for buffered reading: the data is inline */
         return read_uint(p, 8, &u);

@@ -231,15 +231,231 @@ static int scan_values(ckpt__check_priv *p, const ckpt_sd *sd, const ckpt_sd_mod
     return CKPT_OK;
 }
 
+/* ---- the head in the classifier's place ------------------------------------------------- */
+
+#define SEQ_MAX_LAYERS 16
+
+/* An nn.Sequential where the classifier should be: fc.1.* (Dropout, Linear) of a fine-tuned
+ * model, or an MLP (fc.0/fc.2, fc.0/fc.3, with BatchNorm1d layers). Layers without weights
+ * (Dropout, ReLU) leave gaps in the indexes. */
+typedef struct seq_head {
+    int n;                          /* indexes 0..n-1 */
+    char kind[SEQ_MAX_LAYERS];      /* 0: no weights, 'L': Linear, 'B': BatchNorm1d */
+    int64_t in[SEQ_MAX_LAYERS], out[SEQ_MAX_LAYERS];
+    bool bias[SEQ_MAX_LAYERS];
+    int64_t classes;                /* out_features of the last Linear */
+} seq_head;
+
+/* The Sequential that the unexpected keys under head_mod ("fc.") form, fed by `features`;
+ * false when they form anything else. */
+static bool read_seq_head(const ckpt_sd *sd, const ckpt_sd_verdict *v, const char *head_mod,
+                          int64_t features, seq_head *h)
+{
+    memset(h, 0, sizeof *h);
+    size_t hm = strlen(head_mod);
+    bool bn_stat[SEQ_MAX_LAYERS] = {false};
+    if (v->n_unexpected == 0)
+        return false;
+    for (size_t i = 0; i < v->n_unexpected; i++) {
+        const char *key = v->unexpected[i];
+        if (strncmp(key, head_mod, hm) != 0)
+            return false;
+        const char *s = key + hm;
+        int idx = 0, digits = 0;
+        while (*s >= '0' && *s <= '9' && digits < 3) {
+            idx = idx * 10 + (*s++ - '0');
+            digits++;
+        }
+        if (!digits || *s != '.' || idx >= SEQ_MAX_LAYERS)
+            return false;
+        const char *leaf = s + 1;
+        const ckpt_sd_entry *e = NULL;
+        for (size_t j = 0; j < sd->n_entries && !e; j++)
+            if (!strcmp(sd->entries[j].key, key))
+                e = &sd->entries[j];
+        if (!e || !e->is_tensor)
+            return false;
+        if (idx + 1 > h->n)
+            h->n = idx + 1;
+        if (!strcmp(leaf, "weight") && e->ndim == 2) {
+            if (h->kind[idx] && h->kind[idx] != 'L')
+                return false;
+            h->kind[idx] = 'L';
+            h->out[idx] = e->shape[0];
+            h->in[idx] = e->shape[1];
+        } else if (!strcmp(leaf, "weight") && e->ndim == 1) {
+            if (h->kind[idx] == 'L')
+                return false;
+            h->kind[idx] = 'B';
+            h->out[idx] = h->in[idx] = e->shape[0];
+        } else if (!strcmp(leaf, "bias") && e->ndim == 1) {
+            h->bias[idx] = true;
+        } else if (!strcmp(leaf, "running_mean") || !strcmp(leaf, "running_var") ||
+                   !strcmp(leaf, "num_batches_tracked")) {
+            bn_stat[idx] = true;
+        } else {
+            return false;
+        }
+    }
+    /* each layer whole, and each fed by the one before */
+    int64_t width = features;
+    bool any_linear = false;
+    for (int i = 0; i < h->n; i++) {
+        if (h->kind[i] == 'B' && (!bn_stat[i] || !h->bias[i] || h->in[i] != width))
+            return false;
+        if (h->kind[i] == 'L') {
+            if (h->in[i] != width || bn_stat[i])
+                return false;
+            width = h->out[i];
+            h->classes = width;
+            any_linear = true;
+        }
+        if (!h->kind[i] && (h->bias[i] || bn_stat[i]))
+            return false;
+    }
+    return any_linear;
+}
+
+/* "torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(512, 10))": layers without
+ * weights are Dropout before the first Linear, then ReLU after a layer, then Dropout. */
+static void sb_seq_head(ckpt__strbuf *b, const seq_head *h)
+{
+    ckpt__sb_add(b, "torch.nn.Sequential(");
+    bool seen = false;
+    char prev = 0;
+    for (int i = 0; i < h->n; i++) {
+        if (i)
+            ckpt__sb_add(b, ", ");
+        if (h->kind[i] == 'L')
+            ckpt__sb_printf(b, "torch.nn.Linear(%lld, %lld%s)", (long long)h->in[i],
+                            (long long)h->out[i], h->bias[i] ? "" : ", bias=False");
+        else if (h->kind[i] == 'B')
+            ckpt__sb_printf(b, "torch.nn.BatchNorm1d(%lld)", (long long)h->in[i]);
+        else
+            ckpt__sb_add(b, seen && prev ? "torch.nn.ReLU()" : "torch.nn.Dropout()");
+        seen |= h->kind[i] != 0;
+        prev = h->kind[i];
+    }
+    ckpt__sb_add(b, ")");
+}
+
+/* A ResNet that no torchvision constructor builds: the CIFAR variant (kuangliu's
+ * pytorch-cifar and its copies) has a 3x3 stem conv1, and usually shortcut.* for downsample.*
+ * and linear.* for fc.*. The words, or NULL. */
+static const char *cifar_resnet(ckpt__arena *ar, const ckpt_sd *sd)
+{
+    const ckpt_sd_entry *conv1 = NULL;
+    bool shortcut = false, linear = false, layers = false;
+    for (size_t i = 0; i < sd->n_entries; i++) {
+        const ckpt_sd_entry *e = &sd->entries[i];
+        if (!strcmp(e->key, "conv1.weight") && e->is_tensor)
+            conv1 = e;
+        shortcut |= strstr(e->key, ".shortcut.") != NULL;
+        linear |= !strcmp(e->key, "linear.weight");
+        layers |= ckpt__starts_with(e->key, "layer1.");
+    }
+    if (!conv1 || !layers || conv1->ndim != 4 || conv1->shape[1] != 3 || conv1->shape[2] != 3 ||
+        conv1->shape[3] != 3)
+        return NULL;
+    ckpt__strbuf b = {0};
+    ckpt__sb_add(&b, "a ResNet that is not torchvision's: a CIFAR variant (conv1.weight is ");
+    ckpt__sb_dims(&b, conv1->ndim, conv1->shape);
+    ckpt__sb_add(&b, ", a 3x3 stem where torchvision's is 7x7");
+    if (shortcut)
+        ckpt__sb_add(&b, "; shortcut.* where torchvision has downsample.*");
+    if (linear)
+        ckpt__sb_add(&b, "; linear.* where torchvision has fc.*");
+    ckpt__sb_add(&b, "): no torchvision constructor matches it; check it --against a "
+                     "checkpoint of its own model");
+    return ckpt__sb_finish(&b, ar);
+}
+
+/* A shell word, single-quoted; control characters (which would end the Python comment the
+ * command is printed in) become '?'. */
+static void sb_shell_word(ckpt__strbuf *b, const char *s)
+{
+    ckpt__sb_add(b, "'");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\'')
+            ckpt__sb_add(b, "'\\''");
+        else if (c < 0x20 || c == 0x7f)
+            ckpt__sb_add(b, "?");
+        else
+            ckpt__sb_addn(b, s, 1);
+    }
+    ckpt__sb_add(b, "'");
+}
+
+/* On the allowlist of torch 1.13's weights_only unpickler (torch/_weights_only_unpickler.py:
+ * _get_allowed_globals), the oldest torch the printed Python must run on. */
+static bool weights_only_113(const char *module, const char *name)
+{
+    static const char *const exact[] = {
+        "collections.OrderedDict", "torch.nn.parameter.Parameter",
+        "torch.serialization._get_layout", "torch.Size", "torch.Tensor",
+        "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
+        "torch.complex32", "torch.complex64", "torch.complex128", "torch.float16",
+        "torch.float32", "torch.float64", "torch.int8", "torch.int16", "torch.int32",
+        "torch.int64", "torch._utils._rebuild_parameter", "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_sparse_tensor",
+        "torch._utils._rebuild_meta_tensor_no_storage",
+        "torch._utils._rebuild_sparse_csr_tensor",
+    };
+    size_t ml = strlen(module), nl = strlen(name);
+    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
+        if (!strncmp(exact[i], module, ml) && exact[i][ml] == '.' &&
+            !strcmp(exact[i] + ml + 1, name))
+            return true;
+    /* the tensor and storage classes: torch.FloatStorage, torch.cuda.HalfTensor, ... */
+    bool tmod = !strcmp(module, "torch") || !strcmp(module, "torch.cuda") ||
+                !strcmp(module, "torch.sparse") || !strcmp(module, "torch.cuda.sparse");
+    bool storage = nl > 7 && !strcmp(name + nl - 7, "Storage");
+    bool tensor = nl > 6 && !strcmp(name + nl - 6, "Tensor");
+    return tmod && ((storage && !strstr(module, "sparse")) || tensor);
+}
+
 static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                    const ckpt_value *root, const ckpt_sd_check_options *opt, const ckpt_file *f,
-                   bool has_float, ckpt_error *err)
+                   ckpt_error *err)
 {
     ckpt__arena *ar = p->ar;
     const ckpt_sd *sd = r->sd;
     const ckpt_sd_verdict *v = r->verdict;
     int rc = CKPT_OK;
     ckpt__strbuf b = {0};
+
+    /* the head: a Sequential in the classifier's place, or an empty classifier */
+    size_t outside = 0;
+    for (size_t i = 0; i < r->n_left_out; i++)
+        outside += !strcmp(r->left_out[i].why, "outside_prefix");
+    const char *hw = r->arch ? ckpt_arch_head(r->arch, false) : NULL;
+    const char *hb = r->arch ? ckpt_arch_head(r->arch, true) : NULL;
+    const char *hdot = hw ? strrchr(hw, '.') : NULL;
+    const char *head_mod = hdot ? ckpt__arena_strndup(ar, hw, (size_t)(hdot - hw) + 1) : NULL;
+    bool fc_missing = v && hw && v->n_missing == 2 && v->n_errors == 0 &&
+                      ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
+                       (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
+    seq_head sh;
+    bool seq = fc_missing && head_mod && outside == 0 && !k->module_class &&
+               read_seq_head(sd, v, head_mod, ckpt_arch_features(r->arch), &sh);
+    const ckpt_sd_entry *fc_entry = NULL;
+    for (size_t i = 0; hw && i < sd->n_entries && !fc_entry; i++)
+        if (!strcmp(sd->entries[i].key, hw) && sd->entries[i].is_tensor)
+            fc_entry = &sd->entries[i];
+    /* num_classes=0 or timm's reset_classifier(0) on a Linear: a [0, features] head */
+    bool empty_head = fc_entry && fc_entry->ndim == 2 && fc_entry->shape[0] == 0 && v &&
+                      v->n_missing == 0 && v->n_unexpected == 0;
+    for (size_t i = 0; empty_head && i < v->n_mismatch; i++)
+        empty_head = !strcmp(v->mismatch[i].key, hw) || !strcmp(v->mismatch[i].key, hb);
+    if (empty_head && !head_mod)
+        empty_head = false;
+    /* a backbone: everything but the classifier; a projection or MLP head in the classifier's
+     * place (MoCo's fc.0/fc.2) is dropped as no classifier */
+    bool backbone = head_mod && !seq && (fc_missing || empty_head);
+    size_t own_head = 0; /* unexpected keys under head_mod */
+    for (size_t i = 0; backbone && i < v->n_unexpected; i++, own_head++)
+        backbone = strncmp(v->unexpected[i], head_mod, strlen(head_mod)) == 0;
 
     if (k->pub.path_len > 0 && root->type == CKPT_T_DICT) {
         const char **sib = ckpt__arena_alloc(ar, (root->u.dict.len + 1) * sizeof *sib);
@@ -301,16 +517,21 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     if (r->naming && (rc = warn(p, err, "renamed", "the keys are named as %s; ckpt renamed "
                                 "them to torchvision's", ckpt__scheme_what(k))))
         return rc;
-    if (r->arch) {
-        const char *head = ckpt_arch_head(r->arch, false);
-        const ckpt_sd_entry *fc = NULL;
-        for (size_t i = 0; i < sd->n_entries && !fc; i++)
-            if (!strcmp(sd->entries[i].key, head) && sd->entries[i].is_tensor)
-                fc = &sd->entries[i];
-        bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
-        ckpt__sb_printf(&b, "%s torchvision.models.%s(num_classes=%lld)",
-                        auto_arch ? "recognised as" : "checked against", ckpt_arch_name(r->arch),
-                        (long long)r->num_classes);
+    const char *cifar = r->model && !r->arch ? NULL : cifar_resnet(ar, sd);
+    bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
+    if (cifar && (rc = warn(p, err, "arch_not_torchvision", "%s", cifar)))
+        return rc;
+    if (r->arch && !(cifar && auto_arch)) {
+        const char *head = hw;
+        const ckpt_sd_entry *fc = fc_entry;
+        if (empty_head || backbone)
+            ckpt__sb_printf(&b, "%s torchvision.models.%s without a classifier",
+                            auto_arch ? "recognised as" : "checked against",
+                            ckpt_arch_name(r->arch));
+        else
+            ckpt__sb_printf(&b, "%s torchvision.models.%s(num_classes=%lld)",
+                            auto_arch ? "recognised as" : "checked against",
+                            ckpt_arch_name(r->arch), (long long)r->num_classes);
         if (fc) {
             ckpt__sb_printf(&b, "; %s is ", head);
             ckpt__sb_dims(&b, fc->ndim, fc->shape);
@@ -318,13 +539,43 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         const char *msg = ckpt__sb_finish(&b, ar);
         if (!msg || (rc = warn(p, err, "arch", "%s", msg)))
             return msg ? rc : ckpt__arena_error(ar, err);
-        if (fc && fc->ndim == 2 && fc->shape[0] != r->num_classes &&
+        if (empty_head &&
+            (rc = warn(p, err, "head_empty",
+                       "the head is empty (%s has 0 rows, as a head built for no classes or timm's "
+                       "reset_classifier(0) leaves it): the file is a backbone, load it "
+                       "without %s*", head, head_mod)))
+            return rc;
+        if (backbone && !empty_head) {
+            ckpt__sb_printf(&b, "a backbone: every tensor of %s but the classifier (%s, %s) is "
+                            "in the file, as self-supervised projects publish it",
+                            ckpt_arch_name(r->arch), hw, hb);
+            if (own_head)
+                ckpt__sb_printf(&b, "; its own head under %s (%zu tensor%s: a projection head, "
+                                "not a classifier) is dropped", head_mod, own_head,
+                                own_head == 1 ? "" : "s");
+            ckpt__sb_add(&b, "; load it with strict=False and check that only the classifier is "
+                             "missing (below); 'ckpt run --features' computes its features, "
+                             "'ckpt extract' writes it alone");
+            const char *bmsg = ckpt__sb_finish(&b, ar);
+            if (!bmsg || (rc = warn(p, err, "backbone", "%s", bmsg)))
+                return bmsg ? rc : ckpt__arena_error(ar, err);
+        }
+        if (seq) {
+            ckpt__sb_printf(&b, "the head is an nn.Sequential in %s with %lld classes (its last "
+                            "Linear): build the model with that head (below), or rename its last "
+                            "Linear to %s and %s", ckpt__arena_strndup(ar, hw, strlen(head_mod) - 1),
+                            (long long)sh.classes, hw, hb);
+            const char *hmsg = ckpt__sb_finish(&b, ar);
+            if (!hmsg || (rc = warn(p, err, "head_sequential", "%s", hmsg)))
+                return hmsg ? rc : ckpt__arena_error(ar, err);
+        }
+        if (!empty_head && fc && fc->ndim == 2 && fc->shape[0] != r->num_classes &&
             (rc = warn(p, err, "head",
                        "the checkpoint's head has %lld classes: build the model with "
                        "%s(num_classes=%lld)",
                        (long long)fc->shape[0], ckpt_arch_name(r->arch), (long long)fc->shape[0])))
             return rc;
-    } else if (!r->model) {
+    } else if (!r->model && !cifar) {
         if ((rc = warn(p, err, "arch_unknown",
                        "the keys match none of the %zu known architectures; check against "
                        "the model's own state_dict()",
@@ -346,6 +597,53 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         if (!msg || (rc = warn(p, err, "other_candidates", "%s", msg)))
             return msg ? rc : ckpt__arena_error(ar, err);
     }
+    /* other copies of the network (MoCo's key encoder, DINO's student, an EMA copy), and the
+     * keys outside the chosen prefix that belong to none of them (MoCo's queue) */
+    if (r->n_alternatives) {
+        ckpt__sb_add(&b, "the file holds other copies of the network, not loaded here: ");
+        for (size_t i = 0; i < r->n_alternatives && i < SD_MAX_LISTED; i++) {
+            const ckpt_sd_candidate *c = &r->alternatives[i];
+            if (i)
+                ckpt__sb_add(&b, ", ");
+            if (strcmp(c->path_str, r->chosen->path_str) != 0) /* another dict */
+                ckpt__sb_printf(&b, "'%s'%s%s%s", c->path_str[0] ? c->path_str : "<root>",
+                                c->prefix[0] ? " without '" : "", c->prefix,
+                                c->prefix[0] ? "'" : "");
+            else /* another sub-tree of the chosen dict */
+                ckpt__sb_printf(&b, "'%s'", c->prefix);
+            ckpt__sb_printf(&b, " (%s)", r->alternative_kinds[i]);
+        }
+        if (r->n_alternatives > SD_MAX_LISTED)
+            ckpt__sb_printf(&b, " and %zu more", r->n_alternatives - SD_MAX_LISTED);
+        ckpt__sb_add(&b, "; --key PATH or --strip-prefix PREFIX checks one of them");
+        const char *msg = ckpt__sb_finish(&b, ar);
+        if (!msg || (rc = warn(p, err, "alternatives", "%s", msg)))
+            return msg ? rc : ckpt__arena_error(ar, err);
+    }
+    if (outside && sd->prefix[0]) {
+        const char **rest = ckpt__arena_alloc(ar, outside * sizeof *rest);
+        if (!rest)
+            return ckpt__arena_error(ar, err);
+        size_t n = 0;
+        for (size_t i = 0; i < r->n_left_out; i++) {
+            const char *key = r->left_out[i].file_key;
+            bool copy = false;
+            for (size_t j = 0; j < r->n_alternatives && !copy; j++) {
+                const char *ap = r->alternatives[j].prefix;
+                copy = ap[0] && !strncmp(key, ap, strlen(ap));
+            }
+            if (!copy && !strcmp(r->left_out[i].why, "outside_prefix"))
+                rest[n++] = key;
+        }
+        if (n) {
+            ckpt__sb_printf(&b, "%zu other key%s outside '%s' left out: ", n, n == 1 ? "" : "s",
+                            sd->prefix);
+            sb_names(&b, rest, n);
+            const char *msg = ckpt__sb_finish(&b, ar);
+            if (!msg || (rc = warn(p, err, "left_out", "%s", msg)))
+                return msg ? rc : ckpt__arena_error(ar, err);
+        }
+    }
     if (v && r->model) {
         /* num_batches_tracked: missing and reported, or missing and filled in */
         size_t nbt_missing = 0;
@@ -358,12 +656,22 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                        "without _metadata would load: BatchNorm fills them with 0)",
                        nbt_missing)))
             return rc;
+        /* BatchNorm modules the file names otherwise have no _metadata entry under the
+         * model's names: that, not an old version, is why they are filled */
+        size_t bn_absent = 0;
+        for (size_t i = 0; i < v->n_missing; i++)
+            bn_absent += !strcmp(ckpt__leaf_name(v->missing[i]), "running_mean");
+        bool renamed = sd->prefix[0] || r->naming || bn_absent >= v->n_filled;
         if (v->n_filled &&
             (rc = warn(p, err, "num_batches_tracked_filled",
-                       "%zu num_batches_tracked entries are missing; load_state_dict fills "
-                       "them with 0 because the dict %s",
-                       v->n_filled, sd->has_metadata ? "records an old BatchNorm version"
-                                                     : "has no _metadata")))
+                       "%zu num_batches_tracked entr%s missing; load_state_dict fills "
+                       "%s with 0 because the dict %s",
+                       v->n_filled, v->n_filled == 1 ? "y is" : "ies are",
+                       v->n_filled == 1 ? "it" : "them",
+                       !sd->has_metadata ? "has no _metadata"
+                       : renamed ? "has no _metadata entry under the model's names for "
+                                   "their modules (the file names them otherwise)"
+                                 : "records an old BatchNorm version")))
             return rc;
         for (size_t i = 0; i < v->n_mismatch; i++) {
             const ckpt_sd_entry *c = v->mismatch[i].checkpoint, *e = v->mismatch[i].model;
@@ -431,8 +739,9 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             bool first = true;
             for (int dt = 0; dt < CKPT_DT_COUNT; dt++)
                 if (counts[dt]) {
-                    ckpt__sb_printf(&b, "%s%s (%zu tensors)", first ? "" : ", ",
-                                    ckpt_dtype_name((ckpt_dtype)dt), counts[dt]);
+                    ckpt__sb_printf(&b, "%s%s (%zu tensor%s)", first ? "" : ", ",
+                                    ckpt_dtype_name((ckpt_dtype)dt), counts[dt],
+                                    counts[dt] == 1 ? "" : "s");
                     first = false;
                 }
             const char *msg = ckpt__sb_finish(&b, ar);
@@ -476,28 +785,104 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             return rc;
     }
 
-    /* the Python that loads it */
-    bool trusted = true;
-    const ckpt_global_ref *g;
-    size_t ng = ckpt_globals(f, &g);
-    for (size_t i = 0; i < ng; i++)
-        trusted &= g[i].kind == CKPT_GLOBAL_WEIGHTS;
+    /* the Python that loads it: as printed, on torch 1.13 and 2.x */
     const char *fname = opt->file_name ? opt->file_name : "checkpoint.pth";
+    bool tv = r->arch && !(cifar && auto_arch); /* a torchvision constructor builds it */
+    bool torch_save = ckpt_file_format(f) != CKPT_FORMAT_SAFETENSORS &&
+                      ckpt_file_format(f) != CKPT_FORMAT_PICKLE;
+    /* what 1.13's torch.load(weights_only=True) refuses: globals off its allowlist, Python
+     * floats, sets, bytes, complex numbers */
+    const ckpt_global_ref *g;
+    size_t ng = ckpt_globals(f, &g), refused = 0;
+    for (size_t i = 0; i < ng; i++)
+        refused += g[i].torch_load && !weights_only_113(g[i].module, g[i].name);
+    /* protocol 4 and 5 opcodes (FRAME, SHORT_BINUNICODE, MEMOIZE) are unknown to it */
+    bool proto4 = f->globals.max_proto >= 4;
+    bool via_extract = k->module_class ||
+                       (torch_save && (refused || p->has_float || p->has_other || proto4));
     ckpt__sb_add(&b, "import torch\n");
-    if (r->arch)
+    if (tv)
         ckpt__sb_add(&b, "import torchvision\n");
-    if (k->module_class) { /* torch.load would import the classes and run the pickle */
-        if (!strncmp(k->module_class, "__torch__.", 10))
+    if (via_extract) {
+        if (k->module_class && !strncmp(k->module_class, "__torch__.", 10)) {
             ckpt__sb_add(&b, "# the file is a TorchScript archive: torch.jit.load compiles and "
-                         "runs its code.\n");
-        else
+                             "runs its code.\n");
+        } else if (k->module_class) { /* torch.load would import the classes, run the pickle */
             ckpt__sb_printf(&b, "# the file pickles a whole %s object: torch.load needs its "
                             "class and runs its pickle.\n", k->module_class);
-        ckpt__sb_add(&b, "# Write its state_dict() as plain weights first (no code runs):\n"
-                     "#   ckpt extract ");
-        ckpt__sb_pystr(&b, fname);
-        ckpt__sb_add(&b, " -o weights.safetensors\nfrom safetensors.torch import load_file\n"
-                     "sd = load_file('weights.safetensors')\n");
+        } else {
+            ckpt__sb_add(&b, "# torch 1.13's torch.load(weights_only=True) refuses the file: "
+                             "it ");
+            if (refused) {
+                ckpt__sb_printf(&b, "names %s outside its allowlist (", refused == 1 ? "a global"
+                                                                                : "globals");
+                size_t shown = 0;
+                for (size_t i = 0; i < ng; i++) {
+                    if (!g[i].torch_load || weights_only_113(g[i].module, g[i].name))
+                        continue;
+                    if (shown == 4) {
+                        ckpt__sb_add(&b, ", ...");
+                        break;
+                    }
+                    ckpt__sb_printf(&b, "%s%s.%s", shown ? ", " : "", g[i].module, g[i].name);
+                    shown++;
+                }
+                ckpt__sb_add(&b, ")");
+            }
+            /* sets, bytes, complex numbers come with a global below pickle protocol 3 */
+            bool other = p->has_other && !refused;
+            if (p->has_float || other)
+                ckpt__sb_printf(&b, "%sholds %s%s%s", refused ? " and " : "",
+                                p->has_float ? "Python floats" : "",
+                                p->has_float && other ? ", " : "",
+                                other ? "sets, bytes or complex numbers" : "");
+            if (proto4)
+                ckpt__sb_printf(&b, "%sis pickled with protocol %u (1.13 reads 2 and 3)",
+                                refused || p->has_float || other ? "; it " : "",
+                                f->globals.max_proto);
+            ckpt__sb_add(&b, ".\n# weights_only=False would ");
+            /* the top-level packages it would import (torch is; builtins need none) */
+            size_t shown = 0;
+            for (size_t i = 0; i < ng; i++) {
+                const char *m = g[i].module;
+                size_t ml = strcspn(m, ".");
+                bool seen = !g[i].torch_load || weights_only_113(m, g[i].name) ||
+                            (ml == 5 && !strncmp(m, "torch", 5)) ||
+                            (ml == 8 && !strncmp(m, "builtins", 8)) ||
+                            (ml == 7 && !strncmp(m, "_codecs", 7)) ||
+                            (ml == 11 && !strncmp(m, "collections", 11));
+                for (size_t j = 0; j < i && !seen; j++)
+                    seen = g[j].torch_load && !weights_only_113(g[j].module, g[j].name) &&
+                           strcspn(g[j].module, ".") == ml && !strncmp(g[j].module, m, ml);
+                if (seen)
+                    continue;
+                ckpt__sb_printf(&b, "%s%.*s", shown ? ", " : "import ", (int)ml, m);
+                shown++;
+            }
+            ckpt__sb_printf(&b, "%srun the file's pickle: only for files you trust.\n",
+                            shown ? " and " : "");
+        }
+        ckpt__sb_add(&b, "# Write its weights alone first (no code runs):\n#   ckpt extract ");
+        sb_shell_word(&b, fname);
+        ckpt__sb_add(&b, " -o weights.pth");
+        if (opt->key || opt->against) { /* extract alone might find another dict */
+            ckpt__sb_add(&b, " --key ");
+            sb_shell_word(&b, k->pub.path_str);
+        }
+        if (opt->strip_prefix) {
+            ckpt__sb_add(&b, " --strip-prefix ");
+            sb_shell_word(&b, opt->strip_prefix);
+        }
+        if (r->arch && !auto_arch)
+            ckpt__sb_printf(&b, " --arch %s", ckpt_arch_name(r->arch));
+        if (r->arch && opt->num_classes > 0)
+            ckpt__sb_printf(&b, " --num-classes %lld", (long long)opt->num_classes);
+        /* extract checks against the torchvision model it recognises and writes a backbone
+         * without its head; anything else is written whole, unchecked */
+        if (!(tv && v && v->ok))
+            ckpt__sb_add(&b, " --no-check");
+        ckpt__sb_add(&b, "\nsd = torch.load('weights.pth', map_location='cpu', "
+                         "weights_only=True)\n");
     } else if (ckpt_file_format(f) == CKPT_FORMAT_SAFETENSORS) {
         ckpt__sb_add(&b, "from safetensors.torch import load_file\nsd = load_file(");
         ckpt__sb_pystr(&b, fname);
@@ -513,25 +898,19 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     } else {
         ckpt__sb_add(&b, "ckpt = torch.load(");
         ckpt__sb_pystr(&b, fname);
-        ckpt__sb_printf(&b, ", map_location='cpu', weights_only=%s)", trusted ? "True" : "False");
-        if (!trusted)
-            ckpt__sb_add(&b, "  # it pickles more than tensors: only for files you trust");
-        else if (has_float)
-            ckpt__sb_add(&b, "  # torch >= 2.0 (1.13's weights_only refuses Python floats)");
-        ckpt__sb_add(&b, "\nsd = ");
+        ckpt__sb_add(&b, ", map_location='cpu', weights_only=True)\nsd = ");
         sb_pypath(&b, k);
         ckpt__sb_add(&b, "\n");
     }
-    ckpt__scheme_python(&b, k);
-    size_t outside = 0;
-    for (size_t i = 0; i < r->n_left_out; i++)
-        outside += !strcmp(r->left_out[i].why, "outside_prefix");
-    if (sd->prefix[0] && outside && !k->module_class) {
+    /* ckpt extract wrote the keys renamed, unwrapped and of the one network */
+    if (!via_extract)
+        ckpt__scheme_python(&b, k);
+    if (sd->prefix[0] && outside && !via_extract) {
         /* one network of several: keep its sub-tree only (consume_prefix would keep the rest) */
         ckpt__sb_add(&b, "p = ");
         ckpt__sb_pystr(&b, sd->prefix);
         ckpt__sb_add(&b, "\nsd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}\n");
-    } else if (sd->prefix[0] && !k->module_class) { /* extract wrote the keys unwrapped */
+    } else if (sd->prefix[0] && !via_extract) {
         ckpt__sb_add(&b, "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, ");
         ckpt__sb_pystr(&b, sd->prefix);
         ckpt__sb_add(&b, ")\n");
@@ -547,32 +926,36 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                        mm->checkpoint->shape[1] == ckpt_arch_features(r->arch);
             bool fcb = !strcmp(mm->key, ckpt_arch_head(r->arch, true)) &&
                        mm->checkpoint->ndim == 1;
-            if (fcw || fcb) {
+            if ((fcw || fcb) && !empty_head) {
                 nc = mm->checkpoint->shape[0];
                 problems--;
             }
         }
     }
-    if (r->arch)
+    if (tv)
         ckpt__sb_printf(&b, "model = torchvision.models.%s(num_classes=%lld)\n",
                         ckpt_arch_name(r->arch), (long long)nc);
     else
         ckpt__sb_add(&b, "model = MyModel()  # your model class\n");
+    /* a Sequential head (a fine-tuned classifier, or an MLP): build the same head */
+    if (seq) {
+        ckpt__sb_printf(&b, "model.%.*s = ", (int)strlen(head_mod) - 1, head_mod);
+        sb_seq_head(&b, &sh);
+        bool guessed = false;
+        for (int i = 0; i < sh.n; i++)
+            guessed |= !sh.kind[i];
+        ckpt__sb_add(&b, guessed ? "  # the file's head; layers without weights are "
+                                   "guessed: check them against the training code\n"
+                                 : "  # the file's head\n");
+        problems = 0;
+    }
     /* a backbone: everything but the classifier, which is left to the user */
-    bool backbone = false;
-    if (r->arch && v && v->n_missing == 2 && v->n_errors == 0) {
-        const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
-        const char *dot = strrchr(hw, '.');
-        size_t hm = dot ? (size_t)(dot - hw) + 1 : 0; /* "fc." */
-        backbone = hm && ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
-                          (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
-        /* a projection or MLP head in the classifier's place (MoCo's fc.0/fc.2) is dropped */
-        for (size_t i = 0; i < v->n_unexpected && backbone; i++)
-            backbone = strncmp(v->unexpected[i], hw, hm) == 0;
-        if (backbone && v->n_unexpected) {
+    if (backbone) {
+        if (v->n_unexpected || empty_head) {
             ckpt__sb_add(&b, "sd = {k: v for k, v in sd.items() if not k.startswith(");
-            ckpt__sb_pystr(&b, ckpt__arena_strndup(ar, hw, hm));
-            ckpt__sb_add(&b, ")}  # the file's own head, not a classifier\n");
+            ckpt__sb_pystr(&b, head_mod);
+            ckpt__sb_add(&b, empty_head ? ")}  # the empty head, not a classifier\n"
+                                        : ")}  # the file's own head, not a classifier\n");
         }
         if (backbone) {
             ckpt__sb_add(&b, "missing, unexpected = model.load_state_dict(sd, strict=False)\n");
@@ -587,11 +970,17 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     }
     if (!backbone)
         ckpt__sb_add(&b, "model.load_state_dict(sd, strict=True)");
-    if (problems)
+    if (problems && !(cifar && auto_arch))
         ckpt__sb_printf(&b,
                         "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",
                         v->n_missing, v->n_unexpected, v->n_errors);
     ckpt__sb_add(&b, "\nmodel.eval()\n");
+    r->verdict_kind = !r->model             ? (cifar ? "not_torchvision" : "unknown")
+                      : cifar && auto_arch  ? "not_torchvision"
+                      : seq                 ? "sequential_head"
+                      : backbone            ? "backbone"
+                      : v && v->ok          ? "model"
+                                            : "fails";
     r->python = ckpt__sb_finish(&b, ar);
     return r->python ? CKPT_OK : ckpt__arena_error(ar, err);
 }
@@ -604,7 +993,7 @@ int ckpt_sd_explain(ckpt_sd_report *r, ckpt_error *err)
     if (p->explained)
         return CKPT_OK;
     p->warnings.len = 0;
-    int rc = explain(p, r, p->chosen, p->root, &p->opt, p->file, p->has_float, err);
+    int rc = explain(p, r, p->chosen, p->root, &p->opt, p->file, err);
     if (rc)
         return rc;
     r->warnings = ckpt__arena_alloc(p->ar, (p->warnings.len + 1) * sizeof *r->warnings);

@@ -40,6 +40,7 @@ typedef struct ckpt__check_priv {
     const ckpt_value *root;
     const ckpt_file *file;
     bool has_float;             /* a plain Python float somewhere in the file */
+    bool has_other;             /* a set, bytes or complex number (not numpy's) */
     ckpt_sd_check_options opt;
 } ckpt__check_priv;
 

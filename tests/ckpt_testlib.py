@@ -96,6 +96,39 @@ def run_json(tc, args, path_for_msg=None, timeout=DEFAULT_TIMEOUT, ok_codes=(0,)
                 (" ".join(map(str, args)), e, out[:500]))
 
 
+def run_python(tc, code, name, ns=None, timeout=60, base=None):
+    """Run the Python `ckpt check` printed, as printed: first the `ckpt extract` command a
+    comment line names (in a temporary directory; the test fails if it fails), then the code,
+    in that directory. base: where a relative file name in the code is (the code then runs
+    there, the command's output still goes to the temporary directory). Returns the namespace
+    the code ran in."""
+    import shlex
+    import tempfile
+    ns = {} if ns is None else ns
+    with tempfile.TemporaryDirectory() as d:
+        cmds = [ln for ln in code.splitlines() if ln.startswith("#   ckpt extract ")]
+        tc.assertLessEqual(len(cmds), 1, code)
+        if "weights.pth" in code:
+            tc.assertEqual(len(cmds), 1, code)
+        for line in cmds:
+            argv = shlex.split(line[len("#   "):])
+            tc.assertEqual(argv[:2], ["ckpt", "extract"])
+            if base:
+                argv[2] = os.path.join(base, argv[2])
+                argv[argv.index("-o") + 1] = os.path.join(d, "weights.pth")
+            rc, out, err = run_ckpt(argv[1:], timeout=timeout, cwd=d)
+            tc.assertEqual(rc, 0, "%s: `%s` failed (exit %r): %s%s" % (name, line[4:], rc,
+                                                                        out, err))
+        old = os.getcwd()
+        os.chdir(base or d)
+        try:
+            exec(compile(code.replace("'weights.pth'", repr(os.path.join(d, "weights.pth")))
+                         if base else code, name, "exec"), ns)
+        finally:
+            os.chdir(old)
+    return ns
+
+
 def parse_json(tc, out, what):
     try:
         return json.loads(out)

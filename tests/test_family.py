@@ -141,8 +141,7 @@ class Vgg(unittest.TestCase):
     def test_python_lines_load(self):
         """The Python ckpt prints loads the file strictly into torch's vgg11."""
         rc, j, _ = check(self, self.files["wrapped"])
-        ns = {}
-        exec(compile(j["python"], "vgg11-wrapped", "exec"), ns)
+        ns = L.run_python(self, j["python"], "vgg11-wrapped")
         self.assertFalse(ns["model"].training)
         self.assertEqual(ns["model"].classifier[6].out_features, NUM_CLASSES)
 

@@ -60,9 +60,8 @@ class Layouts(unittest.TestCase):
     def check_loads(self, path, want, backbone):
         """ckpt's Python loads exactly want's tensors (all but fc for a backbone)."""
         j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
-        code = j["python"].replace("weights_only=True", "weights_only=False")
-        ns = {}
-        exec(compile(code, path, "exec"), ns)
+        code = j["python"]
+        ns = L.run_python(self, code, path)
         got = ns["model"].state_dict()
         for k, v in want.items():
             if backbone and k.startswith("fc."):
@@ -205,6 +204,177 @@ class Layouts(unittest.TestCase):
             j = L.run_json(self, ["check", "--json"] + args + [path], ok_codes=(0, 1))
             self.assertEqual(j["prefix"], "model.")
         self.check_loads(path, m.state_dict(), backbone=False)
+
+
+YACS_CONFIG = """\
+class CfgNode(dict):
+    \"\"\"What yacs.config.CfgNode is to pickle: a dict subclass in a module of its own.\"\"\"
+"""
+
+WRITE_YACS_SNAPSHOT = """\
+import sys
+import torch
+import torchvision
+sys.path.insert(0, sys.argv[1])
+from yacs.config import CfgNode
+torch.manual_seed(40)
+m = torchvision.models.resnet18()
+with torch.no_grad():
+    for t in m.state_dict().values():
+        if t.is_floating_point():
+            t.copy_(torch.randn_like(t))
+opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+cfg = CfgNode(MODEL=CfgNode(NAME="resnet18"), BASE_LR=0.1, EPOCHS=90)
+torch.save({"model": m.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+            "config": cfg}, sys.argv[2])
+torch.save(m.state_dict(), sys.argv[3])
+"""
+
+
+class PicklesMore(unittest.TestCase):
+    """Files 1.13's torch.load(weights_only=True) refuses: the printed Python goes through
+    ckpt extract and runs, as printed, on torch 1.13 (no weights_only=False, no import of the
+    file's classes)."""
+
+    @classmethod
+    def setUpClass(cls):
+        L.require_bin()
+        cls.tmp = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def save(self, name, obj):
+        import torch
+        path = os.path.join(self.tmp.name, name)
+        torch.save(obj, path)
+        return path
+
+    def loads(self, path, want, imports=(), backbone=False, args=()):
+        """The Python names the extract command and the packages weights_only=False would
+        import, and loads exactly want (all but fc for a backbone) through weights.pth."""
+        j = L.run_json(self, ["check", "--json"] + list(args) + [path], ok_codes=(0, 1))
+        code = j["python"]
+        self.assertIn("#   ckpt extract ", code)
+        self.assertIn("sd = torch.load('weights.pth', map_location='cpu', weights_only=True)",
+                      code)
+        run = [ln for ln in code.splitlines() if not ln.startswith("#")]
+        self.assertNotIn("weights_only=False", "\n".join(run))
+        for pkg in imports:
+            self.assertRegex(code, r"would import [^\n]*\b%s\b" % pkg)
+        ns = L.run_python(self, code, path)
+        got = ns["model"].state_dict()
+        for k, v in want.items():
+            if backbone and k.startswith("fc."):
+                continue
+            self.assertTrue(got[k].equal(v), "%s: %s differs" % (path, k))
+        self.assertFalse(ns["model"].training)
+        return j
+
+    def test_argparse_snapshot(self):
+        """A training snapshot: optimizer, epoch, a Python float, an argparse.Namespace."""
+        import argparse
+        import torch
+        m = net(seed=41)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        for p in m.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        path = self.save("snapshot_argparse.pth", {
+            "model": under("module.", m.state_dict()), "optimizer": opt.state_dict(),
+            "epoch": 3, "max_accuracy": 76.1,
+            "config": argparse.Namespace(arch="resnet18", lr=0.1, epochs=90)})
+        j = self.loads(path, m.state_dict(), imports=("argparse",))
+        self.assertIn("Python floats", j["python"])
+        self.assertEqual(j["verdict_kind"], "model")
+
+    def test_missing_module_snapshot(self):
+        """A config of a class whose module this process cannot import (yacs)."""
+        import importlib.util
+        import subprocess
+        import torch
+        fake = os.path.join(self.tmp.name, "fake_site")
+        os.makedirs(os.path.join(fake, "yacs"))
+        open(os.path.join(fake, "yacs", "__init__.py"), "w").close()
+        with open(os.path.join(fake, "yacs", "config.py"), "w") as f:
+            f.write(YACS_CONFIG)
+        path = os.path.join(self.tmp.name, "snapshot_yacs.pth")
+        want_path = os.path.join(self.tmp.name, "snapshot_yacs_want.pth")
+        p = subprocess.run([sys.executable, "-c", WRITE_YACS_SNAPSHOT, fake, path, want_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+        self.assertEqual(p.returncode, 0, p.stderr.decode())
+        want = torch.load(want_path, map_location="cpu", weights_only=True)
+        if importlib.util.find_spec("yacs") is None:
+            # what the old Python said fails here, before any weight is loaded
+            with self.assertRaises(ModuleNotFoundError):
+                torch.load(path, map_location="cpu", weights_only=False)
+        j = self.loads(path, want, imports=("yacs",))
+        self.assertIn("yacs.config.CfgNode", j["python"])
+
+    def test_numpy_scalar(self):
+        """max_accuracy a numpy.float64: numpy's globals, no Python float."""
+        import numpy as np
+        m = net(seed=42)
+        path = self.save("snapshot_numpy.pth", {"model": m.state_dict(), "epoch": 3,
+                                                "max_accuracy": np.float64(76.1)})
+        j = self.loads(path, m.state_dict(), imports=("numpy",))
+        self.assertNotIn("Python floats", j["python"])
+
+    def test_python_set(self):
+        """A set (builtins.set): 1.13's weights_only refuses it, 2.x's does not."""
+        m = net(seed=43)
+        path = self.save("snapshot_set.pth", {"model": m.state_dict(), "classes": {1, 2, 3}})
+        self.loads(path, m.state_dict())
+
+    def test_pickle_protocol_4(self):
+        """pickle_protocol=4 (zip and legacy): 1.13's weights_only knows none of its opcodes."""
+        import torch
+        m = net(seed=47)
+        for name, kw in (("p4.pth", {}), ("p4_legacy.pth",
+                                          {"_use_new_zipfile_serialization": False})):
+            path = os.path.join(self.tmp.name, name)
+            torch.save(m.state_dict(), path, pickle_protocol=4, **kw)
+            j = self.loads(path, m.state_dict())
+            self.assertIn("protocol 4", j["python"])
+        # protocol 2, torch's default, loads directly
+        path = self.save("p2.pth", m.state_dict())
+        j = L.run_json(self, ["check", "--json", path])
+        self.assertNotIn("ckpt extract", j["python"])
+        L.run_python(self, j["python"], path)
+
+    def test_key_chosen(self):
+        """--key and --strip-prefix given to check are given to extract: the same dict."""
+        m, ema = net(seed=48), net(seed=49)
+        path = self.save("ema_float.pth", {"model": under("module.", m.state_dict()),
+                                           "model_ema": ema.state_dict(), "acc": 0.5})
+        j = self.loads(path, ema.state_dict(), args=("--key", "model_ema"))
+        self.assertIn("--key 'model_ema'", j["python"])
+        j = self.loads(path, m.state_dict(), args=("--key", "model", "--strip-prefix", "module."))
+        self.assertIn("--strip-prefix 'module.'", j["python"])
+
+    def test_backbone_of_several(self):
+        """MoCo's two encoders with MLP heads and a float: extract writes the query encoder,
+        whose projection head the Python drops."""
+        import torch
+        q, k = mlp_head(net(seed=44)), mlp_head(net(seed=45))
+        sd = collections.OrderedDict()
+        sd.update(under("module.encoder_q.", q.state_dict()))
+        sd.update(under("module.encoder_k.", k.state_dict()))
+        sd["module.queue"] = torch.randn(16, 32)
+        path = self.save("moco_float.pth.tar", {"epoch": 200, "lr": 0.03, "state_dict": sd})
+        j = self.loads(path, q.state_dict(), backbone=True)
+        self.assertEqual(j["verdict_kind"], "backbone")
+
+    def test_sequential_head(self):
+        """A fine-tuned Sequential head and a float: extract keeps the head (--no-check)."""
+        import torch.nn as nn
+        m = net(seed=46)
+        m.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 7))
+        path = self.save("seq_float.pth", {"state_dict": m.state_dict(), "best_acc": 0.9})
+        j = self.loads(path, m.state_dict())
+        self.assertEqual(j["verdict_kind"], "sequential_head")
+        self.assertIn("--no-check", j["python"])
 
 
 if __name__ == "__main__":

@@ -523,6 +523,11 @@ def check(path, arch=None, num_classes=None, key=None, strip_prefix=None, agains
         "num_classes": r.num_classes if r.arch else None,
         "against": None if against is None else os.fspath(against),
         "ok": bool(v.ok),
+        "verdict_kind": _s(r.verdict_kind),
+        "alternatives": [{"path": _cstrs(a.path, a.path_len), "prefix": _s(a.prefix),
+                          "kind": _s(r.alternative_kinds[i]),
+                          "arch": _s(_lib.ckpt_arch_name(a.arch)) if a.arch else None}
+                         for i, a in ((i, r.alternatives[i]) for i in range(r.n_alternatives))],
         "missing": _cstrs(v.missing, v.n_missing),
         "unexpected": _cstrs(v.unexpected, v.n_unexpected),
         "size_mismatch": [{"key": _s(m.key), "checkpoint": _shape(m.checkpoint.contents),

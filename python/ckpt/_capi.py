@@ -165,7 +165,9 @@ class SdReport(ctypes.Structure):  # ckpt_sd_report
                 ("n_tensors", c_size), ("n_parameters", ctypes.c_int64),
                 ("warnings", ctypes.POINTER(SdWarning)), ("n_warnings", c_size),
                 ("python", ctypes.c_char_p), ("internal", ctypes.c_void_p),
-                ("naming", ctypes.c_char_p)]
+                ("naming", ctypes.c_char_p), ("verdict_kind", ctypes.c_char_p),
+                ("alternatives", ctypes.POINTER(SdCandidate)), ("n_alternatives", c_size),
+                ("alternative_kinds", c_char_pp)]
 
 
 def _library_path():

@@ -1,0 +1,292 @@
+#!/usr/bin/python3
+"""
+test_layouts_heads.py - issue 8: heads in the classifier's place. A fine-tuned model whose fc is
+nn.Sequential(Dropout, Linear) or an MLP, an empty [0]-row head, a CIFAR ResNet that is not
+torchvision's, renamed heads (mmpretrain, solo-learn). Checkpoints are made with torch here;
+ckpt's printed Python is executed under Debian's torch 1.13 and every tensor it loads is
+compared with the network that was saved.
+"""
+
+import collections
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckpt_testlib as L  # noqa: E402
+
+
+def net(arch="resnet18", seed=0, **kw):
+    import torch
+    import torchvision
+    torch.manual_seed(seed)
+    m = getattr(torchvision.models, arch)(**kw)
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return m
+
+
+def randomise(m, seed):
+    import torch
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return m
+
+
+def cifar_resnet18(classes=10):
+    """kuangliu/pytorch-cifar's ResNet18: 3x3 stem, shortcut.*, linear.*."""
+    import torch.nn as nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, i, p, stride=1):
+            super().__init__()
+            self.conv1 = nn.Conv2d(i, p, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(p)
+            self.conv2 = nn.Conv2d(p, p, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(p)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or i != p:
+                self.shortcut = nn.Sequential(nn.Conv2d(i, p, 1, stride, bias=False),
+                                              nn.BatchNorm2d(p))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            widths, inp = (64, 128, 256, 512), 64
+            for n, w in enumerate(widths):
+                s = 1 if n == 0 else 2
+                setattr(self, "layer%d" % (n + 1),
+                        nn.Sequential(BasicBlock(inp, w, s), BasicBlock(w, w, 1)))
+                inp = w
+            self.linear = nn.Linear(512, classes)
+
+    return ResNet
+
+
+class Heads(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        L.require_bin()
+        cls.tmp = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def save(self, name, obj):
+        import torch
+        path = os.path.join(self.tmp.name, name)
+        torch.save(obj, path)
+        return path
+
+    def run_python(self, path, codes=(0, 1)):
+        """ckpt check --json, then its Python executed as printed; (report, namespace)."""
+        j = L.run_json(self, ["check", "--json", path], ok_codes=codes)
+        return j, L.run_python(self, j["python"], path)
+
+    def assert_same(self, got, want, skip=()):
+        for k, v in want.items():
+            if any(k.startswith(s) for s in skip):
+                continue
+            self.assertIn(k, got)
+            self.assertTrue(got[k].equal(v), "%s differs" % k)
+
+    def words(self, j):
+        return "\n".join(w["message"] for w in j["warnings"])
+
+    # --- 1. Sequential and MLP heads: the class count from the last Linear -----------------
+
+    def check_sequential(self, name, head, classes):
+        m = net(seed=len(name))
+        m.fc = head
+        randomise(m, len(name) + 1)
+        path = self.save(name, m.state_dict())
+        j, ns = self.run_python(path)
+        self.assertEqual(j["num_classes"], classes)
+        self.assertIn("strict=True", j["python"])
+        self.assert_same(ns["model"].state_dict(), m.state_dict())
+        self.assertEqual(len(ns["model"].state_dict()), len(m.state_dict()))
+        self.assertIn("%d classes" % classes, self.words(j))
+        self.assertNotIn("num_classes=1000", j["python"])
+        return j
+
+    def test_dropout_linear(self):
+        """fc = Sequential(Dropout, Linear(512, 7)): fc.1.*, 7 classes."""
+        import torch.nn as nn
+        j = self.check_sequential("fc1.pth", nn.Sequential(nn.Dropout(), nn.Linear(512, 7)), 7)
+        self.assertIn("Dropout()", j["python"])
+
+    def test_mlp_two_linears(self):
+        """fc.0 / fc.2: Linear, ReLU, Linear."""
+        import torch.nn as nn
+        self.check_sequential("mlp2.pth", nn.Sequential(nn.Linear(512, 64), nn.ReLU(),
+                                                        nn.Linear(64, 5)), 5)
+
+    def test_mlp_with_batchnorm(self):
+        """fc.0 / fc.1 (BatchNorm1d) / fc.3."""
+        import torch.nn as nn
+        self.check_sequential("mlp3.pth", nn.Sequential(nn.Linear(512, 32), nn.BatchNorm1d(32),
+                                                        nn.ReLU(), nn.Linear(32, 3)), 3)
+
+    def test_mlp_two_gaps(self):
+        """fc.0 / fc.3: Linear, ReLU, Dropout, Linear."""
+        import torch.nn as nn
+        self.check_sequential("mlp4.pth", nn.Sequential(nn.Linear(512, 16), nn.ReLU(),
+                                                        nn.Dropout(), nn.Linear(16, 11)), 11)
+
+    def test_sequential_in_training_checkpoint(self):
+        """The same head under 'state_dict' with DataParallel's module. prefix."""
+        import torch.nn as nn
+        m = net(seed=40)
+        m.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(512, 4))
+        randomise(m, 41)
+        sd = collections.OrderedDict(("module." + k, v) for k, v in m.state_dict().items())
+        path = self.save("ft.pth.tar", {"epoch": 3, "state_dict": sd})
+        j, ns = self.run_python(path)
+        self.assertEqual(j["num_classes"], 4)
+        self.assert_same(ns["model"].state_dict(), m.state_dict())
+
+    # --- 2. messages ----------------------------------------------------------------------
+
+    def test_empty_head(self):
+        """fc = Linear(512, 0): a backbone, never 'num_classes=0'."""
+        import torch.nn as nn
+        m = net(seed=20)
+        m.fc = nn.Linear(512, 0)
+        path = self.save("fc0.pth", m.state_dict())
+        j, ns = self.run_python(path)
+        out = self.words(j) + j["python"]
+        self.assertNotIn("num_classes=0", out)
+        self.assertIn("empty", self.words(j))
+        self.assertIn("assert set(missing) == {'fc.weight', 'fc.bias'}", j["python"])
+        self.assert_same(ns["model"].state_dict(), m.state_dict(), skip=("fc.",))
+
+    def test_cifar_resnet(self):
+        """A CIFAR ResNet is a ResNet that is not torchvision's, never 'recognised as'."""
+        import torch
+        cls = cifar_resnet18()
+        m = randomise(cls(), 30)
+        path = self.save("cifar.pth", {"net": m.state_dict(), "acc": 95.1, "epoch": 200})
+        rc, out, err = L.run_ckpt(["check", path])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("not torchvision's", err)
+        self.assertIn("CIFAR", err)
+        self.assertNotIn("matches none", err)
+        # checked against its own model: the snippet builds MyModel and loads strictly
+        tpl = self.save("cifar_template.pth", cls().state_dict())
+        j = L.run_json(self, ["check", "--json", "--against", tpl, path])
+        ns = {"MyModel": cls}
+        L.run_python(self, j["python"], path, ns)
+        self.assert_same(ns["model"].state_dict(), m.state_dict())
+        # downsample-named copy that auto-recognition fits: still not torchvision's
+        sd = {k.replace("shortcut", "downsample"): v for k, v in m.state_dict().items()}
+        path2 = self.save("cifar2.pth", sd)
+        j = L.run_json(self, ["check", "--json", path2], ok_codes=(0, 1))
+        self.assertNotIn("recognised as", self.words(j))
+        self.assertIn("not torchvision's", self.words(j))
+        self.assertNotIn("torchvision.models", j["python"])
+        ns = {"MyModel": lambda: torch.nn.Module()}
+        with self.assertRaises(RuntimeError):  # the printed Python fails loudly, never quietly
+            L.run_python(self, j["python"], path2, ns)
+
+    def test_renamed_modules_not_old_batchnorm(self):
+        """BatchNorm modules under other names are not 'an old BatchNorm version'."""
+        import torch
+        import torchvision
+        m = randomise(cifar_resnet18()(), 31)
+        path = self.save("cifar_arch.pth", m.state_dict())
+        j = L.run_json(self, ["check", "--json", "--arch", "resnet18", path], ok_codes=(1,))
+        self.assertNotIn("old BatchNorm version", self.words(j))
+        # PyTorch agrees the entries are filled: they are not among its missing keys
+        filled = [w for w in j["warnings"] if w["code"] == "num_batches_tracked_filled"]
+        self.assertEqual(len(filled), 1)
+        sd = torch.load(path)
+        del sd["conv1.weight"]  # the 3x3 stem is a size mismatch even with strict=False
+        r = torchvision.models.resnet18().load_state_dict(sd, strict=False)
+        self.assertFalse(any(k.endswith("num_batches_tracked") for k in r.missing_keys))
+
+    def test_one_tensor_singular(self):
+        """'1 tensor', never '1 tensors'."""
+        m = net(seed=32)
+        sd = m.state_dict()
+        sd["conv1.weight"] = sd["conv1.weight"].half()
+        path = self.save("one_half.pth", sd)
+        j, ns = self.run_python(path)
+        self.assertIn("(1 tensor)", self.words(j))
+        self.assertNotRegex(self.words(j), r"\b1 tensors")
+        self.assert_same(ns["model"].state_dict(), m.state_dict(), skip=("conv1.",))
+        self.assertTrue(ns["model"].conv1.weight.equal(sd["conv1.weight"].float()))
+
+    # --- 4. verdict_kind and alternatives in --json -----------------------------------------
+
+    def test_verdict_kinds(self):
+        """verdict_kind names what the snippet does; each snippet runs."""
+        import torch.nn as nn
+        plain = net(seed=50)
+        seqm = net(seed=51)
+        seqm.fc = nn.Sequential(nn.Dropout(), nn.Linear(512, 6))
+        randomise(seqm, 52)
+        bb = net(seed=53)
+        bbsd = bb.state_dict()
+        del bbsd["fc.weight"], bbsd["fc.bias"]
+        broken = net(seed=54).state_dict()
+        del broken["layer1.0.conv1.weight"]
+        cases = [("plain.pth", plain.state_dict(), "model"),
+                 ("seq.pth", seqm.state_dict(), "sequential_head"),
+                 ("bb.pth", bbsd, "backbone"),
+                 ("broken.pth", broken, "fails")]
+        for name, sd, kind in cases:
+            path = self.save(name, sd)
+            j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+            self.assertEqual(j["verdict_kind"], kind, name)
+            ns = {}
+            if kind == "fails":
+                with self.assertRaises(RuntimeError):
+                    L.run_python(self, j["python"], path, ns)
+            else:
+                L.run_python(self, j["python"], path, ns)
+                self.assert_same(ns["model"].state_dict(), sd)
+
+    def test_alternatives(self):
+        """MoCo's encoder_k, DINO's student and an EMA copy are listed, each loadable."""
+        import torch
+        q, k = net(seed=60), net(seed=61)
+        sd = collections.OrderedDict()
+        sd.update(("module.encoder_q." + n, v) for n, v in q.state_dict().items())
+        sd.update(("module.encoder_k." + n, v) for n, v in k.state_dict().items())
+        sd["module.queue"] = torch.randn(8, 4)
+        path = self.save("moco_alt.pth.tar", {"state_dict": sd, "epoch": 1})
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        self.assertEqual(j["prefix"], "module.encoder_q.")
+        alts = [(a["path"], a["prefix"], a["kind"]) for a in j["alternatives"]]
+        self.assertEqual(alts, [(["state_dict"], "module.encoder_k.", "momentum")])
+        # the alternative, asked for, loads the key encoder exactly
+        j2 = L.run_json(self, ["check", "--json", "--key", "state_dict", "--strip-prefix",
+                               "module.encoder_k.", path], ok_codes=(0, 1))
+        ns = L.run_python(self, j2["python"], path)
+        self.assert_same(ns["model"].state_dict(), k.state_dict())
+
+        t, s = net(seed=62), net(seed=63)
+        path = self.save("dino_alt.pth", {"teacher": t.state_dict(), "student": s.state_dict()})
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        self.assertEqual(j["state_dict_path"], ["teacher"])
+        self.assertIn((["student"], "student"),
+                      [(a["path"], a["kind"]) for a in j["alternatives"]])
+
+        m, e = net(seed=64), net(seed=65)
+        path = self.save("ema_alt.pth", {"model": m.state_dict(), "model_ema": e.state_dict()})
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
+        self.assertIn((["model_ema"], "ema"),
+                      [(a["path"], a["kind"]) for a in j["alternatives"]])
+
+
+if __name__ == "__main__":
+    unittest.main()
