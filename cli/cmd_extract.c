@@ -215,6 +215,7 @@ typedef struct outcome {
     const char *dtype;         /* NULL: kept */
     const ckpt_sd_report *r;
     bool checked, written;
+    bool backbone; /* written without its classifier */
     const ckpt_write_report *w;
     const char **dropped;
     size_t n_dropped;
@@ -278,7 +279,11 @@ static void summary(cli_sb *out, const outcome *o)
         sb_put_clean(out, r->prefix, strlen(r->prefix));
         sb_puts(out, "'");
     }
-    if (r->verdict) {
+    if (r->verdict && o->backbone) {
+        sb_printf(out, "; the backbone of torchvision.models.%s(): loads with strict=False, "
+                  "'%s' and '%s' missing", ckpt_arch_name(r->arch),
+                  ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true));
+    } else if (r->verdict) {
         sb_puts(out, r->verdict->ok ? "; loads into " : "; does NOT load into ");
         put_model(out, r, o->against);
         sb_puts(out, " with strict=True");
@@ -413,6 +418,7 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     ckpt_sd view = *sd;
     view.entries = entries;
     order_entries(sd, r->model, entries, &view.n_entries, dropped, &oc.n_dropped);
+    oc.backbone = backbone != 0;
     if (backbone) {
         const char *hw = ckpt_arch_head(r->arch, false);
         size_t k = 0;
