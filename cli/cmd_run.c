@@ -919,6 +919,11 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
         sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
                   ckpt_arch_name(r->arch), st->classes);
     cli_locate_where(out, r->chosen);
+    if (r->prefix[0]) {
+        sb_puts(out, " without '");
+        sb_put_clean(out, r->prefix, strlen(r->prefix));
+        sb_puts(out, "'");
+    }
     int threads = ckpt_model_threads(st->m);
     sb_printf(out, ", %s backend, %d thread%s", ckpt_backend_name(ckpt_model_backend(st->m)),
               threads, threads == 1 ? "" : "s");
