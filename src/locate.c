@@ -46,10 +46,29 @@ static int wrapper_index(const char *s, size_t n)
     return -1;
 }
 
+/* Sub-modules that hold one of several networks, named for the report only (the candidates
+ * under them are found as sub-trees, not as wrappers to strip). */
+static const struct {
+    const char *part;
+    const char *what;
+} holders[] = {
+    {"encoder_q", "MoCo's query encoder"},
+    {"encoder_k", "MoCo's key (momentum) encoder"},
+    {"base_encoder", "MoCo v3's base encoder"},
+    {"momentum_encoder", "MoCo v3's momentum encoder"},
+    {"teacher", "DINO's teacher"},
+    {"student", "DINO's student"},
+};
+
 const char *ckpt__sd_wrapper_what(const char *part, size_t n)
 {
     int w = wrapper_index(part, n);
-    return w >= 0 ? wrappers[w].what : NULL;
+    if (w >= 0)
+        return wrappers[w].what;
+    for (size_t i = 0; i < sizeof holders / sizeof holders[0]; i++)
+        if (strlen(holders[i].part) == n && strncmp(holders[i].part, part, n) == 0)
+            return holders[i].what;
+    return NULL;
 }
 
 typedef struct check_ctx {
