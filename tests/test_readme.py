@@ -51,7 +51,44 @@ def build_training_snapshot(path):
                 "config": argparse.Namespace(arch="resnet50", lr=0.001, epochs=300)}, path)
 
 
-BUILDERS = {"rsp-resnet-50-ckpt.pth": build_training_snapshot}
+def build_moco_checkpoint(path):
+    """What MoCo v2's main_moco.py saves: {'epoch', 'arch', 'state_dict', 'optimizer'}, the
+    state dict of a DataParallel MoCo (moco/builder.py) with encoder_q and encoder_k, ResNet-50s
+    whose fc is Sequential(Linear(2048, 2048), ReLU, Linear(2048, 128)), and the queue (4096
+    long here, 65536 in the paper) with its pointer; the optimizer has the query encoder's
+    parameters only."""
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+
+    class MoCo(torch.nn.Module):
+        def __init__(self, dim=128, K=4096):
+            super().__init__()
+            self.encoder_q = torchvision.models.resnet50(num_classes=dim)
+            self.encoder_k = torchvision.models.resnet50(num_classes=dim)
+            for enc in (self.encoder_q, self.encoder_k):
+                mlp = enc.fc.weight.shape[1]
+                enc.fc = torch.nn.Sequential(torch.nn.Linear(mlp, mlp), torch.nn.ReLU(), enc.fc)
+            with torch.no_grad():
+                for m in self.encoder_q.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                        m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+            queue = torch.nn.functional.normalize(torch.randn(dim, K, generator=g), dim=0)
+            self.register_buffer("queue", queue)
+            self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    model = torch.nn.DataParallel(MoCo())
+    opt = torch.optim.SGD(model.module.encoder_q.parameters(), lr=0.03, momentum=0.9,
+                          weight_decay=1e-4)
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": model.state_dict(),
+                "optimizer": opt.state_dict()}, path)
+
+
+BUILDERS = {"rsp-resnet-50-ckpt.pth": build_training_snapshot,
+            "checkpoint_0199.pth.tar": build_moco_checkpoint}
 
 
 def readme_examples():
@@ -95,6 +132,37 @@ class Readme(unittest.TestCase):
                 self.assertIn(rc, (0, 1), err)
                 got = out.rstrip("\n").split("\n")
                 self.assertEqual(got, want)
+
+    def test_self_supervised_python(self):
+        """The Python the README shows for the MoCo checkpoint, run as printed, loads exactly
+        the query encoder's backbone."""
+        import torch
+        cmd, want = [e for e in readme_examples() if "checkpoint_0199" in e[0]][0]
+        code = "\n".join(line[4:] for line in
+                         "\n".join(want).split("To load it in Python:\n", 1)[1].split("\n")
+                         if line.startswith("    "))
+        ns = L.run_python(self, code, "README MoCo", base=self.tmp.name, timeout=120)
+        sd = torch.load(os.path.join(self.tmp.name, "checkpoint_0199.pth.tar"),
+                        map_location="cpu")["state_dict"]
+        p = "module.encoder_q."
+        got = ns["model"].state_dict()
+        want_keys = [k[len(p):] for k in sd if k.startswith(p) and not k.startswith(p + "fc.")]
+        self.assertEqual(sorted(got), sorted(want_keys + ["fc.weight", "fc.bias"]))
+        for k in want_keys:
+            self.assertTrue(torch.equal(got[k], sd[p + k]), k)
+        # the README's next commands: extract writes the backbone alone, with torchvision's names
+        out = os.path.join(self.tmp.name, "moco_r50.pth")
+        rc, o, e = L.run_ckpt(["extract", "checkpoint_0199.pth.tar", "-o", out],
+                              cwd=self.tmp.name, timeout=120)
+        self.assertEqual(rc, 0, o + e)
+        self.assertIn("without 'module.encoder_q.'; the backbone of torchvision.models.resnet50(): "
+                      "loads with strict=False, 'fc.weight' and 'fc.bias' missing", o)
+        import torchvision
+        m = torchvision.models.resnet50()
+        missing, unexpected = m.load_state_dict(torch.load(out, weights_only=True), strict=False)
+        self.assertEqual((sorted(missing), unexpected), (["fc.bias", "fc.weight"], []))
+        for k in want_keys:
+            self.assertTrue(torch.equal(m.state_dict()[k], sd[p + k]), k)
 
     def test_exit_status_once(self):
         with open(os.path.join(ROOT, "docs", "CLI.md")) as f:
