@@ -96,6 +96,27 @@ def run_json(tc, args, path_for_msg=None, timeout=DEFAULT_TIMEOUT, ok_codes=(0,)
                 (" ".join(map(str, args)), e, out[:500]))
 
 
+class SavingCase(unittest.TestCase):
+    """A test case with a temporary folder per class (cls.tmp), for checkpoints written with
+    save(name, obj) (torch.save there; returns the path). Needs the ckpt binary."""
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+        require_bin()
+        cls.tmp = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def save(self, name, obj):
+        import torch
+        path = os.path.join(self.tmp.name, name)
+        torch.save(obj, path)
+        return path
+
+
 def run_python(tc, code, name, ns=None, timeout=60, base=None):
     """Run the Python `ckpt check` printed, as printed: first the `ckpt extract` command a
     comment line names (in a temporary directory; the test fails if it fails), then the code,

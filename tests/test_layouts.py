@@ -9,7 +9,6 @@ and every tensor it loads is compared with the intended network's.
 import collections
 import os
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,22 +40,7 @@ def under(prefix, sd):
     return collections.OrderedDict((prefix + k, v) for k, v in sd.items())
 
 
-class Layouts(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        L.require_bin()
-        cls.tmp = tempfile.TemporaryDirectory()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def save(self, name, obj):
-        import torch
-        path = os.path.join(self.tmp.name, name)
-        torch.save(obj, path)
-        return path
-
+class Layouts(L.SavingCase):
     def check_loads(self, path, want, backbone):
         """ckpt's Python loads exactly want's tensors (all but fc for a backbone)."""
         j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
@@ -231,25 +215,10 @@ torch.save(m.state_dict(), sys.argv[3])
 """
 
 
-class PicklesMore(unittest.TestCase):
+class PicklesMore(L.SavingCase):
     """Files 1.13's torch.load(weights_only=True) refuses: the printed Python goes through
     ckpt extract and runs, as printed, on torch 1.13 (no weights_only=False, no import of the
     file's classes)."""
-
-    @classmethod
-    def setUpClass(cls):
-        L.require_bin()
-        cls.tmp = tempfile.TemporaryDirectory()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def save(self, name, obj):
-        import torch
-        path = os.path.join(self.tmp.name, name)
-        torch.save(obj, path)
-        return path
 
     def loads(self, path, want, imports=(), backbone=False, args=()):
         """The Python names the extract command and the packages weights_only=False would

@@ -10,7 +10,6 @@ compared with the network that was saved.
 import collections
 import os
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,22 +70,7 @@ def cifar_resnet18(classes=10):
     return ResNet
 
 
-class Heads(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        L.require_bin()
-        cls.tmp = tempfile.TemporaryDirectory()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def save(self, name, obj):
-        import torch
-        path = os.path.join(self.tmp.name, name)
-        torch.save(obj, path)
-        return path
-
+class Heads(L.SavingCase):
     def run_python(self, path, codes=(0, 1)):
         """ckpt check --json, then its Python executed as printed; (report, namespace)."""
         j = L.run_json(self, ["check", "--json", path], ok_codes=codes)
