@@ -573,6 +573,153 @@ static const ckpt_value *filtered(ckpt__arena *ar, const ckpt_value *d, const ch
     return f;
 }
 
+/* The module of a key outside prefix that it branches off at: "head" for "head.fc.weight"
+ * beside "backbone.", "module.head" for "module.head.fc.weight" beside "module.backbone.";
+ * its length, 0 when the key has no such module (a plain "queue"). */
+static size_t branch_len(const char *key, const char *prefix)
+{
+    size_t common = 0;
+    for (size_t i = 0; key[i] && key[i] == prefix[i]; i++)
+        if (key[i] == '.')
+            common = i + 1;
+    const char *dot = strchr(key + common, '.');
+    return dot ? (size_t)(dot - key) : 0;
+}
+
+/* Whether stem.weight and stem.bias (key w, key b) are a Linear of features inputs. */
+static int64_t linear_classes(const ckpt_value *w, const ckpt_value *b, int64_t features)
+{
+    if (w->type != CKPT_T_TENSOR || b->type != CKPT_T_TENSOR)
+        return 0;
+    const ckpt_tensor *tw = w->u.tensor, *tb = b->u.tensor;
+    if (tw->ndim != 2 || tb->ndim != 1 || tw->shape[1] != features || tw->shape[0] < 1 ||
+        tw->shape[0] > SD_MAX_CLASSES || tb->shape[0] != tw->shape[0])
+        return 0;
+    return tw->shape[0];
+}
+
+/* A classifier saved beside the network rather than in it (mmpretrain's backbone.* and
+ * head.fc.*, solo-learn's backbone.* and classifier.*): when the strict load lacks exactly the
+ * classifier, and exactly one module outside the prefix holds nothing but a weight
+ * [classes, features] and its bias, that Linear is the classifier. k->pub.dict (and the
+ * published candidate, pub) then holds it under the model's names, k->head_from keeps the
+ * file's, and the model is rebuilt for its classes; kept only if the strict load then
+ * succeeds. A module with more in it (DINO's projection head, MoCo's key encoder) is never
+ * taken for a classifier. */
+static int renamed_head(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
+                        ckpt_sd_candidate *pub, const ckpt_sd_check_options *opt,
+                        ckpt_sd **sd_io, ckpt_error *err)
+{
+    ckpt__arena *ar = p->ar;
+    const ckpt_sd_verdict *v = r->verdict;
+    const char *prefix = r->sd->prefix;
+    size_t plen = strlen(prefix);
+    if (!r->arch || !plen || k->naming || k->module_class || opt->against || v->n_missing != 2 ||
+        v->n_unexpected || v->n_mismatch || v->n_errors)
+        return CKPT_OK;
+    const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
+    if (!((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
+          (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw))))
+        return CKPT_OK;
+    const ckpt_value *d = k->pub.dict;
+    size_t n = d->u.dict.len;
+    /* the modules outside the prefix, with how many keys each holds */
+    ckpt__strmap branches;
+    size_t *count = ckpt__arena_alloc(ar, (n + 1) * sizeof *count);
+    size_t *first = ckpt__arena_alloc(ar, (n + 1) * sizeof *first);
+    size_t *second = ckpt__arena_alloc(ar, (n + 1) * sizeof *second);
+    if (!count || !first || !second || !ckpt__strmap_init(ar, &branches, n))
+        return ckpt__arena_error(ar, err);
+    size_t nb = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *key = d->u.dict.keys[i]->u.str.data;
+        size_t bl;
+        if (ckpt__starts_with(key, prefix) || !(bl = branch_len(key, prefix)))
+            continue;
+        size_t j = ckpt__strmap_get2(&branches, key, bl, "", 0);
+        if (j == SIZE_MAX) {
+            const char *name = ckpt__arena_strndup(ar, key, bl);
+            if (!name)
+                return ckpt__arena_error(ar, err);
+            ckpt__strmap_add(&branches, name, nb);
+            first[nb] = i;
+            count[nb++] = 0;
+            j = nb - 1;
+        }
+        if (count[j]++ == 1)
+            second[j] = i;
+    }
+    /* the one module of two keys, stem.weight and stem.bias, that is a Linear head */
+    size_t wi = SIZE_MAX, bi = SIZE_MAX, found = 0;
+    int64_t classes = 0;
+    for (size_t j = 0; j < nb; j++) {
+        if (count[j] != 2)
+            continue;
+        size_t a = first[j], b = second[j];
+        const char *ka = d->u.dict.keys[a]->u.str.data;
+        const char *kb = d->u.dict.keys[b]->u.str.data;
+        size_t la = strlen(ka), lb = strlen(kb);
+        bool ab = la > 7 && lb > 5 && !strcmp(ka + la - 7, ".weight") &&
+                  !strcmp(kb + lb - 5, ".bias") && la - 7 == lb - 5 && !strncmp(ka, kb, la - 7);
+        bool ba = lb > 7 && la > 5 && !strcmp(kb + lb - 7, ".weight") &&
+                  !strcmp(ka + la - 5, ".bias") && lb - 7 == la - 5 && !strncmp(ka, kb, lb - 7);
+        size_t w = ab ? a : b, bias = ab ? b : a;
+        int64_t c = (ab || ba) ? linear_classes(d->u.dict.vals[w], d->u.dict.vals[bias],
+                                                ckpt_arch_features(r->arch))
+                               : 0;
+        if (c) {
+            found++;
+            wi = w, bi = bias, classes = c;
+        }
+    }
+    if (found != 1 || (opt->num_classes && opt->num_classes != classes))
+        return CKPT_OK;
+
+    /* the dict with the head under the model's names, in the file's order */
+    ckpt_value *nd = ckpt__arena_alloc(ar, sizeof *nd);
+    ckpt_value **keys = ckpt__arena_alloc(ar, (n + 1) * sizeof *keys);
+    ckpt_value *kw = ckpt__value_str(ar, CKPT_T_STR, ckpt__arena_printf(ar, "%s%s", prefix, hw),
+                                     plen + strlen(hw));
+    ckpt_value *kb = ckpt__value_str(ar, CKPT_T_STR, ckpt__arena_printf(ar, "%s%s", prefix, hb),
+                                     plen + strlen(hb));
+    if (!nd || !keys || !kw || !kb)
+        return ckpt__arena_error(ar, err);
+    *nd = *d;
+    memcpy(keys, d->u.dict.keys, n * sizeof *keys);
+    keys[wi] = kw;
+    keys[bi] = kb;
+    nd->u.dict.keys = keys;
+    ckpt_sd *sd;
+    ckpt_sd_model *m = NULL;
+    ckpt_sd_verdict *v2;
+    const ckpt_value *fd = filtered(ar, nd, prefix);
+    int rc;
+    if (!fd)
+        return ckpt__arena_error(ar, err);
+    if ((rc = ckpt__sd_build(ar, fd, prefix, &sd, err)) ||
+        (rc = ckpt_arch_model(r->arch, classes, &m, err)) ||
+        (rc = ckpt__judge(ar, m, sd, &v2, err))) {
+        ckpt_sd_model_free(m);
+        return rc;
+    }
+    if (!v2->ok) {
+        ckpt_sd_model_free(m);
+        return CKPT_OK;
+    }
+    ckpt_sd_model_free(p->owned_model);
+    p->owned_model = m;
+    r->model = m;
+    r->num_classes = classes;
+    r->sd = *sd_io = sd;
+    r->prefix = sd->prefix;
+    r->verdict = v2;
+    k->head_from[0] = d->u.dict.keys[wi]->u.str.data;
+    k->head_from[1] = d->u.dict.keys[bi]->u.str.data;
+    k->pub.dict = nd;
+    pub->dict = nd;
+    return CKPT_OK;
+}
+
 /* The key map of the chosen dict d (unwrapped into r->sd) for r->model: which file key each
  * model key comes from (the last one that unwraps to it, as ckpt_sd_from_value keeps the last
  * value), and every other file key with why it is left out. */
@@ -963,9 +1110,19 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         if ((rc = ckpt__judge(ar, r->model, sd, &v, err)))
             goto fail;
         r->verdict = v;
-        if ((rc = key_map(ar, r, chosen->pub.dict, err)) || (rc = alternatives(ar, r, err)) ||
+        if ((rc = renamed_head(p, r, chosen, (ckpt_sd_candidate *)r->chosen, &opt, &sd,
+                                err)) ||
+            (rc = key_map(ar, r, chosen->pub.dict, err)) || (rc = alternatives(ar, r, err)) ||
             (rc = ckpt__scheme_finish(ar, r, chosen, err)))
             goto fail;
+        /* the key map names the file's own keys of a renamed head */
+        for (size_t i = 0; chosen->head_from[0] && i < r->n_key_map; i++) {
+            ckpt_sd_key_pair *kp = (ckpt_sd_key_pair *)&r->key_map[i];
+            if (!strcmp(kp->model_key, ckpt_arch_head(r->arch, false)))
+                kp->file_key = chosen->head_from[0];
+            else if (!strcmp(kp->model_key, ckpt_arch_head(r->arch, true)))
+                kp->file_key = chosen->head_from[1];
+        }
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
             ckpt_sd *whole;
             ckpt_error ignored;

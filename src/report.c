@@ -517,6 +517,14 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     if (r->naming && (rc = warn(p, err, "renamed", "the keys are named as %s; ckpt renamed "
                                 "them to torchvision's", ckpt__scheme_what(k))))
         return rc;
+    if (k->head_from[0] && r->arch &&
+        (rc = warn(p, err, "renamed_head",
+                   "the classifier is saved beside the network, as '%s' and '%s' (a Linear of "
+                   "%lld classes, as mmpretrain's head.fc and solo-learn's classifier are): "
+                   "ckpt loads it as %s and %s",
+                   k->head_from[0], k->head_from[1], (long long)r->num_classes,
+                   ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true))))
+        return rc;
     const char *cifar = r->model && !r->arch ? NULL : cifar_resnet(ar, sd);
     bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
     if (cifar && (rc = warn(p, err, "arch_not_torchvision", "%s", cifar)))
@@ -905,6 +913,15 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     /* ckpt extract wrote the keys renamed, unwrapped and of the one network */
     if (!via_extract)
         ckpt__scheme_python(&b, k);
+    for (int i = 0; i < 2 && k->head_from[0] && !via_extract; i++) {
+        /* the classifier saved beside the network: moved into it, under the model's names */
+        ckpt__sb_add(&b, "sd[");
+        ckpt__sb_pystr(&b, ckpt__arena_printf(ar, "%s%s", sd->prefix,
+                                              ckpt_arch_head(r->arch, i == 1)));
+        ckpt__sb_add(&b, "] = sd.pop(");
+        ckpt__sb_pystr(&b, k->head_from[i]);
+        ckpt__sb_add(&b, i ? ")\n" : ")  # the classifier, saved beside the network\n");
+    }
     if (sd->prefix[0] && outside && !via_extract) {
         /* one network of several: keep its sub-tree only (consume_prefix would keep the rest) */
         ckpt__sb_add(&b, "p = ");

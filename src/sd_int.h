@@ -27,6 +27,10 @@ typedef struct ckpt__cand {
     const struct ckpt__naming *naming;
     const char **file_keys;
     const char *module_class; /* built from a pickled nn.Module of this class, or NULL */
+    /* a classifier saved outside the prefix under another name (locate.c's renamed_head):
+     * the file's keys of the head's weight and bias, which pub.dict holds under the model's
+     * names; NULL when there is none */
+    const char *head_from[2];
 } ckpt__cand;
 
 /* A report's own state (its `internal`). */

@@ -173,8 +173,15 @@ class Layouts(L.SavingCase):
         path = self.save("solo.ckpt", {"epoch": 1, "global_step": 5, "state_dict": sd,
                                         "callbacks": {"ModelCheckpoint": {
                                             "best_model_score": torch.tensor(0.5)}}})
-        j = self.check_loads(path, b.state_dict(), backbone=True)
+        # its online linear probe, classifier.*, is the classifier: loaded as fc
+        want = collections.OrderedDict(bs)
+        want["fc.weight"], want["fc.bias"] = sd["classifier.weight"], sd["classifier.bias"]
+        j = self.check_loads(path, want, backbone=False)
         self.assertEqual(j["prefix"], "backbone.")
+        self.assertEqual((j["num_classes"], j["verdict_kind"], j["ok"]), (10, "model", True))
+        self.assertIn("renamed_head", [w["code"] for w in j["warnings"]])
+        fc = {mk: fk for mk, fk in j["key_map"] if mk[:3] == "fc."}
+        self.assertEqual(fc, {"fc.weight": "classifier.weight", "fc.bias": "classifier.bias"})
 
     def test_tiny_dict_never_wins_with_arch(self):
         """--arch does not prefer a one-entry score dict to a near-complete network."""

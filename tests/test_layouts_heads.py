@@ -8,6 +8,7 @@ compared with the network that was saved.
 """
 
 import collections
+import json
 import os
 import sys
 import unittest
@@ -137,6 +138,79 @@ class Heads(L.SavingCase):
         j, ns = self.run_python(path)
         self.assertEqual(j["num_classes"], 4)
         self.assert_same(ns["model"].state_dict(), m.state_dict())
+
+    # --- 1b. a classifier saved beside the network under another name ----------------------
+
+    def mmpretrain(self, name, extra=None):
+        """mmcv's save_checkpoint of an mmpretrain ImageClassifier: {'meta', 'state_dict'}
+        with backbone.* (a torchvision-shaped ResNet without fc) and head.fc.* (LinearClsHead);
+        extra: more keys in the state dict."""
+        import collections
+        import torch
+        m = net(num_classes=6, seed=len(name))
+        with torch.no_grad():  # BatchNorm statistics a forward pass can use: var > 0
+            for k, t in m.state_dict().items():
+                if k.endswith("running_var"):
+                    t.copy_(t.abs() + 0.5)
+                elif k.endswith(".weight") and t.dim() == 4:
+                    t.mul_(0.05)
+        sd = collections.OrderedDict()
+        for k, v in m.state_dict().items():
+            sd[("head." if k.startswith("fc.") else "backbone.") + k] = v
+        sd.update(extra or {})
+        path = self.save(name, {"meta": {"mmcls_version": "0.25.0", "epoch": 100, "iter": 5000,
+                                         "CLASSES": ["a", "b", "c", "d", "e", "f"]},
+                                "state_dict": sd})
+        return m, path
+
+    def test_mmpretrain_head_fc(self):
+        """head.fc.* is the classifier: check loads it as fc (exit 0, 6 classes), the Python
+        moves it, extract writes it as fc, run classifies with it."""
+        import torch
+        import torchvision
+        m, path = self.mmpretrain("mmcls.pth")
+        j, ns = self.run_python(path, codes=(0,))
+        self.assertEqual((j["ok"], j["num_classes"], j["verdict_kind"]), (True, 6, "model"))
+        self.assertIn("'head.fc.weight' and 'head.fc.bias'", self.words(j))
+        self.assert_same(ns["model"].state_dict(), m.state_dict())
+        out = path + ".extracted.pth"
+        rc, o, e = L.run_ckpt(["extract", path, "-o", out], timeout=120)
+        self.assertEqual(rc, 0, o + e)
+        r = torchvision.models.resnet18(num_classes=6)
+        r.load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
+        self.assert_same(r.state_dict(), m.state_dict())
+        # run: the same logits as torchvision's model on the same input
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        npy = path + ".npy"
+        import numpy as np
+        np.save(npy, x.numpy())
+        rc, o, e = L.run_ckpt(["run", path, "--input", npy, "--logits", "--json"], timeout=120)
+        self.assertEqual(rc, 0, o + e)
+        got = json.loads(o)["results"][0]["logits"]
+        with torch.no_grad():
+            want = m.eval()(x)[0].tolist()
+        self.assertEqual(len(got), 6)
+        for g, w in zip(got, want):
+            self.assertAlmostEqual(g, w, delta=1e-4 * max(1.0, max(map(abs, want))))
+
+    def test_two_linears_beside_is_no_head(self):
+        """Two modules beside the network that could each be the classifier: neither is taken,
+        the file is a backbone (and so is DINO's head.mlp.*, many keys in one module)."""
+        import torch
+        _, path = self.mmpretrain("two.pth", {"aux.weight": torch.randn(4, 512),
+                                              "aux.bias": torch.randn(4)})
+        j, ns = self.run_python(path)
+        self.assertEqual(j["verdict_kind"], "backbone")
+        self.assertNotIn("renamed_head", [w["code"] for w in j["warnings"]])
+
+    def test_renamed_head_of_other_width_is_no_head(self):
+        """A Linear beside the network whose inputs are not the network's features."""
+        import torch
+        m = net(seed=5)
+        sd = {"backbone." + k: v for k, v in m.state_dict().items() if not k.startswith("fc.")}
+        sd["head.fc.weight"], sd["head.fc.bias"] = torch.randn(3, 256), torch.randn(3)
+        j, _ = self.run_python(self.save("narrow.pth", sd))
+        self.assertEqual(j["verdict_kind"], "backbone")
 
     # --- 2. messages ----------------------------------------------------------------------
 
