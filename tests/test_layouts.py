@@ -55,9 +55,29 @@ class Layouts(L.SavingCase):
         if backbone:
             self.assertIn("strict=False", code)
             self.assertIn("assert set(missing) == {'fc.weight', 'fc.bias'}", code)
+            self.check_features(path, j)
         else:
             self.assertIn("strict=True", code)
         return j
+
+    def check_features(self, path, j):
+        """run --features works on the backbone check found (the numbers themselves are
+        compared with torchvision's in test_run_features.py), and run refuses to classify."""
+        import numpy as np
+        x = os.path.join(self.tmp.name, "x.npy")
+        if not os.path.exists(x):
+            np.save(x, np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
+        doc = L.run_json(self, ["run", path, "--input", x, "--features", "--json"])
+        self.assertEqual(doc["model"]["num_classes"], 0, path)
+        self.assertEqual(doc["model"]["prefix"], j["prefix"], path)
+        self.assertEqual(len(doc["results"][0]["features"]),
+                         2048 if doc["model"]["arch"] in ("resnet50", "resnet101", "resnet152",
+                                                          "resnext50_32x4d", "resnext101_32x8d",
+                                                          "wide_resnet50_2", "wide_resnet101_2")
+                         else 512, path)
+        rc, out, err = L.run_ckpt(["run", path, "--input", x], timeout=TIMEOUT)
+        self.assertEqual(rc, 2, out + err)
+        self.assertIn("--features", err)
 
     def check_extract(self, path, want):
         """ckpt extract writes the backbone alone: strict=False misses exactly fc."""
