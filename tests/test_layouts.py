@@ -58,6 +58,7 @@ class Layouts(L.SavingCase):
             self.check_features(path, j)
         else:
             self.assertIn("strict=True", code)
+        self.check_extract(path, want, j, backbone)
         return j
 
     def check_features(self, path, j):
@@ -79,21 +80,23 @@ class Layouts(L.SavingCase):
         self.assertEqual(rc, 2, out + err)
         self.assertIn("--features", err)
 
-    def check_extract(self, path, want):
-        """ckpt extract writes the backbone alone: strict=False misses exactly fc."""
+    def check_extract(self, path, want, j, backbone):
+        """ckpt extract writes exactly the intended weights: a backbone alone (strict=False
+        misses exactly fc), a whole network loading with strict=True."""
         import torch
         import torchvision
         out = path + ".extracted.pt"
-        rc, _, err = L.run_ckpt(["extract", path, "-o", out], timeout=TIMEOUT)
+        rc, _, err = L.run_ckpt(["extract", path, "-o", out, "--force"], timeout=TIMEOUT)
         self.assertEqual(rc, 0, err)
         sd = torch.load(out, map_location="cpu", weights_only=True)
-        m = torchvision.models.resnet18()
-        missing, unexpected = m.load_state_dict(sd, strict=False)
-        self.assertEqual(set(missing), {"fc.weight", "fc.bias"})
+        arch = getattr(torchvision.models, j["arch"])
+        m = arch() if backbone else arch(num_classes=j["num_classes"])
+        missing, unexpected = m.load_state_dict(sd, strict=not backbone)
+        self.assertEqual(set(missing), {"fc.weight", "fc.bias"} if backbone else set())
         self.assertEqual(unexpected, [])
         for k, v in want.items():
-            if not k.startswith("fc."):
-                self.assertTrue(sd[k].equal(v), k)
+            if not (backbone and k.startswith("fc.")):
+                self.assertTrue(sd[k].equal(v), "%s: %s" % (path, k))
 
     def test_moco_v2(self):
         """main_moco.py: encoder_q and encoder_k with MLP fc, a queue; the query encoder."""
@@ -108,7 +111,6 @@ class Layouts(L.SavingCase):
                                               "state_dict": sd, "optimizer": {}})
         j = self.check_loads(path, q.state_dict(), backbone=True)
         self.assertEqual(j["prefix"], "module.encoder_q.")
-        self.check_extract(path, q.state_dict())
 
     def test_moco_v3(self):
         """builder.py: base_encoder over momentum_encoder, a predictor next to them."""
@@ -173,7 +175,6 @@ class Layouts(L.SavingCase):
         path = self.save("fasterrcnn.pth", sd)
         j = self.check_loads(path, m.state_dict(), backbone=True)
         self.assertEqual(j["prefix"], "backbone.body.")
-        self.check_extract(path, m.state_dict())
         rc, _, err = L.run_ckpt(["run", path, "--input", path], timeout=TIMEOUT)
         self.assertEqual(rc, 2, err)
         self.assertIn("a backbone without its classifier", err)
