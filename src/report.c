@@ -637,8 +637,10 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
             const char *key = r->left_out[i].file_key;
             bool copy = false;
             for (size_t j = 0; j < r->n_alternatives && !copy; j++) {
+                /* a copy in the same dict: another dict's prefixes say nothing of these keys */
                 const char *ap = r->alternatives[j].prefix;
-                copy = ap[0] && !strncmp(key, ap, strlen(ap));
+                copy = ap[0] && !strcmp(r->alternatives[j].path_str, r->chosen->path_str) &&
+                       !strncmp(key, ap, strlen(ap));
             }
             if (!copy && !strcmp(r->left_out[i].why, "outside_prefix"))
                 rest[n++] = key;
