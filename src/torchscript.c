@@ -29,6 +29,7 @@
 
 #define TS_MAX_DEPTH 256            /* nesting of modules */
 #define TS_MAX_CODE (16u << 20)     /* bytes of one code file */
+#define TS_MAX_CODE_TOTAL (256u << 20) /* bytes of all code files read for one archive */
 #define TS_MAX_LINE (1u << 20)      /* bytes of one line of code */
 #define TS_MAX_NAMES 65536          /* names in one __parameters__ or __buffers__ list */
 #define TS_MAX_NAME 1024            /* bytes of one attribute name */
@@ -55,6 +56,8 @@ typedef struct ts {
     size_t n_files, cap_files;
     ckpt__hindex file_index;
     size_t n_modules, n_tensors;
+    uint64_t code_bytes; /* read from code files so far: many files each under TS_MAX_CODE,
+                          * deflated 1000:1, would otherwise cost the CPU of terabytes */
     const ckpt_value *stack[TS_MAX_DEPTH];
 } ts;
 
@@ -184,6 +187,13 @@ static int read_code(ts *t, const char *module)
         return CKPT_FAIL(t->err, CKPT_ELIMIT, "torchscript: code file '%s' is %s, more than %s",
                          file, ckpt__size_str(have, e->usize), ckpt__size_str(lim, TS_MAX_CODE));
     }
+    if (e->usize > TS_MAX_CODE_TOTAL - t->code_bytes) {
+        char lim[32];
+        return CKPT_FAIL(t->err, CKPT_ELIMIT, "torchscript: the code files read for the "
+                         "archive's classes exceed %s in all",
+                         ckpt__size_str(lim, TS_MAX_CODE_TOTAL));
+    }
+    t->code_bytes += e->usize;
     const uint8_t *data;
     void *owned;
     if ((rc = ckpt__zip_read(f->map, f->size, e, &f->alloc, TS_MAX_CODE, &data, &owned, t->err)))
