@@ -10,6 +10,9 @@
 # On a shared machine wall-clock time says little: CKPT_FUZZ_CPU=N stops the fuzzer (SIGINT,
 # which libFuzzer answers with its final statistics) once its process has used N CPU seconds;
 # SECONDS stays the wall-clock limit. One job only: with JOBS > 1 the variable is refused.
+# libFuzzer's per-input timeout is wall-clock too: on a loaded machine a nice-19 fuzzer can be
+# starved long enough for an ordinary input to pass it; CKPT_FUZZ_TIMEOUT=N (default 20 s)
+# raises it. Replay a timeout alone (fuzz_HARNESS -runs=1 FILE) before calling it a hang.
 #
 # BUILD_DIR is a -DCKPT_FUZZ=ON build (CC=clang). The campaign starts from the saved corpus
 # fuzz/corpus/HARNESS (read, never written during the run) and the dictionary fuzz/HARNESS.dict
@@ -33,6 +36,7 @@ bin=$build/fuzz_$name
 corpus=$here/corpus/$name
 max_len=${CKPT_FUZZ_MAX_LEN:-16384}
 max_kb=${CKPT_FUZZ_MAX_KB:-2000}
+timeout=${CKPT_FUZZ_TIMEOUT:-20}
 [ -x "$bin" ] || { echo "$0: no $bin (configure with CC=clang -DCKPT_FUZZ=ON)" >&2; exit 2; }
 [ -d "$corpus" ] || { echo "$0: no corpus folder $corpus" >&2; exit 2; }
 cpu_budget=${CKPT_FUZZ_CPU:-0}
@@ -48,7 +52,7 @@ logs=$work/logs
 mkdir -p "$work/new" "$logs"
 trap 'rm -rf "$work"' EXIT
 
-set -- -max_total_time="$secs" -max_len="$max_len" -timeout=20 -rss_limit_mb=2048 \
+set -- -max_total_time="$secs" -max_len="$max_len" -timeout="$timeout" -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$findings/" -close_fd_mask=1
 [ -f "$here/$name.dict" ] && set -- "$@" -dict="$here/$name.dict"
 # The CLI prints an error line per rejected command line: keep stderr for the reports only.
