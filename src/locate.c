@@ -25,6 +25,9 @@ static const char *const preferred_names[] = {
 #define N_PREFERRED (sizeof preferred_names / sizeof preferred_names[0])
 
 /* Wrapper modules whose names end up in front of every key. */
+/* Module names that hold the network, with who adds them. The first N_WRAPPERS are
+ * wrappers, tried as prefixes to strip; the rest hold one network of several and are named in
+ * the report only (the candidates under them are found as sub-trees). */
 static const struct {
     const char *part;
     const char *what;
@@ -35,23 +38,6 @@ static const struct {
     {"backbone", "a model that holds the network as its backbone (detection, segmentation, "
                  "self-supervised training)"},
     {"encoder", "an encoder wrapper"},
-};
-#define N_WRAPPERS (sizeof wrappers / sizeof wrappers[0])
-
-static int wrapper_index(const char *s, size_t n)
-{
-    for (size_t i = 0; i < N_WRAPPERS; i++)
-        if (strlen(wrappers[i].part) == n && strncmp(wrappers[i].part, s, n) == 0)
-            return (int)i;
-    return -1;
-}
-
-/* Sub-modules that hold one of several networks, named for the report only (the candidates
- * under them are found as sub-trees, not as wrappers to strip). */
-static const struct {
-    const char *part;
-    const char *what;
-} holders[] = {
     {"encoder_q", "MoCo's query encoder"},
     {"encoder_k", "MoCo's key (momentum) encoder"},
     {"base_encoder", "MoCo v3's base encoder"},
@@ -59,16 +45,27 @@ static const struct {
     {"teacher", "DINO's teacher"},
     {"student", "DINO's student"},
 };
+#define N_WRAPPERS 5
+#define N_HOLDERS (sizeof wrappers / sizeof wrappers[0])
+
+/* The entry of s[0..n) among the first `among` of wrappers[], or -1. */
+static int holder_index(const char *s, size_t n, size_t among)
+{
+    for (size_t i = 0; i < among; i++)
+        if (strlen(wrappers[i].part) == n && strncmp(wrappers[i].part, s, n) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int wrapper_index(const char *s, size_t n)
+{
+    return holder_index(s, n, N_WRAPPERS);
+}
 
 const char *ckpt__sd_wrapper_what(const char *part, size_t n)
 {
-    int w = wrapper_index(part, n);
-    if (w >= 0)
-        return wrappers[w].what;
-    for (size_t i = 0; i < sizeof holders / sizeof holders[0]; i++)
-        if (strlen(holders[i].part) == n && strncmp(holders[i].part, part, n) == 0)
-            return holders[i].what;
-    return NULL;
+    int w = holder_index(part, n, N_HOLDERS);
+    return w >= 0 ? wrappers[w].what : NULL;
 }
 
 typedef struct check_ctx {
