@@ -96,6 +96,35 @@ def run_json(tc, args, path_for_msg=None, timeout=DEFAULT_TIMEOUT, ok_codes=(0,)
                 (" ".join(map(str, args)), e, out[:500]))
 
 
+def random_net(arch="resnet18", seed=0, **kw):
+    """torchvision's arch(**kw) with every floating-point tensor drawn from N(0, 1): weights
+    whose every value tells the layouts apart (not fit for a forward pass: see randomise_bn)."""
+    import torch
+    import torchvision
+    torch.manual_seed(seed)
+    m = getattr(torchvision.models, arch)(**kw)
+    with torch.no_grad():
+        for t in m.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return m
+
+
+def randomise_bn(model, gen):
+    """Trained-looking BatchNorm2d statistics and affine parameters (var in [0.5, 2)) from the
+    torch.Generator gen, and num_batches_tracked 1000."""
+    import torch
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.num_batches_tracked.fill_(1000)
+
+
 class SavingCase(unittest.TestCase):
     """A test case with a temporary folder per class (cls.tmp), for checkpoints written with
     save(name, obj) (torch.save there; returns the path). Needs the ckpt binary."""

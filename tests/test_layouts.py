@@ -17,16 +17,7 @@ import ckpt_testlib as L  # noqa: E402
 TIMEOUT = 120.0
 
 
-def net(arch="resnet18", seed=0, **kw):
-    import torch
-    import torchvision
-    torch.manual_seed(seed)
-    m = getattr(torchvision.models, arch)(**kw)
-    with torch.no_grad():
-        for t in m.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(torch.randn_like(t))
-    return m
+net = L.random_net
 
 
 def mlp_head(m, hidden=64, dim=16):

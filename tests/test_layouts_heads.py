@@ -17,16 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ckpt_testlib as L  # noqa: E402
 
 
-def net(arch="resnet18", seed=0, **kw):
-    import torch
-    import torchvision
-    torch.manual_seed(seed)
-    m = getattr(torchvision.models, arch)(**kw)
-    with torch.no_grad():
-        for t in m.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(torch.randn_like(t))
-    return m
+net = L.random_net
 
 
 def randomise(m, seed):
@@ -148,11 +139,10 @@ class Heads(L.SavingCase):
         import collections
         import torch
         m = net(num_classes=6, seed=len(name))
-        with torch.no_grad():  # BatchNorm statistics a forward pass can use: var > 0
-            for k, t in m.state_dict().items():
-                if k.endswith("running_var"):
-                    t.copy_(t.abs() + 0.5)
-                elif k.endswith(".weight") and t.dim() == 4:
+        L.randomise_bn(m, torch.Generator().manual_seed(len(name)))  # a usable forward
+        with torch.no_grad():  # convolutions of N(0, 1) weights would overflow float32
+            for t in m.state_dict().values():
+                if t.dim() == 4:
                     t.mul_(0.05)
         sd = collections.OrderedDict()
         for k, v in m.state_dict().items():

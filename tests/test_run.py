@@ -32,16 +32,7 @@ FIX = os.path.join(os.environ.get("CKPT_FIXTURES", "/tmp/ckpt-fixtures"), "run")
 STAMP_VERSION = "2"
 
 
-def randomise_bn(model, gen):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.num_batches_tracked.fill_(1000)
+randomise_bn = lib.randomise_bn
 
 
 def make_fixtures():

@@ -30,15 +30,7 @@ sys.path.insert(0, HERE)
 import ckpt_testlib as lib  # noqa: E402
 
 
-def randomise_bn(model, gen):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+randomise_bn = lib.randomise_bn
 
 
 def backbone(arch, seed):
