@@ -2019,7 +2019,7 @@ static int step(pk *p)
         return push(p, v);
     }
     case OP_STACK_GLOBAL: {
-        ckpt_value *mod, *name;
+        ckpt_value *mod = NULL, *name = NULL; /* set by pop, or rc says why not */
         if ((rc = pop(p, &name)) || (rc = pop(p, &mod)))
             return rc;
         if (mod->type != CKPT_T_STR || name->type != CKPT_T_STR)
