@@ -384,6 +384,14 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     oc.dtype = dtype;
     oc.r = r;
     oc.checked = !no_check;
+    const char *not_tv = no_check ? NULL : cli_locate_not_torchvision(&l);
+    if (not_tv) {
+        rc = cli_error(path, "%s%s%s holds %s; or pass --no-check to write it unchecked",
+                       r->chosen->path_len ? "'" : "",
+                       r->chosen->path_len ? r->chosen->path_str : "the state dict",
+                       r->chosen->path_len ? "'" : "", not_tv);
+        goto done;
+    }
     if (!r->verdict && !no_check) {
         const char *where = r->chosen->path_len ? r->chosen->path_str : NULL;
         rc = cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu known architectures, "

@@ -57,23 +57,35 @@ int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bo
     ckpt_error err = {0};
     if (ckpt_sd_check(l->f, &l->o, &l->r, &err) != CKPT_OK)
         return cli_error_ckpt(path, &err);
-    if (!l->r->verdict && !l->allow_no_model) {
+    if (!l->allow_no_model) {
         const ckpt_sd_candidate *c = l->r->chosen;
-        /* a ResNet no torchvision constructor builds (CIFAR): say so, not "matches none" */
-        if (ckpt_sd_explain(l->r, &err) == CKPT_OK)
-            for (size_t i = 0; i < l->r->n_warnings; i++)
-                if (!strcmp(l->r->warnings[i].code, "arch_not_torchvision"))
-                    return cli_error(path, "%s%s%s holds %s", c->path_len ? "'" : "",
-                                     c->path_len ? c->path_str : "the state dict",
-                                     c->path_len ? "'" : "", l->r->warnings[i].message);
+        const char *not_tv = cli_locate_not_torchvision(l);
+        if (not_tv) /* a CIFAR ResNet: say so, not "matches none", nor load it into resnet18 */
+            return cli_error(path, "%s%s%s holds %s", c->path_len ? "'" : "",
+                             c->path_len ? c->path_str : "the state dict",
+                             c->path_len ? "'" : "", not_tv);
         const char *where = c->path_len ? c->path_str : NULL;
-        return cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu known architectures: "
-                         "pass --arch NAME, or --against a checkpoint of the model",
-                         where ? "'" : "", where ? where : "the state dict", where ? "'" : "",
-                         c->n_tensors, c->n_tensors == 1 ? "" : "s", ckpt_arch_count());
+        if (!l->r->verdict)
+            return cli_error(path, "%s%s%s (%zu tensor%s) matches none of the %zu known "
+                             "architectures: pass --arch NAME, or --against a checkpoint of the "
+                             "model", where ? "'" : "", where ? where : "the state dict",
+                             where ? "'" : "", c->n_tensors, c->n_tensors == 1 ? "" : "s",
+                             ckpt_arch_count());
     }
     cli_warn_globals(path, l->f);
     return -1;
+}
+
+const char *cli_locate_not_torchvision(cli_locate *l)
+{
+    bool auto_arch = !l->arch || !strcmp(l->arch, "auto");
+    ckpt_error err;
+    if ((l->r->verdict && !auto_arch) || l->against || ckpt_sd_explain(l->r, &err) != CKPT_OK)
+        return NULL;
+    for (size_t i = 0; i < l->r->n_warnings; i++)
+        if (!strcmp(l->r->warnings[i].code, "arch_not_torchvision"))
+            return l->r->warnings[i].message;
+    return NULL;
 }
 
 size_t cli_locate_backbone(const ckpt_sd_report *r)

@@ -234,16 +234,21 @@ class Heads(L.SavingCase):
         ns = {"MyModel": cls}
         L.run_python(self, j["python"], path, ns)
         self.assert_same(ns["model"].state_dict(), m.state_dict())
-        # downsample-named copy that auto-recognition fits: still not torchvision's
+        # a downsample-named copy, whose names fit resnet18: still not torchvision's, the
+        # same exit 2, and extract and run refuse it too (never a claimed load)
         sd = {k.replace("shortcut", "downsample"): v for k, v in m.state_dict().items()}
         path2 = self.save("cifar2.pth", sd)
-        j = L.run_json(self, ["check", "--json", path2], ok_codes=(0, 1))
-        self.assertNotIn("recognised as", self.words(j))
-        self.assertIn("not torchvision's", self.words(j))
-        self.assertNotIn("torchvision.models", j["python"])
-        ns = {"MyModel": lambda: torch.nn.Module()}
-        with self.assertRaises(RuntimeError):  # the printed Python fails loudly, never quietly
-            L.run_python(self, j["python"], path2, ns)
+        for cmd in (["check"], ["check", "--json"], ["extract", "-o", path2 + ".out.pth"],
+                    ["run", "--input", path2 + ".npy"]):
+            rc, out, err = L.run_ckpt(cmd[:1] + [path2] + cmd[1:])
+            self.assertEqual(rc, 2, cmd)
+            self.assertIn("not torchvision's", err, cmd)
+            self.assertNotIn("recognised as", out + err, cmd)
+        self.assertFalse(os.path.exists(path2 + ".out.pth"))
+        # with --arch named, PyTorch's verdict for that model, and a snippet that fails loudly
+        j = L.run_json(self, ["check", "--json", "--arch", "resnet18", path2], ok_codes=(1,))
+        with self.assertRaises(RuntimeError):
+            L.run_python(self, j["python"], path2, {})
 
     def test_renamed_modules_not_old_batchnorm(self):
         """BatchNorm modules under other names are not 'an old BatchNorm version'."""
