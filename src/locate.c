@@ -1030,17 +1030,24 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         size_t np = strip ? 1 : gather_prefixes(ar, k, anchors, n_anchors, prefixes);
         if (strip)
             prefixes[0] = strip;
-        bool have = false;
+        bool have = false, have_whole = false;
         int have_rank = 0;
         for (size_t pi = 0; pi < np; pi++) {
             int rank = prefix_rank(prefixes[pi]);
+            size_t under = keys_under(k, prefixes[pi]);
             for (size_t mi = 0; mi < n_scratch; mi++) {
                 const ckpt_sd_model *m = tmodel ? tmodel : scratch[mi];
                 fit ft = fit_model(k, prefixes[pi], m, any_head);
-                if (!have || ft.quality > k->quality ||
-                    (ft.quality == k->quality && rank < have_rank)) {
+                /* a fit that holds most of a network beats any that does not, whatever their
+                 * scores: a few keys renamed in a ResNet must not lose to a sub-tree that
+                 * holds nothing of a model */
+                bool whole = 2 * ft.names >= m->sd.n_entries && 2 * ft.names >= under;
+                if (!have || (whole && !have_whole) ||
+                    (whole == have_whole &&
+                     (ft.quality > k->quality || (ft.quality == k->quality && rank < have_rank)))) {
                     have_rank = rank;
-                    k->under = keys_under(k, prefixes[pi]);
+                    have_whole = whole;
+                    k->under = under;
                     have = true;
                     k->quality = ft.quality;
                     k->names = ft.names;
