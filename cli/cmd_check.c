@@ -115,6 +115,14 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
         json_array_append_new(map, pair);
     }
     json_object_set_new(doc, "key_map", map);
+    json_t *renames = json_array();
+    for (size_t i = 0; i < r->n_renames; i++) {
+        json_t *pair = json_array();
+        json_array_append_new(pair, cli_json_cstr(r->renames[i].model_key));
+        json_array_append_new(pair, cli_json_cstr(r->renames[i].file_key));
+        json_array_append_new(renames, pair);
+    }
+    json_object_set_new(doc, "renames", renames);
     json_t *left = json_array();
     for (size_t i = 0; i < r->n_left_out; i++) {
         json_t *o = json_object();

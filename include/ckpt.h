@@ -576,8 +576,7 @@ typedef struct ckpt_sd_warning {
     const char *message;       /* one line for people */
 } ckpt_sd_warning;
 
-/* Where a model key's tensor comes from in the file (today the only renaming is the
- * prefix). */
+/* Where a model key's tensor comes from in the file. */
 typedef struct ckpt_sd_key_pair {
     const char *model_key;     /* "layer1.0.conv1.weight" */
     const char *file_key;      /* "module.layer1.0.conv1.weight" */
@@ -633,6 +632,14 @@ typedef struct ckpt_sd_report {
     const ckpt_sd_candidate *alternatives;
     size_t n_alternatives;
     const char *const *alternative_kinds;
+    /* Keys the file names otherwise, paired with the model's by shape and order: the model
+     * keys the dict lacked and the dict keys the model lacked pair one to one, in order, with
+     * the same last name ("weight", "running_mean") and shape (a classifier's class count
+     * aside), and the dict so renamed loads strictly. The verdict, the key map and the Python
+     * are then those of the renamed dict; file_key is the file's key, model_key the model's.
+     * NULL and 0 when there are none. */
+    const ckpt_sd_key_pair *renames;
+    size_t n_renames;
 } ckpt_sd_report;
 
 /* CKPT_ENOTFOUND when there is no dict of tensors or no opt->key path; CKPT_EINVAL for bad

@@ -717,6 +717,189 @@ static int renamed_head(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
     return CKPT_OK;
 }
 
+#define SD_MAX_RENAMES 4096 /* keys paired by shape_renames; more is another model */
+
+static const char *leaf_name(const char *key)
+{
+    const char *dot = strrchr(key, '.');
+    return dot ? dot + 1 : key;
+}
+
+static bool same_shape(const ckpt_sd_entry *a, const ckpt_sd_entry *b)
+{
+    return a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof *a->shape);
+}
+
+/* Modules renamed one for one (a fork's 'shortcut' for 'downsample', 'norm1' for 'bn1',
+ * 'classifier' or 'head' for 'fc'): when the model keys the unwrapped dict lacks and its keys
+ * the model lacks pair one to one, in order, each pair with the same last name and shape (the
+ * classifier's class count aside), the dict is renamed pair by pair and judged again; the
+ * renames are kept only if the strict load then succeeds. The pairing never looks at names
+ * beyond the last part, so any naming works; the order and shapes are what guard it. A
+ * model's num_batches_tracked the dict lacks everywhere is left to BatchNorm's upgrade rule,
+ * as the judge does. k->renames keeps the file's keys; pub.dict holds the model's. */
+static int shape_renames(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
+                         ckpt_sd_candidate *pub, const ckpt_sd_check_options *opt,
+                         ckpt_sd **sd_io, ckpt_error *err)
+{
+    ckpt__arena *ar = p->ar;
+    const ckpt_sd *sd = *sd_io;
+    const ckpt_sd_model *m = r->model;
+    const ckpt_sd_verdict *v = r->verdict;
+    if (!m || !v || v->ok || k->naming || k->module_class || k->head_from[0] || !k->strings)
+        return CKPT_OK;
+    ckpt__strmap in_sd, in_model;
+    size_t ns = sd->n_entries, nm = m->sd.n_entries;
+    const ckpt_sd_entry **miss = ckpt__arena_alloc(ar, (nm + 1) * sizeof *miss);
+    const ckpt_sd_entry **extra = ckpt__arena_alloc(ar, (ns + 1) * sizeof *extra);
+    if (!miss || !extra || !ckpt__strmap_init(ar, &in_sd, ns) ||
+        !ckpt__strmap_init(ar, &in_model, nm))
+        return ckpt__arena_error(ar, err);
+    for (size_t i = 0; i < ns; i++)
+        ckpt__strmap_add(&in_sd, sd->entries[i].key, i);
+    for (size_t i = 0; i < nm; i++)
+        ckpt__strmap_add(&in_model, m->sd.entries[i].key, i);
+    size_t n_extra = 0, n_miss = 0;
+    bool extra_nbt = false;
+    for (size_t i = 0; i < ns; i++)
+        if (ckpt__strmap_get(&in_model, sd->entries[i].key) == SIZE_MAX) {
+            if (!sd->entries[i].is_tensor)
+                return CKPT_OK; /* the strict load fails on it whatever the names */
+            extra_nbt |= !strcmp(leaf_name(sd->entries[i].key), "num_batches_tracked");
+            extra[n_extra++] = &sd->entries[i];
+        }
+    for (size_t i = 0; i < nm; i++) {
+        const ckpt_sd_entry *e = &m->sd.entries[i];
+        if (ckpt__strmap_get(&in_sd, e->key) == SIZE_MAX &&
+            (extra_nbt || strcmp(leaf_name(e->key), "num_batches_tracked")))
+            miss[n_miss++] = e;
+    }
+    /* most of the model must be there by name: a dict renamed throughout (a prefix the
+     * user chose not to strip) is not renamed module by module */
+    if (!n_miss || n_miss != n_extra || n_miss > SD_MAX_RENAMES || 2 * n_miss > nm)
+        return CKPT_OK;
+    const char *hw = r->arch ? ckpt_arch_head(r->arch, false) : NULL;
+    const char *hb = r->arch ? ckpt_arch_head(r->arch, true) : NULL;
+    int64_t classes = r->num_classes;
+    for (size_t i = 0; i < n_miss; i++) {
+        const ckpt_sd_entry *a = miss[i], *b = extra[i];
+        if (strcmp(leaf_name(a->key), leaf_name(b->key)))
+            return CKPT_OK;
+        /* a module the file nests in the model's (fc.1 of an nn.Sequential head in fc's
+         * place) is a module of its own, not the same one renamed */
+        size_t ml = (size_t)(leaf_name(a->key) - a->key);
+        if (ml && !strncmp(b->key, a->key, ml))
+            return CKPT_OK;
+        bool head_w = hw && !strcmp(a->key, hw), head_b = hb && !strcmp(a->key, hb);
+        if ((head_w || head_b) && !opt->num_classes && b->ndim == a->ndim && b->ndim >= 1 &&
+            b->shape[0] >= 1 && b->shape[0] <= SD_MAX_CLASSES &&
+            (head_b || (b->ndim == 2 && b->shape[1] == a->shape[1]))) {
+            if (classes != r->num_classes && classes != b->shape[0])
+                return CKPT_OK; /* weight and bias disagree */
+            classes = b->shape[0];
+        } else if (!same_shape(a, b)) {
+            return CKPT_OK;
+        }
+    }
+
+    /* the chosen dict under the model's names, in the file's order */
+    const ckpt_value *d = k->pub.dict;
+    const char *prefix = sd->prefix;
+    size_t plen = strlen(prefix), n = d->u.dict.len;
+    ckpt__strmap by_extra;
+    ckpt_value *nd = ckpt__arena_alloc(ar, sizeof *nd);
+    ckpt_value **keys = ckpt__arena_alloc(ar, (n + 1) * sizeof *keys);
+    ckpt_sd_key_pair *pairs = ckpt__arena_alloc(ar, (n_miss + 1) * sizeof *pairs);
+    if (!nd || !keys || !pairs || !ckpt__strmap_init(ar, &by_extra, n_miss))
+        return ckpt__arena_error(ar, err);
+    for (size_t i = 0; i < n_miss; i++)
+        ckpt__strmap_add(&by_extra, extra[i]->key, i);
+    *nd = *d;
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *fk = d->u.dict.keys[i]->u.str.data;
+        keys[i] = d->u.dict.keys[i];
+        if (plen && !ckpt__starts_with(fk, prefix))
+            continue;
+        size_t j = ckpt__strmap_get(&by_extra, fk + plen);
+        if (j == SIZE_MAX)
+            continue;
+        const char *mk = miss[j]->key;
+        if (!(keys[i] = ckpt__value_str(ar, CKPT_T_STR,
+                                        ckpt__arena_printf(ar, "%s%s", prefix, mk),
+                                        plen + strlen(mk))))
+            return ckpt__arena_error(ar, err);
+        if (np < n_miss) { /* a key repeated in the file is renamed each time, paired once */
+            /* the model's names outlive it: it is replaced when the class count changes */
+            if (!(pairs[np].model_key = ckpt__arena_strdup(ar, mk)))
+                return ckpt__arena_error(ar, err);
+            pairs[np++].file_key = fk;
+        }
+    }
+    nd->u.dict.keys = keys;
+    const ckpt_value *fd = filtered(ar, nd, prefix);
+    if (!fd)
+        return ckpt__arena_error(ar, err);
+    ckpt_sd *sd2;
+    ckpt_sd_model *m2 = NULL;
+    ckpt_sd_verdict *v2;
+    int rc;
+    if ((rc = ckpt__sd_build(ar, fd, prefix, &sd2, err)))
+        return rc;
+    /* a classifier of another size, renamed or not: the model the file fits */
+    for (size_t i = 0; hw && !opt->num_classes && classes == r->num_classes && i < sd2->n_entries;
+         i++) {
+        const ckpt_sd_entry *e = &sd2->entries[i];
+        if (!strcmp(e->key, hw) && e->is_tensor && e->ndim == 2 && e->shape[0] >= 1 &&
+            e->shape[0] <= SD_MAX_CLASSES && e->shape[1] == ckpt_arch_features(r->arch))
+            classes = e->shape[0];
+    }
+    if ((r->arch && classes != r->num_classes &&
+         (rc = ckpt_arch_model(r->arch, classes, &m2, err))) ||
+        (rc = ckpt__judge(ar, m2 ? m2 : m, sd2, &v2, err))) {
+        ckpt_sd_model_free(m2);
+        return rc;
+    }
+    if (!v2->ok) {
+        ckpt_sd_model_free(m2);
+        return CKPT_OK;
+    }
+    if (m2) {
+        ckpt_sd_model_free(p->owned_model);
+        p->owned_model = m2;
+        r->model = m2;
+        r->num_classes = classes;
+    }
+    r->sd = *sd_io = sd2;
+    r->prefix = sd2->prefix;
+    r->verdict = v2;
+    k->renames = pairs;
+    k->n_renames = np;
+    k->pub.dict = nd;
+    pub->dict = nd;
+    r->renames = pairs;
+    r->n_renames = np;
+    return CKPT_OK;
+}
+
+/* The key map's file keys of the pairs shape_renames renamed: the file's own. */
+static int key_map_renames(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k,
+                           ckpt_error *err)
+{
+    ckpt__strmap renamed;
+    if (!ckpt__strmap_init(ar, &renamed, k->n_renames))
+        return ckpt__arena_error(ar, err);
+    for (size_t i = 0; i < k->n_renames; i++)
+        ckpt__strmap_add(&renamed, k->renames[i].model_key, i);
+    for (size_t i = 0; i < r->n_key_map; i++) {
+        ckpt_sd_key_pair *kp = (ckpt_sd_key_pair *)&r->key_map[i];
+        size_t j = ckpt__strmap_get(&renamed, kp->model_key);
+        if (j != SIZE_MAX)
+            kp->file_key = k->renames[j].file_key;
+    }
+    return CKPT_OK;
+}
+
 /* The key map of the chosen dict d (unwrapped into r->sd) for r->model: which file key each
  * model key comes from (the last one that unwraps to it, as ckpt_sd_from_value keeps the last
  * value), and every other file key with why it is left out. */
@@ -1116,10 +1299,12 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
         r->verdict = v;
         if ((rc = renamed_head(p, r, chosen, (ckpt_sd_candidate *)r->chosen, &opt, &sd,
                                 err)) ||
+            (rc = shape_renames(p, r, chosen, (ckpt_sd_candidate *)r->chosen, &opt, &sd,
+                                err)) ||
             (rc = key_map(ar, r, chosen->pub.dict, err)) || (rc = alternatives(ar, r, err)) ||
             (rc = ckpt__scheme_finish(ar, r, chosen, err)))
             goto fail;
-        /* the key map names the file's own keys of a renamed head */
+        /* the key map names the file's own keys of a renamed head or renamed modules */
         for (size_t i = 0; chosen->head_from[0] && i < r->n_key_map; i++) {
             ckpt_sd_key_pair *kp = (ckpt_sd_key_pair *)&r->key_map[i];
             if (!strcmp(kp->model_key, ckpt_arch_head(r->arch, false)))
@@ -1127,6 +1312,8 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
             else if (!strcmp(kp->model_key, ckpt_arch_head(r->arch, true)))
                 kp->file_key = chosen->head_from[1];
         }
+        if (chosen->n_renames && (rc = key_map_renames(ar, r, chosen, err)))
+            goto fail;
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
             ckpt_sd *whole;
             ckpt_error ignored;

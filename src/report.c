@@ -30,6 +30,57 @@ static int warn(ckpt__check_priv *p, ckpt_error *err, const char *code, const ch
     return CKPT_OK;
 }
 
+/* The renamed modules of shape_renames (locate.c), module by module: "'layer2.0.shortcut' as
+ * 'layer2.0.downsample', ...", the first few. */
+#define RENAMES_SHOWN 4
+static const char *last_dot(const char *s, size_t n)
+{
+    while (n--)
+        if (s[n] == '.')
+            return s + n;
+    return NULL;
+}
+
+static int renames_warning(ckpt__check_priv *p, const ckpt__cand *k, const char *prefix,
+                           ckpt_error *err)
+{
+    ckpt__strbuf b = {0};
+    size_t shown = 0, modules = 0;
+    const char *last_f = NULL, *last_m = NULL;
+    size_t last_fl = 0, last_ml = 0;
+    size_t plen = strlen(prefix);
+    for (size_t i = 0; i < k->n_renames; i++) {
+        const char *f = k->renames[i].file_key, *m = k->renames[i].model_key;
+        if (ckpt__starts_with(f, prefix))
+            f += plen;
+        /* the modules that differ: the names without the last parts they share */
+        size_t fl = strlen(f), ml = strlen(m);
+        for (;;) {
+            const char *fd = last_dot(f, fl), *md = last_dot(m, ml);
+            size_t fs = fd ? (size_t)(fd - f) : 0, ms = md ? (size_t)(md - m) : 0;
+            if (!fd || !md || fl - fs != ml - ms || memcmp(f + fs, m + ms, fl - fs))
+                break;
+            fl = fs, ml = ms;
+        }
+        if (last_f && fl == last_fl && ml == last_ml && !strncmp(f, last_f, fl) &&
+            !strncmp(m, last_m, ml))
+            continue;
+        last_f = f, last_fl = fl, last_m = m, last_ml = ml;
+        if (modules++ < RENAMES_SHOWN)
+            ckpt__sb_printf(&b, "%s'%.*s' as '%.*s'", shown++ ? ", " : "", (int)fl, f, (int)ml, m);
+    }
+    if (modules > shown)
+        ckpt__sb_printf(&b, " and %zu more", modules - shown);
+    char *what = ckpt__sb_finish(&b, p->ar);
+    if (!what)
+        return ckpt__arena_error(p->ar, err);
+    return warn(p, err, "renamed_keys",
+                "%zu keys are named otherwise than the model's, module for module, with the "
+                "same shapes in the same order: %s; ckpt loads them under the model's names "
+                "(under the file's, the strict load fails)",
+                k->n_renames, what);
+}
+
 /* 'a', 'b', 'c' and 4 more */
 static void sb_names(ckpt__strbuf *b, const char *const *names, size_t n)
 {
@@ -525,6 +576,8 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                    k->head_from[0], k->head_from[1], (long long)r->num_classes,
                    ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true))))
         return rc;
+    if (k->n_renames && (rc = renames_warning(p, k, sd->prefix, err)))
+        return rc;
     const char *cifar = r->model && !r->arch ? NULL : cifar_resnet(ar, sd);
     bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
     if (cifar && (rc = warn(p, err, "arch_not_torchvision", "%s", cifar)))
@@ -923,6 +976,23 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         ckpt__sb_add(&b, "] = sd.pop(");
         ckpt__sb_pystr(&b, k->head_from[i]);
         ckpt__sb_add(&b, i ? ")\n" : ")  # the classifier, saved beside the network\n");
+    }
+    if (k->n_renames && !via_extract) {
+        /* modules named otherwise: paired with the model's by shape and order (above) */
+        ckpt__sb_add(&b, "renames = {  # the file's names: the model's\n");
+        for (size_t i = 0; i < k->n_renames; i++) {
+            const char *to = ckpt__arena_printf(ar, "%s%s", sd->prefix, k->renames[i].model_key);
+            if (!to) {
+                ckpt__sb_free(&b);
+                return ckpt__arena_error(ar, err);
+            }
+            ckpt__sb_add(&b, "    ");
+            ckpt__sb_pystr(&b, k->renames[i].file_key);
+            ckpt__sb_add(&b, ": ");
+            ckpt__sb_pystr(&b, to);
+            ckpt__sb_add(&b, ",\n");
+        }
+        ckpt__sb_add(&b, "}\nfor old, new in renames.items():\n    sd[new] = sd.pop(old)\n");
     }
     if (sd->prefix[0] && outside && !via_extract) {
         /* one network of several: keep its sub-tree only (consume_prefix would keep the rest) */

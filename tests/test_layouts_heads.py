@@ -202,6 +202,112 @@ class Heads(L.SavingCase):
         j, _ = self.run_python(self.save("narrow.pth", sd))
         self.assertEqual(j["verdict_kind"], "backbone")
 
+    # --- 1c. modules renamed one for one: paired with torchvision's by shape and order -----
+
+    def check_renamed(self, name, m, rename, wrap=lambda sd: sd, prefix="", classes=None,
+                      drop=()):
+        """m's state dict with every key passed through rename (and the keys ending in drop
+        left out), wrapped, saved: check loads it strictly under torchvision's names (exit 0),
+        its renames are exactly the keys rename changed, in the model's order; the printed
+        Python, extract's file and run each give m's weights."""
+        import torch
+        import torchvision
+        import numpy as np
+        want = collections.OrderedDict(
+            (k, v) for k, v in m.state_dict().items() if not k.endswith(drop or ("\0",)))
+        sd = collections.OrderedDict((prefix + rename(k), v) for k, v in want.items())
+        path = self.save(name, wrap(sd))
+        j, ns = self.run_python(path, codes=(0,))
+        self.assertEqual((j["ok"], j["verdict_kind"]), (True, "model"))
+        if classes:
+            self.assertEqual(j["num_classes"], classes)
+        expect = [[k, prefix + rename(k)] for k in want if rename(k) != k]
+        self.assertEqual(j["renames"], expect)
+        self.assertIn("renamed_keys", [w["code"] for w in j["warnings"]])
+        got = ns["model"].state_dict()
+        self.assert_same(got, want)
+        for k, v in got.items():  # the rest is the model's own: only num_batches_tracked
+            self.assertTrue(k in want or k.endswith("num_batches_tracked"), k)
+        # extract writes torchvision's names
+        out = path + ".extracted.pth"
+        rc, o, e = L.run_ckpt(["extract", path, "-o", out], timeout=120)
+        self.assertEqual(rc, 0, o + e)
+        r = getattr(torchvision.models, j["arch"])(num_classes=j["num_classes"])
+        r.load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
+        self.assert_same(r.state_dict(), want)
+        # run: torchvision's logits for the same input
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+        npy = path + ".npy"
+        np.save(npy, x.numpy())
+        rc, o, e = L.run_ckpt(["run", path, "--input", npy, "--logits", "--json"], timeout=120)
+        self.assertEqual(rc, 0, o + e)
+        got = json.loads(o)["results"][0]["logits"]
+        with torch.no_grad():
+            ref = r.eval()(x)[0].tolist()
+        for g, w in zip(got, ref):
+            self.assertAlmostEqual(g, w, delta=1e-4 * max(1.0, max(map(abs, ref))))
+        return j
+
+    def usable(self, m, seed):
+        import torch
+        L.randomise_bn(m, torch.Generator().manual_seed(seed))
+        with torch.no_grad():  # convolutions of N(0, 1) weights would overflow float32
+            for t in m.state_dict().values():
+                if t.dim() == 4:
+                    t.mul_(0.05)
+        return m
+
+    def test_renamed_downsample_in_training_checkpoint(self):
+        """A fork's 'shortcut' for 'downsample', under DataParallel's module. in a training
+        checkpoint with 10 classes and a float (1.13's weights_only refuses it): recognised as
+        resnet18 (not lost to a sub-tree), 18 keys renamed, the class count from the file's
+        fc."""
+        m = self.usable(net(num_classes=10, seed=70), 70)
+        j = self.check_renamed("shortcut.pth", m, lambda k: k.replace("downsample", "shortcut"),
+                               wrap=lambda sd: {"state_dict": sd, "epoch": 30, "arch": "r18",
+                                                "best_acc1": 71.5},
+                               prefix="module.", classes=10)
+        self.assertEqual(len(j["renames"]), 18)
+        # the float sends the Python through ckpt extract, which writes torchvision's names
+        self.assertIn("ckpt extract", j["python"])
+        self.assertNotIn("renames = {", j["python"])
+        self.assertIn("'layer2.0.shortcut' as 'layer2.0.downsample'", self.words(j))
+
+    def test_renamed_classifier(self):
+        """fc saved as 'classifier' with 7 classes: the class count from the renamed head."""
+        m = self.usable(net(num_classes=7, seed=71), 71)
+        self.check_renamed("classifier.pth", m, lambda k: k.replace("fc.", "classifier.", 1)
+                           if k.startswith("fc.") else k, classes=7)
+
+    def test_renamed_batchnorm_without_num_batches_tracked(self):
+        """bn1 saved as 'norm1' by a torch without num_batches_tracked: the four tensors pair,
+        BatchNorm's upgrade rule fills the counters, as load_state_dict does."""
+        m = self.usable(net(seed=72), 72)
+        self.check_renamed("norm1.pth", m, lambda k: "norm1." + k[4:] if k.startswith("bn1.")
+                           else k, drop=("num_batches_tracked",))
+
+    def test_renames_need_order_and_shape(self):
+        """No renames when the pairs disagree: a renamed head listed before a renamed
+        BatchNorm (shapes differ pair by pair), or one key more on one side. The strict load
+        then fails, and so does the printed Python."""
+        import torch
+        m = net(seed=73)
+        sd = m.state_dict()
+        head = collections.OrderedDict(("classifier." + k[3:], v) for k, v in sd.items()
+                                       if k.startswith("fc."))
+        rest = collections.OrderedDict(("norm1." + k[4:] if k.startswith("bn1.") else k, v)
+                                       for k, v in sd.items() if not k.startswith("fc."))
+        swapped = collections.OrderedDict(list(head.items()) + list(rest.items()))
+        extra = collections.OrderedDict(("classifier." + k[3:] if k.startswith("fc.") else k, v)
+                                        for k, v in sd.items())
+        extra["aux.weight"] = torch.randn(3)
+        for name, bad in (("swapped.pth", swapped), ("extra.pth", extra)):
+            path = self.save(name, bad)
+            j = L.run_json(self, ["check", "--json", path], ok_codes=(1,))
+            self.assertEqual((j["ok"], j["renames"], j["verdict_kind"]), (False, [], "fails"))
+            with self.assertRaises(RuntimeError):
+                L.run_python(self, j["python"], path, {})
+
     # --- 2. messages ----------------------------------------------------------------------
 
     def test_empty_head(self):

@@ -541,6 +541,8 @@ def check(path, arch=None, num_classes=None, key=None, strip_prefix=None, agains
         "whole_file": _verdict_counts(r.whole_file.contents) if r.whole_file else None,
         "key_map": [[_s(p.model_key), _s(p.file_key)]
                     for p in (r.key_map[i] for i in range(r.n_key_map))],
+        "renames": [[_s(p.model_key), _s(p.file_key)]
+                    for p in (r.renames[i] for i in range(r.n_renames))],
         "left_out": [{"key": _s(x.file_key), "why": _s(x.why)}
                      for x in (r.left_out[i] for i in range(r.n_left_out))],
         "candidates": cands,

@@ -167,7 +167,8 @@ class SdReport(ctypes.Structure):  # ckpt_sd_report
                 ("python", ctypes.c_char_p), ("internal", ctypes.c_void_p),
                 ("naming", ctypes.c_char_p), ("verdict_kind", ctypes.c_char_p),
                 ("alternatives", ctypes.POINTER(SdCandidate)), ("n_alternatives", c_size),
-                ("alternative_kinds", c_char_pp)]
+                ("alternative_kinds", c_char_pp),
+                ("renames", ctypes.POINTER(SdKeyPair)), ("n_renames", c_size)]
 
 
 def _library_path():
