@@ -332,14 +332,10 @@ typedef struct cli_locate {
  * cli_locate_close in every case. */
 int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bool full);
 void cli_locate_close(cli_locate *l);
-/* A backbone: the verdict misses exactly the classifier's keys, and any unexpected keys sit
- * under the classifier's module (a projection head). Returns the length of that module's
- * prefix ("fc." -> 3), 0 when r is no backbone. */
 /* The words for a ResNet no torchvision constructor builds (a CIFAR ResNet) when no model
  * was named (--arch auto, no --against), whether or not a torchvision ResNet fits its names;
  * else NULL. */
 const char *cli_locate_not_torchvision(cli_locate *l);
-size_t cli_locate_backbone(const ckpt_sd_report *r);
 /* check's human report: the verdict, PyTorch's error text, explanations, Python lines. */
 void cli_locate_human(cli_sb *out, const cli_locate *l);
 /* A warning of the report for the command line: its message, plus the option that acts on it

@@ -149,10 +149,12 @@ static int cmp_key(const void *a, const void *b)
                   g_sort_sd->entries[*(const size_t *)b].key);
 }
 
-/* sd's tensor entries in the model's key order (the model's keys first, then the others in
- * sd's order); non-tensor values go to dropped. Without a model: sd's order. */
+/* sd's tensor entries in the model's key order (the model's keys first, *n_model of them,
+ * then the others in sd's order); non-tensor values go to dropped. Without a model: sd's
+ * order. */
 static void order_entries(const ckpt_sd *sd, const ckpt_sd_model *m, ckpt_sd_entry *out,
-                          size_t *n_out, const char **dropped, size_t *n_dropped)
+                          size_t *n_out, size_t *n_model, const char **dropped,
+                          size_t *n_dropped)
 {
     size_t n = sd->n_entries, k = 0, d = 0;
     bool *used = cli_xrealloc(NULL, n + 1);
@@ -186,6 +188,7 @@ static void order_entries(const ckpt_sd *sd, const ckpt_sd_model *m, ckpt_sd_ent
         }
         free(ix);
     }
+    *n_model = k;
     for (size_t i = 0; i < n; i++) {
         if (used[i])
             continue;
@@ -404,7 +407,7 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     }
     /* written alone: its head is not a classifier; --no-check writes the state dict whole
      * (a Sequential head that the caller builds, as ckpt check's Python does) */
-    size_t backbone = no_check ? 0 : cli_locate_backbone(r);
+    bool backbone = !no_check && r->backbone;
     if (r->verdict && !r->verdict->ok && !backbone && !no_check) {
         if (json) {
             rc = cli_emit_json(path, to_json(&oc));
@@ -425,13 +428,14 @@ int cmd_extract(int argc, char **argv, const cli_command *self)
     dropped = cli_xrealloc(NULL, (sd->n_entries + 1) * sizeof *dropped);
     ckpt_sd view = *sd;
     view.entries = entries;
-    order_entries(sd, r->model, entries, &view.n_entries, dropped, &oc.n_dropped);
-    oc.backbone = backbone != 0;
-    if (backbone) {
-        const char *hw = ckpt_arch_head(r->arch, false);
+    size_t n_model;
+    order_entries(sd, r->model, entries, &view.n_entries, &n_model, dropped, &oc.n_dropped);
+    oc.backbone = backbone;
+    if (backbone) { /* the model's keys but its classifier (an empty one): no other heads */
+        const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
         size_t k = 0;
-        for (size_t i = 0; i < view.n_entries; i++)
-            if (strncmp(entries[i].key, hw, backbone) != 0)
+        for (size_t i = 0; i < n_model; i++)
+            if (strcmp(entries[i].key, hw) && strcmp(entries[i].key, hb))
                 entries[k++] = entries[i];
         view.n_entries = k;
     }

@@ -355,42 +355,6 @@ static void pick_names(const run_options *o, run_state *st)
 
 /* ---- 3. the weights ---------------------------------------------------------------------- */
 
-/* Whether key's first component (the module of the model's root it is under) is s's. */
-static bool same_root(const char *key, const char *s)
-{
-    size_t n = strcspn(key, ".");
-    return strncmp(key, s, n) == 0 && (s[n] == '.' || s[n] == '\0');
-}
-
-/* A backbone: the strict load fails only for want of the classifier (both its keys missing,
- * no size mismatch), and every unexpected key lies outside the backbone: under the
- * classifier's module (MoCo's MLP fc) or under a module the model does not have (SwAV's
- * projection_head and prototypes). An unexpected key under conv1, layer1, ... would mean
- * another network (a squeeze-excitation block, say), whose features these are not. Returns
- * the count of the keys outside the backbone that the features leave aside. */
-static bool is_backbone(const ckpt_sd_report *r, size_t *aside)
-{
-    const ckpt_sd_verdict *v = r->verdict;
-    *aside = 0;
-    if (!r->arch || !r->model || v->ok || v->n_errors || v->n_mismatch || v->n_missing != 2)
-        return false;
-    const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
-    if (!((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
-          (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw))))
-        return false;
-    const ckpt_sd *m = &r->model->sd;
-    for (size_t i = 0; i < v->n_unexpected; i++) {
-        const char *u = v->unexpected[i];
-        if (same_root(u, hw))
-            continue;
-        for (size_t j = 0; j < m->n_entries; j++)
-            if (same_root(u, m->entries[j].key))
-                return false;
-    }
-    *aside = v->n_unexpected;
-    return true;
-}
-
 /* Locate and judge the weights as check does; refuse any that would not load strictly. */
 static int locate_weights(const cli_command *self, run_options *o)
 {
@@ -398,8 +362,15 @@ static int locate_weights(const cli_command *self, run_options *o)
     if (rc >= 0)
         return rc;
     const ckpt_sd_report *r = o->l.r;
-    size_t aside;
-    o->backbone = is_backbone(r, &aside);
+    /* a backbone (ckpt_sd_report.backbone): the keys outside it are left aside */
+    size_t aside = r->backbone ? r->verdict->n_unexpected : 0;
+    if (r->sequential_head && !o->features)
+        return cli_error(o->l.path, "the classifier in fc's place is an nn.Sequential (%" PRId64
+                         " classes), which run does not build: --features runs the network "
+                         "for its pooled features; 'ckpt check' prints the Python that builds "
+                         "it", r->num_classes);
+    /* the features of a network whose classifier run cannot build are a backbone's */
+    o->backbone = r->backbone || r->sequential_head;
     if (o->backbone && !o->features)
         return cli_error(o->l.path, "a backbone without its classifier ('%s' and '%s' are not "
                          "in the file): there are no classes to predict; --features runs it "
@@ -913,8 +884,9 @@ static void results_human(cli_sb *out, const run_options *o, const run_state *st
     int64_t *ti = alloc_array((size_t)kk, sizeof *ti);
     double *prob = alloc_array((size_t)st->classes, sizeof *prob);
     if (o->backbone)
-        sb_printf(out, "%s: torchvision.models.%s() backbone (fc = nn.Identity(); the file has "
-                  "no classifier) from ", o->l.path, ckpt_arch_name(r->arch));
+        sb_printf(out, "%s: torchvision.models.%s() backbone (fc = nn.Identity(); %s) from ",
+                  o->l.path, ckpt_arch_name(r->arch),
+                  r->backbone ? "the file has no classifier" : "the file's head is not run");
     else
         sb_printf(out, "%s: torchvision.models.%s(num_classes=%" PRId64 ") from ", o->l.path,
                   ckpt_arch_name(r->arch), st->classes);

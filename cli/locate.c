@@ -88,20 +88,6 @@ const char *cli_locate_not_torchvision(cli_locate *l)
     return NULL;
 }
 
-size_t cli_locate_backbone(const ckpt_sd_report *r)
-{
-    const ckpt_sd_verdict *v = r->verdict;
-    if (!r->arch || !v || v->n_missing != 2 || v->n_errors)
-        return 0;
-    const char *hw = ckpt_arch_head(r->arch, false), *hb = ckpt_arch_head(r->arch, true);
-    const char *dot = strrchr(hw, '.');
-    size_t hm = dot ? (size_t)(dot - hw) + 1 : 0;
-    bool ok = hm && ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
-                     (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
-    for (size_t i = 0; i < v->n_unexpected && ok; i++)
-        ok = strncmp(v->unexpected[i], hw, hm) == 0;
-    return ok ? hm : 0;
-}
 
 void cli_locate_close(cli_locate *l)
 {

@@ -640,6 +640,19 @@ typedef struct ckpt_sd_report {
      * NULL and 0 when there are none. */
     const ckpt_sd_key_pair *renames;
     size_t n_renames;
+    /* A backbone: the mapped dict holds every tensor of the architecture but its classifier
+     * (both of its keys missing and nothing else wrong, or an empty [0, features] one). Its
+     * unexpected keys, if any, lie under the classifier's module (a projection MLP in fc's
+     * place, as MoCo's) or under modules the model does not have (SwAV's projection_head and
+     * prototypes): backbone_aside counts the latter. A nn.Sequential classifier in fc's place
+     * is no backbone ("sequential_head"). Set with or without the words. */
+    bool backbone;
+    size_t backbone_aside;
+    /* The dict is the network with an nn.Sequential classifier in fc's place (fc.1.* of
+     * Sequential(Dropout, Linear), an MLP's fc.0.* and fc.2.*): every tensor but the
+     * classifier's maps exactly, and the classifier is the file's head ("sequential_head");
+     * num_classes is then its last Linear's rows. */
+    bool sequential_head;
 } ckpt_sd_report;
 
 /* CKPT_ENOTFOUND when there is no dict of tensors or no opt->key path; CKPT_EINVAL for bad

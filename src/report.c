@@ -466,6 +466,118 @@ static bool weights_only_113(const char *module, const char *name)
     return tmod && ((storage && !strstr(module, "sparse")) || tensor);
 }
 
+/* The classifier's place in the chosen dict, as the words and the commands see it. */
+typedef struct head_info {
+    const char *hw, *hb;       /* the architecture's head keys ("fc.weight"), or NULL */
+    const char *head_mod;      /* their module with its dot ("fc."), or NULL */
+    size_t outside;            /* keys of the chosen dict outside the prefix */
+    bool seq;                  /* an nn.Sequential classifier in the head's place (sh) */
+    seq_head sh;
+    const ckpt_sd_entry *fc_entry; /* the dict's head weight, when a tensor */
+    bool empty_head;           /* a [0, features] head */
+    bool backbone;
+    size_t own_head;           /* unexpected keys under head_mod */
+    size_t aside;              /* unexpected keys under modules the model does not have */
+} head_info;
+
+/* False when out of memory. */
+static bool head_info_of(ckpt__arena *ar, const ckpt_sd_report *r, const ckpt__cand *k,
+                         head_info *h)
+{
+    const ckpt_sd *sd = r->sd;
+    const ckpt_sd_verdict *v = r->verdict;
+    memset(h, 0, sizeof *h);
+    for (size_t i = 0; i < r->n_left_out; i++)
+        h->outside += !strcmp(r->left_out[i].why, "outside_prefix");
+    h->hw = r->arch ? ckpt_arch_head(r->arch, false) : NULL;
+    h->hb = r->arch ? ckpt_arch_head(r->arch, true) : NULL;
+    const char *hdot = h->hw ? strrchr(h->hw, '.') : NULL;
+    if (hdot && !(h->head_mod = ckpt__arena_strndup(ar, h->hw, (size_t)(hdot - h->hw) + 1)))
+        return false;
+    const char *hw = h->hw, *hb = h->hb, *head_mod = h->head_mod;
+    bool fc_missing = v && hw && v->n_missing == 2 && v->n_errors == 0 &&
+                      ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
+                       (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
+    h->seq = fc_missing && head_mod && h->outside == 0 && !k->module_class &&
+             read_seq_head(sd, v, head_mod, ckpt_arch_features(r->arch), &h->sh);
+    for (size_t i = 0; hw && i < sd->n_entries && !h->fc_entry; i++)
+        if (!strcmp(sd->entries[i].key, hw) && sd->entries[i].is_tensor)
+            h->fc_entry = &sd->entries[i];
+    /* num_classes=0 or timm's reset_classifier(0) on a Linear: a [0, features] head */
+    const ckpt_sd_entry *fc = h->fc_entry;
+    h->empty_head = head_mod && fc && fc->ndim == 2 && fc->shape[0] == 0 && v &&
+                    v->n_missing == 0 && v->n_unexpected == 0;
+    for (size_t i = 0; h->empty_head && i < v->n_mismatch; i++)
+        h->empty_head = !strcmp(v->mismatch[i].key, hw) || !strcmp(v->mismatch[i].key, hb);
+    /* a backbone: everything but the classifier. Unexpected keys under the classifier's
+     * module are a projection or MLP head in its place (MoCo's fc.0/fc.2); under a module the
+     * model does not have, another head beside it (SwAV's projection_head and prototypes).
+     * One under conv1, layer1, ... would mean another network, whose features these are not. */
+    h->backbone = head_mod && !h->seq && (fc_missing || h->empty_head) && r->model;
+    if (!h->backbone || !v->n_unexpected)
+        return true;
+    const ckpt_sd *m = &r->model->sd;
+    ckpt__strmap roots; /* the model's first names: conv1, bn1, layer1, ..., fc */
+    if (!ckpt__strmap_init(ar, &roots, m->n_entries))
+        return false;
+    for (size_t j = 0; j < m->n_entries; j++) {
+        const char *key = m->entries[j].key;
+        size_t n = strcspn(key, ".");
+        if (ckpt__strmap_get2(&roots, key, n, "", 0) == SIZE_MAX) {
+            const char *root = ckpt__arena_strndup(ar, key, n);
+            if (!root)
+                return false;
+            ckpt__strmap_add(&roots, root, j);
+        }
+    }
+    for (size_t i = 0; h->backbone && i < v->n_unexpected; i++) {
+        const char *u = v->unexpected[i];
+        if (!strncmp(u, head_mod, strlen(head_mod)))
+            h->own_head++;
+        else if (ckpt__strmap_get2(&roots, u, strcspn(u, "."), "", 0) == SIZE_MAX)
+            h->aside++;
+        else
+            h->backbone = false;
+    }
+    return true;
+}
+
+/* The distinct first names of the unexpected keys outside head_mod, in order, as Python
+ * strings separated by ", " ("'projection_head', 'prototypes'"); their count, or SIZE_MAX when
+ * out of memory. */
+static size_t sb_aside_roots(ckpt__arena *ar, ckpt__strbuf *b, const ckpt_sd_verdict *v,
+                             const char *head_mod)
+{
+    ckpt__strmap seen;
+    if (!ckpt__strmap_init(ar, &seen, v->n_unexpected))
+        return SIZE_MAX;
+    size_t shown = 0, hl = strlen(head_mod);
+    for (size_t i = 0; i < v->n_unexpected; i++) {
+        const char *u = v->unexpected[i];
+        size_t n = strcspn(u, ".");
+        if (!strncmp(u, head_mod, hl) || ckpt__strmap_get2(&seen, u, n, "", 0) != SIZE_MAX)
+            continue;
+        const char *root = ckpt__arena_strndup(ar, u, n);
+        if (!root)
+            return SIZE_MAX;
+        ckpt__strmap_add(&seen, root, i);
+        ckpt__sb_add(b, shown++ ? ", " : "");
+        ckpt__sb_pystr(b, root);
+    }
+    return shown;
+}
+
+int ckpt__sd_backbone(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k, ckpt_error *err)
+{
+    head_info hi;
+    if (!head_info_of(ar, r, k, &hi))
+        return ckpt__arena_error(ar, err);
+    r->backbone = hi.backbone;
+    r->backbone_aside = hi.backbone ? hi.aside : 0;
+    r->sequential_head = hi.seq;
+    return CKPT_OK;
+}
+
 static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                    const ckpt_value *root, const ckpt_sd_check_options *opt, const ckpt_file *f,
                    ckpt_error *err)
@@ -476,37 +588,15 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
     int rc = CKPT_OK;
     ckpt__strbuf b = {0};
 
-    /* the head: a Sequential in the classifier's place, or an empty classifier */
-    size_t outside = 0;
-    for (size_t i = 0; i < r->n_left_out; i++)
-        outside += !strcmp(r->left_out[i].why, "outside_prefix");
-    const char *hw = r->arch ? ckpt_arch_head(r->arch, false) : NULL;
-    const char *hb = r->arch ? ckpt_arch_head(r->arch, true) : NULL;
-    const char *hdot = hw ? strrchr(hw, '.') : NULL;
-    const char *head_mod = hdot ? ckpt__arena_strndup(ar, hw, (size_t)(hdot - hw) + 1) : NULL;
-    bool fc_missing = v && hw && v->n_missing == 2 && v->n_errors == 0 &&
-                      ((!strcmp(v->missing[0], hw) && !strcmp(v->missing[1], hb)) ||
-                       (!strcmp(v->missing[0], hb) && !strcmp(v->missing[1], hw)));
-    seq_head sh;
-    bool seq = fc_missing && head_mod && outside == 0 && !k->module_class &&
-               read_seq_head(sd, v, head_mod, ckpt_arch_features(r->arch), &sh);
-    const ckpt_sd_entry *fc_entry = NULL;
-    for (size_t i = 0; hw && i < sd->n_entries && !fc_entry; i++)
-        if (!strcmp(sd->entries[i].key, hw) && sd->entries[i].is_tensor)
-            fc_entry = &sd->entries[i];
-    /* num_classes=0 or timm's reset_classifier(0) on a Linear: a [0, features] head */
-    bool empty_head = fc_entry && fc_entry->ndim == 2 && fc_entry->shape[0] == 0 && v &&
-                      v->n_missing == 0 && v->n_unexpected == 0;
-    for (size_t i = 0; empty_head && i < v->n_mismatch; i++)
-        empty_head = !strcmp(v->mismatch[i].key, hw) || !strcmp(v->mismatch[i].key, hb);
-    if (empty_head && !head_mod)
-        empty_head = false;
-    /* a backbone: everything but the classifier; a projection or MLP head in the classifier's
-     * place (MoCo's fc.0/fc.2) is dropped as no classifier */
-    bool backbone = head_mod && !seq && (fc_missing || empty_head);
-    size_t own_head = 0; /* unexpected keys under head_mod */
-    for (size_t i = 0; backbone && i < v->n_unexpected; i++, own_head++)
-        backbone = strncmp(v->unexpected[i], head_mod, strlen(head_mod)) == 0;
+    /* the head: a Sequential in the classifier's place, an empty classifier, a backbone */
+    head_info hi;
+    if (!head_info_of(ar, r, k, &hi))
+        return ckpt__arena_error(ar, err);
+    const char *hw = hi.hw, *hb = hi.hb, *head_mod = hi.head_mod;
+    bool seq = hi.seq, empty_head = hi.empty_head, backbone = r->backbone;
+    const seq_head sh = hi.sh;
+    const ckpt_sd_entry *fc_entry = hi.fc_entry;
+    size_t own_head = hi.own_head, outside = hi.outside;
 
     if (k->pub.path_len > 0 && root->type == CKPT_T_DICT) {
         const char **sib = ckpt__arena_alloc(ar, (root->u.dict.len + 1) * sizeof *sib);
@@ -614,6 +704,16 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                 ckpt__sb_printf(&b, "; its own head under %s (%zu tensor%s: a projection head, "
                                 "not a classifier) is dropped", head_mod, own_head,
                                 own_head == 1 ? "" : "s");
+            if (r->backbone_aside) {
+                ckpt__sb_printf(&b, "; %zu tensor%s beside it, under modules %s does not have "
+                                "(", r->backbone_aside, r->backbone_aside == 1 ? "" : "s",
+                                ckpt_arch_name(r->arch));
+                if (sb_aside_roots(ar, &b, v, head_mod) == SIZE_MAX) {
+                    ckpt__sb_free(&b);
+                    return ckpt__arena_error(ar, err);
+                }
+                ckpt__sb_add(&b, "), are left aside");
+            }
             ckpt__sb_add(&b, "; load it with strict=False and check that only the classifier is "
                              "missing (below); 'ckpt run --features' computes its features, "
                              "'ckpt extract' writes it alone");
@@ -1043,8 +1143,19 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         if (v->n_unexpected || empty_head) {
             ckpt__sb_add(&b, "sd = {k: v for k, v in sd.items() if not k.startswith(");
             ckpt__sb_pystr(&b, head_mod);
-            ckpt__sb_add(&b, empty_head ? ")}  # the empty head, not a classifier\n"
-                                        : ")}  # the file's own head, not a classifier\n");
+            ckpt__sb_add(&b, ")");
+            if (r->backbone_aside) {
+                ckpt__sb_add(&b, " and k.split('.')[0] not in (");
+                size_t roots = sb_aside_roots(ar, &b, v, head_mod);
+                if (roots == SIZE_MAX) {
+                    ckpt__sb_free(&b);
+                    return ckpt__arena_error(ar, err);
+                }
+                ckpt__sb_add(&b, roots == 1 ? ",)" : ")");
+            }
+            ckpt__sb_add(&b, empty_head        ? "}  # the empty head, not a classifier\n"
+                             : r->backbone_aside ? "}  # heads, not the classifier\n"
+                                                 : "}  # the file's own head, not a classifier\n");
         }
         if (backbone) {
             ckpt__sb_add(&b, "missing, unexpected = model.load_state_dict(sd, strict=False)\n");

@@ -150,8 +150,10 @@ class Layouts(L.SavingCase):
         sd["module.projection_head.0.bias"] = torch.randn(64)
         sd["module.prototypes.weight"] = torch.randn(30, 64)
         path = self.save("swav.pth", sd)
-        j = L.run_json(self, ["check", "--json", path], ok_codes=(0, 1))
-        self.assertEqual(j["prefix"], "module.")
+        j = self.check_loads(path, m.state_dict(), backbone=True)
+        self.assertEqual((j["prefix"], j["verdict_kind"]), ("module.", "backbone"))
+        # the heads beside the network are named, and left out of the load
+        self.assertIn("'projection_head', 'prototypes'", j["python"])
 
     def test_detection_backbone(self):
         """torchvision detection: backbone.body.* next to FPN, RPN and ROI heads."""

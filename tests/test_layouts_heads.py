@@ -98,6 +98,16 @@ class Heads(L.SavingCase):
         """fc = Sequential(Dropout, Linear(512, 7)): fc.1.*, 7 classes."""
         import torch.nn as nn
         j = self.check_sequential("fc1.pth", nn.Sequential(nn.Dropout(), nn.Linear(512, 7)), 7)
+        # run cannot build that head: it says so, and --features runs the network without it
+        import numpy as np
+        path = os.path.join(self.tmp.name, "fc1.pth")
+        npy = path + ".npy"
+        np.save(npy, np.zeros((1, 3, 32, 32), dtype=np.float32))
+        rc, out, err = L.run_ckpt(["run", path, "--input", npy])
+        self.assertEqual(rc, 2, out + err)
+        self.assertIn("nn.Sequential (7 classes)", err)
+        doc = L.run_json(self, ["run", path, "--input", npy, "--features", "--json"])
+        self.assertEqual(len(doc["results"][0]["features"]), 512)
         self.assertIn("Dropout()", j["python"])
 
     def test_mlp_two_linears(self):
@@ -288,8 +298,8 @@ class Heads(L.SavingCase):
 
     def test_renames_need_order_and_shape(self):
         """No renames when the pairs disagree: a renamed head listed before a renamed
-        BatchNorm (shapes differ pair by pair), or one key more on one side. The strict load
-        then fails, and so does the printed Python."""
+        BatchNorm (shapes differ pair by pair: the strict load fails, and so does the printed
+        Python), or one key more on one side."""
         import torch
         m = net(seed=73)
         sd = m.state_dict()
@@ -301,12 +311,17 @@ class Heads(L.SavingCase):
         extra = collections.OrderedDict(("classifier." + k[3:] if k.startswith("fc.") else k, v)
                                         for k, v in sd.items())
         extra["aux.weight"] = torch.randn(3)
-        for name, bad in (("swapped.pth", swapped), ("extra.pth", extra)):
-            path = self.save(name, bad)
-            j = L.run_json(self, ["check", "--json", path], ok_codes=(1,))
-            self.assertEqual((j["ok"], j["renames"], j["verdict_kind"]), (False, [], "fails"))
-            with self.assertRaises(RuntimeError):
-                L.run_python(self, j["python"], path, {})
+        path = self.save("swapped.pth", swapped)
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(1,))
+        self.assertEqual((j["ok"], j["renames"], j["verdict_kind"]), (False, [], "fails"))
+        with self.assertRaises(RuntimeError):
+            L.run_python(self, j["python"], path, {})
+        # one key more: nothing renamed; classifier.* and aux.* are then modules beside a
+        # backbone (as SwAV's heads), loaded without them, never as fc
+        path = self.save("extra.pth", extra)
+        j = L.run_json(self, ["check", "--json", path], ok_codes=(1,))
+        self.assertEqual((j["ok"], j["renames"], j["verdict_kind"]), (False, [], "backbone"))
+        self.assertIn("('classifier', 'aux')", j["python"])
 
     # --- 2. messages ----------------------------------------------------------------------
 

@@ -168,7 +168,9 @@ class SdReport(ctypes.Structure):  # ckpt_sd_report
                 ("naming", ctypes.c_char_p), ("verdict_kind", ctypes.c_char_p),
                 ("alternatives", ctypes.POINTER(SdCandidate)), ("n_alternatives", c_size),
                 ("alternative_kinds", c_char_pp),
-                ("renames", ctypes.POINTER(SdKeyPair)), ("n_renames", c_size)]
+                ("renames", ctypes.POINTER(SdKeyPair)), ("n_renames", c_size),
+                ("backbone", ctypes.c_bool), ("backbone_aside", c_size),
+                ("sequential_head", ctypes.c_bool)]
 
 
 def _library_path():
