@@ -595,6 +595,22 @@ static int64_t linear_classes(const ckpt_value *w, const ckpt_value *b, int64_t 
     return tw->shape[0];
 }
 
+/* Make a renamed dict the report's: its unwrapped view sd, its verdict v, and m (NULL: the
+ * model stays) built for classes, which the report then owns. */
+static void adopt(ckpt__check_priv *p, ckpt_sd_report *r, ckpt_sd_model *m, int64_t classes,
+                  ckpt_sd *sd, const ckpt_sd_verdict *v, ckpt_sd **sd_io)
+{
+    if (m) {
+        ckpt_sd_model_free(p->owned_model);
+        p->owned_model = m;
+        r->model = m;
+        r->num_classes = classes;
+    }
+    r->sd = *sd_io = sd;
+    r->prefix = sd->prefix;
+    r->verdict = v;
+}
+
 /* A classifier saved beside the network rather than in it (mmpretrain's backbone.* and
  * head.fc.*, solo-learn's backbone.* and classifier.*): when the strict load lacks exactly the
  * classifier, and exactly one module outside the prefix holds nothing but a weight
@@ -703,13 +719,7 @@ static int renamed_head(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
         ckpt_sd_model_free(m);
         return CKPT_OK;
     }
-    ckpt_sd_model_free(p->owned_model);
-    p->owned_model = m;
-    r->model = m;
-    r->num_classes = classes;
-    r->sd = *sd_io = sd;
-    r->prefix = sd->prefix;
-    r->verdict = v2;
+    adopt(p, r, m, classes, sd, v2, sd_io);
     k->head_from[0] = d->u.dict.keys[wi]->u.str.data;
     k->head_from[1] = d->u.dict.keys[bi]->u.str.data;
     k->pub.dict = nd;
@@ -864,15 +874,7 @@ static int shape_renames(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
         ckpt_sd_model_free(m2);
         return CKPT_OK;
     }
-    if (m2) {
-        ckpt_sd_model_free(p->owned_model);
-        p->owned_model = m2;
-        r->model = m2;
-        r->num_classes = classes;
-    }
-    r->sd = *sd_io = sd2;
-    r->prefix = sd2->prefix;
-    r->verdict = v2;
+    adopt(p, r, m2, classes, sd2, v2, sd_io);
     k->renames = pairs;
     k->n_renames = np;
     k->pub.dict = nd;

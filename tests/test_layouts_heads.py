@@ -75,6 +75,30 @@ class Heads(L.SavingCase):
             self.assertIn(k, got)
             self.assertTrue(got[k].equal(v), "%s differs" % k)
 
+    def extract_and_run(self, path, arch, classes, want, model, seed):
+        """extract's file loads strictly into torchvision's arch(num_classes=classes) with want's
+        tensors; run's logits on an input are those of model (a usable forward)."""
+        import numpy as np
+        import torch
+        import torchvision
+        out = path + ".extracted.pth"
+        rc, o, e = L.run_ckpt(["extract", path, "-o", out], timeout=120)
+        self.assertEqual(rc, 0, o + e)
+        r = getattr(torchvision.models, arch)(num_classes=classes)
+        r.load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
+        self.assert_same(r.state_dict(), want)
+        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+        npy = path + ".npy"
+        np.save(npy, x.numpy())
+        rc, o, e = L.run_ckpt(["run", path, "--input", npy, "--logits", "--json"], timeout=120)
+        self.assertEqual(rc, 0, o + e)
+        got = json.loads(o)["results"][0]["logits"]
+        with torch.no_grad():
+            ref = model.eval()(x)[0].tolist()
+        self.assertEqual(len(got), classes)
+        for g, w in zip(got, ref):
+            self.assertAlmostEqual(g, w, delta=1e-4 * max(1.0, max(map(abs, ref))))
+
     def words(self, j):
         return "\n".join(w["message"] for w in j["warnings"])
 
@@ -166,32 +190,12 @@ class Heads(L.SavingCase):
     def test_mmpretrain_head_fc(self):
         """head.fc.* is the classifier: check loads it as fc (exit 0, 6 classes), the Python
         moves it, extract writes it as fc, run classifies with it."""
-        import torch
-        import torchvision
         m, path = self.mmpretrain("mmcls.pth")
         j, ns = self.run_python(path, codes=(0,))
         self.assertEqual((j["ok"], j["num_classes"], j["verdict_kind"]), (True, 6, "model"))
         self.assertIn("'head.fc.weight' and 'head.fc.bias'", self.words(j))
         self.assert_same(ns["model"].state_dict(), m.state_dict())
-        out = path + ".extracted.pth"
-        rc, o, e = L.run_ckpt(["extract", path, "-o", out], timeout=120)
-        self.assertEqual(rc, 0, o + e)
-        r = torchvision.models.resnet18(num_classes=6)
-        r.load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
-        self.assert_same(r.state_dict(), m.state_dict())
-        # run: the same logits as torchvision's model on the same input
-        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-        npy = path + ".npy"
-        import numpy as np
-        np.save(npy, x.numpy())
-        rc, o, e = L.run_ckpt(["run", path, "--input", npy, "--logits", "--json"], timeout=120)
-        self.assertEqual(rc, 0, o + e)
-        got = json.loads(o)["results"][0]["logits"]
-        with torch.no_grad():
-            want = m.eval()(x)[0].tolist()
-        self.assertEqual(len(got), 6)
-        for g, w in zip(got, want):
-            self.assertAlmostEqual(g, w, delta=1e-4 * max(1.0, max(map(abs, want))))
+        self.extract_and_run(path, "resnet18", 6, m.state_dict(), m, seed=3)
 
     def test_two_linears_beside_is_no_head(self):
         """Two modules beside the network that could each be the classifier: neither is taken,
@@ -220,9 +224,6 @@ class Heads(L.SavingCase):
         left out), wrapped, saved: check loads it strictly under torchvision's names (exit 0),
         its renames are exactly the keys rename changed, in the model's order; the printed
         Python, extract's file and run each give m's weights."""
-        import torch
-        import torchvision
-        import numpy as np
         want = collections.OrderedDict(
             (k, v) for k, v in m.state_dict().items() if not k.endswith(drop or ("\0",)))
         sd = collections.OrderedDict((prefix + rename(k), v) for k, v in want.items())
@@ -238,24 +239,7 @@ class Heads(L.SavingCase):
         self.assert_same(got, want)
         for k, v in got.items():  # the rest is the model's own: only num_batches_tracked
             self.assertTrue(k in want or k.endswith("num_batches_tracked"), k)
-        # extract writes torchvision's names
-        out = path + ".extracted.pth"
-        rc, o, e = L.run_ckpt(["extract", path, "-o", out], timeout=120)
-        self.assertEqual(rc, 0, o + e)
-        r = getattr(torchvision.models, j["arch"])(num_classes=j["num_classes"])
-        r.load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
-        self.assert_same(r.state_dict(), want)
-        # run: torchvision's logits for the same input
-        x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
-        npy = path + ".npy"
-        np.save(npy, x.numpy())
-        rc, o, e = L.run_ckpt(["run", path, "--input", npy, "--logits", "--json"], timeout=120)
-        self.assertEqual(rc, 0, o + e)
-        got = json.loads(o)["results"][0]["logits"]
-        with torch.no_grad():
-            ref = r.eval()(x)[0].tolist()
-        for g, w in zip(got, ref):
-            self.assertAlmostEqual(g, w, delta=1e-4 * max(1.0, max(map(abs, ref))))
+        self.extract_and_run(path, j["arch"], j["num_classes"], want, m, seed=4)
         return j
 
     def usable(self, m, seed):
@@ -340,7 +324,6 @@ class Heads(L.SavingCase):
 
     def test_cifar_resnet(self):
         """A CIFAR ResNet is a ResNet that is not torchvision's, never 'recognised as'."""
-        import torch
         cls = cifar_resnet18()
         m = randomise(cls(), 30)
         path = self.save("cifar.pth", {"net": m.state_dict(), "acc": 95.1, "epoch": 200})
