@@ -620,7 +620,7 @@ typedef struct ckpt_sd_report {
      * "sequential", "detectron2"; docs/ARCHITECTURES-DEV.md), or NULL: the key map's file
      * keys are the file's own. */
     const char *naming;
-    /* With the words: what the verdict says the file is (docs/CHECK.md): "model" (the mapped
+    /* What the verdict says the file is (docs/CHECK.md): "model" (the mapped
      * dict loads strictly), "backbone" (all but the classifier), "sequential_head" (loads into
      * the model with the file's nn.Sequential head), "not_torchvision" (a ResNet no
      * torchvision constructor builds), "fails" (the strict load fails), "unknown" (no model). */

@@ -1314,8 +1314,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
             else if (!strcmp(kp->model_key, ckpt_arch_head(r->arch, true)))
                 kp->file_key = chosen->head_from[1];
         }
-        if ((chosen->n_renames && (rc = key_map_renames(ar, r, chosen, err))) ||
-            (rc = ckpt__sd_backbone(ar, r, chosen, err)))
+        if (chosen->n_renames && (rc = key_map_renames(ar, r, chosen, err)))
             goto fail;
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
             ckpt_sd *whole;
@@ -1339,6 +1338,8 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
                 r->n_parameters = INT64_MAX;
         }
     }
+    if ((rc = ckpt__sd_kind(ar, r, chosen, &opt, err)))
+        goto fail;
     /* what the words need later (ckpt_sd_explain) */
     p->chosen = chosen;
     p->root = root;

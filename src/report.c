@@ -567,7 +567,8 @@ static size_t sb_aside_roots(ckpt__arena *ar, ckpt__strbuf *b, const ckpt_sd_ver
     return shown;
 }
 
-int ckpt__sd_backbone(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k, ckpt_error *err)
+int ckpt__sd_kind(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k,
+                  const ckpt_sd_check_options *opt, ckpt_error *err)
 {
     head_info hi;
     if (!head_info_of(ar, r, k, &hi))
@@ -575,6 +576,14 @@ int ckpt__sd_backbone(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k, c
     r->backbone = hi.backbone;
     r->backbone_aside = hi.backbone ? hi.aside : 0;
     r->sequential_head = hi.seq;
+    const char *cifar = r->model && !r->arch ? NULL : cifar_resnet(ar, r->sd);
+    bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
+    r->verdict_kind = !r->model                ? (cifar ? "not_torchvision" : "unknown")
+                      : cifar && auto_arch     ? "not_torchvision"
+                      : hi.seq                 ? "sequential_head"
+                      : hi.backbone            ? "backbone"
+                      : r->verdict->ok         ? "model"
+                                               : "fails";
     return CKPT_OK;
 }
 
@@ -1175,12 +1184,6 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                         "  # still fails: %zu missing, %zu unexpected, %zu other errors (above)",
                         v->n_missing, v->n_unexpected, v->n_errors);
     ckpt__sb_add(&b, "\nmodel.eval()\n");
-    r->verdict_kind = !r->model             ? (cifar ? "not_torchvision" : "unknown")
-                      : cifar && auto_arch  ? "not_torchvision"
-                      : seq                 ? "sequential_head"
-                      : backbone            ? "backbone"
-                      : v && v->ok          ? "model"
-                                            : "fails";
     r->python = ckpt__sb_finish(&b, ar);
     return r->python ? CKPT_OK : ckpt__arena_error(ar, err);
 }

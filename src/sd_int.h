@@ -69,8 +69,10 @@ int ckpt__sd_placeholders(const ckpt_value *root, const ckpt_sd_candidate *c, co
 /* locate.c: who adds a wrapper name ("module": "DataParallel / ..."), NULL when unknown */
 const char *ckpt__sd_wrapper_what(const char *part, size_t n);
 
-/* report.c: set r->backbone, r->backbone_aside and r->sequential_head from the verdict */
-int ckpt__sd_backbone(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k, ckpt_error *err);
+/* report.c: what the verdict says the file is (r->verdict_kind, r->backbone,
+ * r->backbone_aside, r->sequential_head), with or without the words */
+int ckpt__sd_kind(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k,
+                  const ckpt_sd_check_options *opt, ckpt_error *err);
 
 /* naming schemes (scheme.c): rename a candidate's keys when a family's naming fits them;
  * give the report the file's own keys back (and r->naming); the Python lines that rename */

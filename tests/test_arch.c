@@ -535,6 +535,9 @@ static void test_explain(void)
     CHECK_OK(ckpt_sd_check(f, &o, &r, &err), err);
     if (r) {
         CHECK(r->model == NULL && r->verdict == NULL);
+        /* what the file is does not wait for the words */
+        CHECK(r->verdict_kind && !strcmp(r->verdict_kind, "unknown"));
+        CHECK(!r->backbone && !r->sequential_head && r->n_renames == 0);
         CHECK_EQ_INT(r->n_warnings, 0);
         CHECK(r->python == NULL);
         /* added later, once; library words name no command-line option */
