@@ -691,10 +691,10 @@ static int renamed_head(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
     /* the dict with the head under the model's names, in the file's order */
     ckpt_value *nd = ckpt__arena_alloc(ar, sizeof *nd);
     ckpt_value **keys = ckpt__arena_alloc(ar, (n + 1) * sizeof *keys);
-    ckpt_value *kw = ckpt__value_str(ar, CKPT_T_STR, ckpt__arena_printf(ar, "%s%s", prefix, hw),
-                                     plen + strlen(hw));
-    ckpt_value *kb = ckpt__value_str(ar, CKPT_T_STR, ckpt__arena_printf(ar, "%s%s", prefix, hb),
-                                     plen + strlen(hb));
+    const char *sw = ckpt__arena_printf(ar, "%s%s", prefix, hw);
+    const char *sb = ckpt__arena_printf(ar, "%s%s", prefix, hb);
+    ckpt_value *kw = sw ? ckpt__value_str(ar, CKPT_T_STR, sw, plen + strlen(hw)) : NULL;
+    ckpt_value *kb = sb ? ckpt__value_str(ar, CKPT_T_STR, sb, plen + strlen(hb)) : NULL;
     if (!nd || !keys || !kw || !kb)
         return ckpt__arena_error(ar, err);
     *nd = *d;
@@ -834,10 +834,8 @@ static int shape_renames(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
         size_t j = ckpt__strmap_get(&by_extra, fk + plen);
         if (j == SIZE_MAX)
             continue;
-        const char *mk = miss[j]->key;
-        if (!(keys[i] = ckpt__value_str(ar, CKPT_T_STR,
-                                        ckpt__arena_printf(ar, "%s%s", prefix, mk),
-                                        plen + strlen(mk))))
+        const char *mk = miss[j]->key, *nk = ckpt__arena_printf(ar, "%s%s", prefix, mk);
+        if (!nk || !(keys[i] = ckpt__value_str(ar, CKPT_T_STR, nk, plen + strlen(mk))))
             return ckpt__arena_error(ar, err);
         if (np < n_miss) { /* a key repeated in the file is renamed each time, paired once */
             /* the model's names outlive it: it is replaced when the class count changes */
