@@ -48,6 +48,19 @@ const char cmd_check_help[] =
 
 
 /* The file's other copies of a network (docs/CHECK.md), for --key and --strip-prefix. */
+/* [[model_key, file_key], ...] */
+static json_t *key_pairs(const ckpt_sd_key_pair *p, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) {
+        json_t *pair = json_array();
+        json_array_append_new(pair, cli_json_cstr(p[i].model_key));
+        json_array_append_new(pair, cli_json_cstr(p[i].file_key));
+        json_array_append_new(a, pair);
+    }
+    return a;
+}
+
 static json_t *alternatives(const ckpt_sd_report *r)
 {
     json_t *alts = json_array();
@@ -107,22 +120,8 @@ static json_t *to_json(const char *path, const char *against, const ckpt_sd_repo
     } else {
         json_object_set_new(doc, "whole_file", json_null());
     }
-    json_t *map = json_array();
-    for (size_t i = 0; i < r->n_key_map; i++) {
-        json_t *pair = json_array();
-        json_array_append_new(pair, cli_json_cstr(r->key_map[i].model_key));
-        json_array_append_new(pair, cli_json_cstr(r->key_map[i].file_key));
-        json_array_append_new(map, pair);
-    }
-    json_object_set_new(doc, "key_map", map);
-    json_t *renames = json_array();
-    for (size_t i = 0; i < r->n_renames; i++) {
-        json_t *pair = json_array();
-        json_array_append_new(pair, cli_json_cstr(r->renames[i].model_key));
-        json_array_append_new(pair, cli_json_cstr(r->renames[i].file_key));
-        json_array_append_new(renames, pair);
-    }
-    json_object_set_new(doc, "renames", renames);
+    json_object_set_new(doc, "key_map", key_pairs(r->key_map, r->n_key_map));
+    json_object_set_new(doc, "renames", key_pairs(r->renames, r->n_renames));
     json_t *left = json_array();
     for (size_t i = 0; i < r->n_left_out; i++) {
         json_t *o = json_object();

@@ -611,6 +611,34 @@ static void adopt(ckpt__check_priv *p, ckpt_sd_report *r, ckpt_sd_model *m, int6
     r->verdict = v;
 }
 
+/* Judge nd, the chosen dict under other names, for a model of classes (a new one when they
+ * differ from the report's); when its strict load succeeds, make it the report's (adopt) and
+ * set *kept. */
+static int judge_renamed(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt_value *nd,
+                         int64_t classes, ckpt_sd **sd_io, bool *kept, ckpt_error *err)
+{
+    ckpt__arena *ar = p->ar;
+    const char *prefix = r->sd->prefix;
+    const ckpt_value *fd = filtered(ar, nd, prefix);
+    ckpt_sd *sd;
+    ckpt_sd_model *m = NULL;
+    ckpt_sd_verdict *v;
+    int rc;
+    *kept = false;
+    if (!fd)
+        return ckpt__arena_error(ar, err);
+    if ((rc = ckpt__sd_build(ar, fd, prefix, &sd, err)) ||
+        (r->arch && classes != r->num_classes &&
+         (rc = ckpt_arch_model(r->arch, classes, &m, err))) ||
+        (rc = ckpt__judge(ar, m ? m : r->model, sd, &v, err)) || !v->ok) {
+        ckpt_sd_model_free(m);
+        return rc;
+    }
+    adopt(p, r, m, classes, sd, v, sd_io);
+    *kept = true;
+    return CKPT_OK;
+}
+
 /* A classifier saved beside the network rather than in it (mmpretrain's backbone.* and
  * head.fc.*, solo-learn's backbone.* and classifier.*): when the strict load lacks exactly the
  * classifier, and exactly one module outside the prefix holds nothing but a weight
@@ -702,24 +730,10 @@ static int renamed_head(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
     keys[wi] = kw;
     keys[bi] = kb;
     nd->u.dict.keys = keys;
-    ckpt_sd *sd;
-    ckpt_sd_model *m = NULL;
-    ckpt_sd_verdict *v2;
-    const ckpt_value *fd = filtered(ar, nd, prefix);
-    int rc;
-    if (!fd)
-        return ckpt__arena_error(ar, err);
-    if ((rc = ckpt__sd_build(ar, fd, prefix, &sd, err)) ||
-        (rc = ckpt_arch_model(r->arch, classes, &m, err)) ||
-        (rc = ckpt__judge(ar, m, sd, &v2, err))) {
-        ckpt_sd_model_free(m);
+    bool kept;
+    int rc = judge_renamed(p, r, nd, classes, sd_io, &kept, err);
+    if (rc || !kept)
         return rc;
-    }
-    if (!v2->ok) {
-        ckpt_sd_model_free(m);
-        return CKPT_OK;
-    }
-    adopt(p, r, m, classes, sd, v2, sd_io);
     k->head_from[0] = d->u.dict.keys[wi]->u.str.data;
     k->head_from[1] = d->u.dict.keys[bi]->u.str.data;
     k->pub.dict = nd;
@@ -747,7 +761,7 @@ static bool same_shape(const ckpt_sd_entry *a, const ckpt_sd_entry *b)
  * renames are kept only if the strict load then succeeds. The pairing never looks at names
  * beyond the last part, so any naming works; the order and shapes are what guard it. A
  * model's num_batches_tracked the dict lacks everywhere is left to BatchNorm's upgrade rule,
- * as the judge does. k->renames keeps the file's keys; pub.dict holds the model's. */
+ * as the judge does. r->renames keeps the file's keys; pub.dict holds the model's. */
 static int shape_renames(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
                          ckpt_sd_candidate *pub, const ckpt_sd_check_options *opt,
                          ckpt_sd **sd_io, ckpt_error *err)
@@ -845,36 +859,20 @@ static int shape_renames(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
         }
     }
     nd->u.dict.keys = keys;
-    const ckpt_value *fd = filtered(ar, nd, prefix);
-    if (!fd)
-        return ckpt__arena_error(ar, err);
-    ckpt_sd *sd2;
-    ckpt_sd_model *m2 = NULL;
-    ckpt_sd_verdict *v2;
-    int rc;
-    if ((rc = ckpt__sd_build(ar, fd, prefix, &sd2, err)))
-        return rc;
     /* a classifier of another size, renamed or not: the model the file fits */
-    for (size_t i = 0; hw && !opt->num_classes && classes == r->num_classes && i < sd2->n_entries;
-         i++) {
-        const ckpt_sd_entry *e = &sd2->entries[i];
-        if (!strcmp(e->key, hw) && e->is_tensor && e->ndim == 2 && e->shape[0] >= 1 &&
-            e->shape[0] <= SD_MAX_CLASSES && e->shape[1] == ckpt_arch_features(r->arch))
-            classes = e->shape[0];
+    for (size_t i = 0; hw && !opt->num_classes && classes == r->num_classes && i < n; i++) {
+        const char *key = keys[i]->u.str.data;
+        const ckpt_value *w = d->u.dict.vals[i];
+        if (ckpt__starts_with(key, prefix) && !strcmp(key + plen, hw) &&
+            w->type == CKPT_T_TENSOR && w->u.tensor->ndim == 2 && w->u.tensor->shape[0] >= 1 &&
+            w->u.tensor->shape[0] <= SD_MAX_CLASSES &&
+            w->u.tensor->shape[1] == ckpt_arch_features(r->arch))
+            classes = w->u.tensor->shape[0];
     }
-    if ((r->arch && classes != r->num_classes &&
-         (rc = ckpt_arch_model(r->arch, classes, &m2, err))) ||
-        (rc = ckpt__judge(ar, m2 ? m2 : m, sd2, &v2, err))) {
-        ckpt_sd_model_free(m2);
+    bool kept;
+    int rc = judge_renamed(p, r, nd, classes, sd_io, &kept, err);
+    if (rc || !kept)
         return rc;
-    }
-    if (!v2->ok) {
-        ckpt_sd_model_free(m2);
-        return CKPT_OK;
-    }
-    adopt(p, r, m2, classes, sd2, v2, sd_io);
-    k->renames = pairs;
-    k->n_renames = np;
     k->pub.dict = nd;
     pub->dict = nd;
     r->renames = pairs;
@@ -883,19 +881,18 @@ static int shape_renames(ckpt__check_priv *p, ckpt_sd_report *r, ckpt__cand *k,
 }
 
 /* The key map's file keys of the pairs shape_renames renamed: the file's own. */
-static int key_map_renames(ckpt__arena *ar, ckpt_sd_report *r, const ckpt__cand *k,
-                           ckpt_error *err)
+static int key_map_renames(ckpt__arena *ar, ckpt_sd_report *r, ckpt_error *err)
 {
     ckpt__strmap renamed;
-    if (!ckpt__strmap_init(ar, &renamed, k->n_renames))
+    if (!ckpt__strmap_init(ar, &renamed, r->n_renames))
         return ckpt__arena_error(ar, err);
-    for (size_t i = 0; i < k->n_renames; i++)
-        ckpt__strmap_add(&renamed, k->renames[i].model_key, i);
+    for (size_t i = 0; i < r->n_renames; i++)
+        ckpt__strmap_add(&renamed, r->renames[i].model_key, i);
     for (size_t i = 0; i < r->n_key_map; i++) {
         ckpt_sd_key_pair *kp = (ckpt_sd_key_pair *)&r->key_map[i];
         size_t j = ckpt__strmap_get(&renamed, kp->model_key);
         if (j != SIZE_MAX)
-            kp->file_key = k->renames[j].file_key;
+            kp->file_key = r->renames[j].file_key;
     }
     return CKPT_OK;
 }
@@ -1312,7 +1309,7 @@ int ckpt_sd_check(const ckpt_file *f, const ckpt_sd_check_options *opt_in, ckpt_
             else if (!strcmp(kp->model_key, ckpt_arch_head(r->arch, true)))
                 kp->file_key = chosen->head_from[1];
         }
-        if (chosen->n_renames && (rc = key_map_renames(ar, r, chosen, err)))
+        if (r->n_renames && (rc = key_map_renames(ar, r, err)))
             goto fail;
         if ((chosen->pub.path_len > 0 || prefix[0]) && root->type == CKPT_T_DICT) {
             ckpt_sd *whole;

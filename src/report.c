@@ -41,7 +41,7 @@ static const char *last_dot(const char *s, size_t n)
     return NULL;
 }
 
-static int renames_warning(ckpt__check_priv *p, const ckpt__cand *k, const char *prefix,
+static int renames_warning(ckpt__check_priv *p, const ckpt_sd_report *r, const char *prefix,
                            ckpt_error *err)
 {
     ckpt__strbuf b = {0};
@@ -49,8 +49,8 @@ static int renames_warning(ckpt__check_priv *p, const ckpt__cand *k, const char 
     const char *last_f = NULL, *last_m = NULL;
     size_t last_fl = 0, last_ml = 0;
     size_t plen = strlen(prefix);
-    for (size_t i = 0; i < k->n_renames; i++) {
-        const char *f = k->renames[i].file_key, *m = k->renames[i].model_key;
+    for (size_t i = 0; i < r->n_renames; i++) {
+        const char *f = r->renames[i].file_key, *m = r->renames[i].model_key;
         if (ckpt__starts_with(f, prefix))
             f += plen;
         /* the modules that differ: the names without the last parts they share */
@@ -78,7 +78,7 @@ static int renames_warning(ckpt__check_priv *p, const ckpt__cand *k, const char 
                 "%zu keys are named otherwise than the model's, module for module, with the "
                 "same shapes in the same order: %s; ckpt loads them under the model's names "
                 "(under the file's, the strict load fails)",
-                k->n_renames, what);
+                r->n_renames, what);
 }
 
 /* 'a', 'b', 'c' and 4 more */
@@ -675,7 +675,7 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
                    k->head_from[0], k->head_from[1], (long long)r->num_classes,
                    ckpt_arch_head(r->arch, false), ckpt_arch_head(r->arch, true))))
         return rc;
-    if (k->n_renames && (rc = renames_warning(p, k, sd->prefix, err)))
+    if (r->n_renames && (rc = renames_warning(p, r, sd->prefix, err)))
         return rc;
     const char *cifar = r->model && !r->arch ? NULL : cifar_resnet(ar, sd);
     bool auto_arch = !opt->arch || !strcmp(opt->arch, "auto");
@@ -1086,17 +1086,17 @@ static int explain(ckpt__check_priv *p, ckpt_sd_report *r, const ckpt__cand *k,
         ckpt__sb_pystr(&b, k->head_from[i]);
         ckpt__sb_add(&b, i ? ")\n" : ")  # the classifier, saved beside the network\n");
     }
-    if (k->n_renames && !via_extract) {
+    if (r->n_renames && !via_extract) {
         /* modules named otherwise: paired with the model's by shape and order (above) */
         ckpt__sb_add(&b, "renames = {  # the file's names: the model's\n");
-        for (size_t i = 0; i < k->n_renames; i++) {
-            const char *to = ckpt__arena_printf(ar, "%s%s", sd->prefix, k->renames[i].model_key);
+        for (size_t i = 0; i < r->n_renames; i++) {
+            const char *to = ckpt__arena_printf(ar, "%s%s", sd->prefix, r->renames[i].model_key);
             if (!to) {
                 ckpt__sb_free(&b);
                 return ckpt__arena_error(ar, err);
             }
             ckpt__sb_add(&b, "    ");
-            ckpt__sb_pystr(&b, k->renames[i].file_key);
+            ckpt__sb_pystr(&b, r->renames[i].file_key);
             ckpt__sb_add(&b, ": ");
             ckpt__sb_pystr(&b, to);
             ckpt__sb_add(&b, ",\n");

@@ -31,11 +31,6 @@ typedef struct ckpt__cand {
      * the file's keys of the head's weight and bias, which pub.dict holds under the model's
      * names; NULL when there is none */
     const char *head_from[2];
-    /* keys renamed by shape and order (locate.c's shape_renames): the file's key of each
-     * (file_key) and the model's name it is loaded under (model_key, without the prefix),
-     * which pub.dict holds instead; none when n_renames is 0 */
-    ckpt_sd_key_pair *renames;
-    size_t n_renames;
 } ckpt__cand;
 
 /* A report's own state (its `internal`). */
