@@ -139,9 +139,12 @@ class SavingCase(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
+    def path(self, name):
+        return os.path.join(self.tmp.name, name)
+
     def save(self, name, obj):
         import torch
-        path = os.path.join(self.tmp.name, name)
+        path = self.path(name)
         torch.save(obj, path)
         return path
 

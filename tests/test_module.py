@@ -19,10 +19,7 @@ test_module.py - whole pickled nn.Modules read as their state_dict() (issue 11, 
 
 import collections
 import os
-import pickle
 import sys
-import tempfile
-import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -89,19 +86,7 @@ class Net(torch.nn.Module):
         self.seq = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.LayerNorm(4))
 
 
-class ModuleTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        L.require_bin()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="ckpt-module-")
-        cls.dir = cls.tmp.name
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
+class ModuleTest(L.SavingCase):
 
     def extract_same(self, src, want, what):
         out = self.path("out.pth")

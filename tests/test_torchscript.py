@@ -16,10 +16,7 @@ torch.jit.load(f).state_dict() returns (issue 11, item 2).
 
 import os
 import re
-import subprocess
 import sys
-import tempfile
-import unittest
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,19 +68,7 @@ def rewrite_zip(src, dst, drop=(), replace=None):
             zo.writestr(info.filename, data)
 
 
-class TorchScriptTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        L.require_bin()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="ckpt-torchscript-")
-        cls.dir = cls.tmp.name
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
+class TorchScriptTest(L.SavingCase):
 
     def extract_same(self, src, what, arch=None, num_classes=1000):
         want = torch.jit.load(src).state_dict()
