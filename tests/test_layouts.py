@@ -154,6 +154,11 @@ class Layouts(L.SavingCase):
         self.assertEqual((j["prefix"], j["verdict_kind"]), ("module.", "backbone"))
         # the heads beside the network are named, and left out of the load
         self.assertIn("'projection_head', 'prototypes'", j["python"])
+        # one module beside it: a one-name tuple in the Python, which must still run
+        del sd["module.projection_head.0.weight"], sd["module.projection_head.0.bias"]
+        path = self.save("swav1.pth", sd)
+        j = self.check_loads(path, m.state_dict(), backbone=True)
+        self.assertIn("not in ('prototypes',)", j["python"])
 
     def test_detection_backbone(self):
         """torchvision detection: backbone.body.* next to FPN, RPN and ROI heads."""

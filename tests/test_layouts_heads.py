@@ -122,6 +122,7 @@ class Heads(L.SavingCase):
         """fc = Sequential(Dropout, Linear(512, 7)): fc.1.*, 7 classes."""
         import torch.nn as nn
         j = self.check_sequential("fc1.pth", nn.Sequential(nn.Dropout(), nn.Linear(512, 7)), 7)
+        self.assertIn("Dropout()", j["python"])
         # run cannot build that head: it says so, and --features runs the network without it
         import numpy as np
         path = os.path.join(self.tmp.name, "fc1.pth")
@@ -132,7 +133,30 @@ class Heads(L.SavingCase):
         self.assertIn("nn.Sequential (7 classes)", err)
         doc = L.run_json(self, ["run", path, "--input", npy, "--features", "--json"])
         self.assertEqual(len(doc["results"][0]["features"]), 512)
-        self.assertIn("Dropout()", j["python"])
+
+    def test_sequential_head_features(self):
+        """run --features on a network with a Sequential head: torchvision's pooled features
+        (fc = nn.Identity()) of the same weights."""
+        import copy
+        import numpy as np
+        import torch
+        import torch.nn as nn
+        m = self.usable(net(seed=44), 44)
+        m.fc = nn.Sequential(nn.Dropout(), nn.Linear(512, 5))
+        path = self.save("seqfeat.pth", m.state_dict())
+        x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+        npy = path + ".npy"
+        np.save(npy, x.numpy())
+        doc = L.run_json(self, ["run", path, "--input", npy, "--features", "--json"])
+        ref = copy.deepcopy(m).eval()
+        ref.fc = nn.Identity()
+        with torch.no_grad():
+            want = ref(x)
+        for i, r in enumerate(doc["results"]):
+            w = want[i].tolist()
+            self.assertEqual(len(r["features"]), len(w))
+            for g, e in zip(r["features"], w):
+                self.assertAlmostEqual(g, e, delta=1e-4 * max(1.0, max(map(abs, w))))
 
     def test_mlp_two_linears(self):
         """fc.0 / fc.2: Linear, ReLU, Linear."""
@@ -312,6 +336,8 @@ class Heads(L.SavingCase):
         j = L.run_json(self, ["check", "--json", path], ok_codes=(1,))
         self.assertEqual((j["ok"], j["renames"], j["verdict_kind"]), (False, [], "backbone"))
         self.assertIn("('classifier', 'aux')", j["python"])
+        ns = L.run_python(self, j["python"], path)
+        self.assert_same(ns["model"].state_dict(), m.state_dict(), skip=("fc.",))
 
     # --- 2. messages ----------------------------------------------------------------------
 
