@@ -78,9 +78,10 @@ int cli_locate_open(const cli_command *self, cli_locate *l, const char *path, bo
 
 const char *cli_locate_not_torchvision(cli_locate *l)
 {
-    bool auto_arch = !l->arch || !strcmp(l->arch, "auto");
+    /* the library's verdict_kind says it; the words are built only then, for the message */
     ckpt_error err;
-    if ((l->r->verdict && !auto_arch) || l->against || ckpt_sd_explain(l->r, &err) != CKPT_OK)
+    if (!l->r->verdict_kind || strcmp(l->r->verdict_kind, "not_torchvision") != 0 ||
+        ckpt_sd_explain(l->r, &err) != CKPT_OK)
         return NULL;
     for (size_t i = 0; i < l->r->n_warnings; i++)
         if (!strcmp(l->r->warnings[i].code, "arch_not_torchvision"))
