@@ -238,6 +238,17 @@ def check_no_crash(tc, rc, out, err, what, allowed=(0, 1, 2)):
 
 # ---- expected values from torch -----------------------------------------------------------
 
+def same_sd(tc, got, want, what):
+    """got (a torch.load result) equals the state dict want bit for bit, _metadata included."""
+    tc.assertEqual(list(got.keys()), list(want.keys()), what)
+    for k, t in want.items():
+        g = got[k]
+        tc.assertEqual(g.dtype, t.dtype, "%s: %s" % (what, k))
+        tc.assertEqual(tuple(g.shape), tuple(t.shape), "%s: %s" % (what, k))
+        tc.assertEqual(tensor_bytes(g), tensor_bytes(t), "%s: %s" % (what, k))
+    tc.assertEqual(dict(getattr(got, "_metadata", {})), dict(want._metadata), what)
+
+
 def dtype_name(dt):
     return str(dt).replace("torch.", "")
 

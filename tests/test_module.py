@@ -33,17 +33,6 @@ ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext5
 TIMEOUT = 300.0
 
 
-def same_sd(tc, got, want, what):
-    """got (a torch.load result) equals the state dict want bit for bit, _metadata included."""
-    tc.assertEqual(list(got.keys()), list(want.keys()), what)
-    for k, t in want.items():
-        g = got[k]
-        tc.assertEqual(g.dtype, t.dtype, "%s: %s" % (what, k))
-        tc.assertEqual(tuple(g.shape), tuple(t.shape), "%s: %s" % (what, k))
-        tc.assertEqual(L.tensor_bytes(g), L.tensor_bytes(t), "%s: %s" % (what, k))
-    tc.assertEqual(dict(getattr(got, "_metadata", {})), dict(want._metadata), what)
-
-
 class Fake:
     """An object that pickles as a module would, with a __dict__ of our choosing."""
 
@@ -92,7 +81,7 @@ class ModuleTest(L.SavingCase):
         out = self.path("out.pth")
         rc, o, e = L.run_ckpt(["extract", src, "-o", out, "--force"], timeout=TIMEOUT)
         self.assertEqual(rc, 0, "%s: extract: %s%s" % (what, o, e))
-        same_sd(self, torch.load(out, weights_only=True), want, what)
+        L.same_sd(self, torch.load(out, weights_only=True), want, what)
         os.unlink(out)
 
     def diff_same(self, src, want, what):
@@ -158,7 +147,7 @@ class ModuleTest(L.SavingCase):
         out = self.path("net_out.pth")
         rc, o, e = L.run_ckpt(["extract", src, "-o", out, "--no-check", "--force"])
         self.assertEqual(rc, 0, o + e)
-        same_sd(self, torch.load(out, weights_only=True), want, "Net")
+        L.same_sd(self, torch.load(out, weights_only=True), want, "Net")
 
     def test_snippet_and_no_import(self):
         src = self.path("snip.pth")
@@ -172,7 +161,7 @@ class ModuleTest(L.SavingCase):
         # as printed, on torch 1.13: the extract command, then a weights_only load
         j = L.run_json(self, ["check", "--json", src])
         want = torch.load(src, weights_only=False).state_dict()
-        same_sd(self, L.run_python(self, j["python"], src)["model"].state_dict(), want,
+        L.same_sd(self, L.run_python(self, j["python"], src)["model"].state_dict(), want,
                 "snippet")
         rc, o, e = L.run_ckpt(["run", src, os.path.join(L.TEST_DATA, "vectors")])
         self.assertNotIn("Traceback", e)

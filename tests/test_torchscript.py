@@ -28,15 +28,6 @@ import torchvision  # noqa: E402
 
 TIMEOUT = 300.0
 
-def same_sd(tc, got, want, what):
-    tc.assertEqual(list(got.keys()), list(want.keys()), what)
-    for k, t in want.items():
-        g = got[k]
-        tc.assertEqual(g.dtype, t.dtype, "%s: %s" % (what, k))
-        tc.assertEqual(tuple(g.shape), tuple(t.shape), "%s: %s" % (what, k))
-        tc.assertEqual(L.tensor_bytes(g), L.tensor_bytes(t), "%s: %s" % (what, k))
-    tc.assertEqual(dict(getattr(got, "_metadata", {})), dict(want._metadata), what)
-
 
 class Small(torch.nn.Module):
     """A non-persistent buffer, a layer without bias, a child shared under two names."""
@@ -77,7 +68,7 @@ class TorchScriptTest(L.SavingCase):
                               ([] if arch else ["--no-check"]), timeout=TIMEOUT)
         self.assertEqual(rc, 0, "%s: extract: %s%s" % (what, o, e))
         got = torch.load(out, weights_only=True)
-        same_sd(self, got, want, what)
+        L.same_sd(self, got, want, what)
         if arch:
             m = getattr(torchvision.models, arch)(num_classes=num_classes)
             m.load_state_dict(got, strict=True)
