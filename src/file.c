@@ -562,7 +562,10 @@ int ckpt__file_map(ckpt_file *f, const char *path, ckpt_error *err)
         }
         f->map = m;
     }
-    close(fd);
+    if (f->map)
+        f->fd = fd; /* for ckpt__file_read */
+    else
+        close(fd);
     return CKPT_OK;
 }
 
@@ -576,6 +579,7 @@ ckpt_file *ckpt__file_new(const ckpt_options *opt, ckpt_error *err)
         return NULL;
     }
     memset(f, 0, sizeof *f);
+    f->fd = -1;
     f->alloc = a;
     if (opt)
         f->opt = *opt;
@@ -676,6 +680,7 @@ void ckpt_close(ckpt_file *f)
         ckpt_close(f->parts[k]);
     if (f->map)
         munmap((void *)f->map, (size_t)f->size);
+    ckpt__file_close_fd(f);
     ckpt__alloc a = f->alloc;
     ckpt__arena_free(f->arena);
     ckpt__free(&a, f, sizeof *f);
@@ -762,6 +767,56 @@ void ckpt__file_release(const ckpt_file *f, const void *p, size_t n)
     uintptr_t a, b;
     if (mapped_range(f, p, n, false, &a, &b))
         madvise((void *)a, b - a, MADV_DONTNEED); /* advice only: a failure changes nothing */
+}
+
+/* The file (f or a shard of it) whose mapping holds [p, p+n), or NULL. */
+static const ckpt_file *mapping_of(const ckpt_file *f, const uint8_t *p, size_t n)
+{
+    for (size_t k = 0; f && k < f->n_parts; k++) {
+        const ckpt_file *part = mapping_of(f->parts[k], p, n);
+        if (part)
+            return part;
+    }
+    if (!f || !f->map || !p || p < f->map || n > (size_t)(f->map + f->size - p))
+        return NULL;
+    return f;
+}
+
+int ckpt__file_read(const ckpt_file *f, const void *p, size_t n, void *dst, ckpt_error *err)
+{
+    const ckpt_file *m = mapping_of(f, p, n);
+    if (!m || m->fd < 0)
+        return 0;
+    uint64_t off = (uint64_t)((const uint8_t *)p - m->map);
+    uint8_t *d = dst;
+    while (n > 0) {
+        /* Linux moves at most 0x7ffff000 bytes a call */
+        size_t want = n < ((size_t)1 << 30) ? n : (size_t)1 << 30;
+        ssize_t got = pread(m->fd, d, want, (off_t)off);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            CKPT_FAIL(err, CKPT_EIO, "cannot read: %s", strerror(errno));
+            return -1;
+        }
+        if (got == 0) {
+            CKPT_FAIL(err, CKPT_EIO, "the file ends at byte %llu, before the data it held "
+                      "when it was opened: it changed while being read",
+                      (unsigned long long)off);
+            return -1;
+        }
+        d += got;
+        off += (uint64_t)got;
+        n -= (size_t)got;
+    }
+    return 1;
+}
+
+void ckpt__file_close_fd(ckpt_file *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    f->fd = -1;
 }
 
 const char *ckpt_storage_key(const ckpt_storage *s) { return s->key; }

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #define SHARDS_MAX 4096                /* shard files in a set */
+#define SHARDS_OPEN_FDS 64             /* shards whose descriptors stay open (fast reads) */
 #define SHARDS_MAX_INDEX (256u << 20)  /* bytes of an index.json */
 
 static const char *const dir_indexes[] = {
@@ -210,6 +211,8 @@ static int merge(set *s)
             return CKPT_FAIL(s->err, rc, "shard '%s': %s", path, msg);
         }
         f->parts[f->n_parts++] = part;
+        if (i >= SHARDS_OPEN_FDS) /* the rest read through their mappings */
+            ckpt__file_close_fd(part);
         if (i == 0)
             f->format = part->format;
         f->size += part->size;

@@ -177,6 +177,11 @@ int ckpt_tensor_read(const ckpt_tensor *t, ckpt_dtype to, void *buf, size_t bufs
     int rc = tensor_base(t, &base, err);
     if (rc)
         return rc;
+    if (!to_f32 && ckpt_tensor_is_contiguous(t) && need > 0) {
+        int got = ckpt__file_read(t->storage->file, base, (size_t)need, buf, err);
+        if (got != 0)
+            return got > 0 ? CKPT_OK : err ? err->status : CKPT_EIO;
+    }
     copy_ctx c = {buf, ckpt_dtype_size(t->dtype), t->dtype, to_f32};
     walk(t, base, copy_run, &c);
     return CKPT_OK;

@@ -692,6 +692,47 @@ static void remove_dir(const char *dir)
     rmdir(dir);
 }
 
+/* ckpt_tensor_read copies a mapped tensor with pread(2) (file.c ckpt__file_read). Its bytes
+ * must equal the mapping's, and a file cut short after it was opened must give an error, not
+ * a SIGBUS from touching mapped pages past the new end. */
+static void test_read_shrunk(void)
+{
+    ckpt_error err = {0};
+    enum { N = 4096 };
+    static float vals[N];
+    for (int i = 0; i < N; i++)
+        vals[i] = (float)i * 0.25f - 17.0f;
+    fake w;
+    make_tensor(&w, CKPT_DT_FLOAT32, vals, sizeof vals, 2, (int64_t[]){64, 64},
+                (int64_t[]){64, 1}, 0);
+    ckpt_sd_entry e[1] = {entry("weight", &w)};
+    ckpt_sd sd = {0};
+    sd.entries = e;
+    sd.n_entries = 1;
+    sd.prefix = "";
+    const char *path = tmp_path("shrunk.pt");
+    CHECK_OK(ckpt_write_pth(path, &sd, NULL, NULL, &err), err);
+    ckpt_file *f = NULL;
+    CHECK_OK(ckpt_open(path, NULL, &f, &err), err);
+    const ckpt_value *wv = f ? ckpt_dict_get(ckpt_root(f), "weight") : NULL;
+    const void *data = NULL;
+    CHECK(wv && ckpt_tensor_data(wv->u.tensor, &data, &err) == CKPT_OK);
+    if (!wv || !data) {
+        ckpt_close(f);
+        return;
+    }
+    static float out[N];
+    CHECK_OK(ckpt_tensor_read(wv->u.tensor, CKPT_DT_FLOAT32, out, sizeof out, &err), err);
+    CHECK(!memcmp(out, vals, sizeof vals) && !memcmp(data, vals, sizeof vals));
+    /* cut the file inside the tensor's bytes, a page past their start */
+    off_t at = (off_t)((const uint8_t *)data - f->map) + 5000;
+    CHECK(truncate(path, at) == 0);
+    memset(out, 0, sizeof out);
+    CHECK(ckpt_tensor_read(wv->u.tensor, CKPT_DT_FLOAT32, out, sizeof out, &err) == CKPT_EIO);
+    CHECK(strstr(err.message, "changed while being read") != NULL);
+    ckpt_close(f);
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/ckpt-test-write-XXXXXX");
@@ -707,6 +748,7 @@ int main(void)
     test_pth_zip64();
     test_safetensors();
     test_safe_file();
+    test_read_shrunk();
     remove_dir(g_dir);
     return check_exit();
 }
