@@ -658,25 +658,42 @@ static void print_profile(const run_options *o, const run_state *st)
     }
     fprintf(stderr, "  first forward       %8.1f ms (batch of %d)\n", p.first_run_ms,
             p.first_run_images);
-    fprintf(stderr, "  all forwards        %8.1f ms (%zu inputs x %ld run%s, with a wait per "
-            "layer for the table)\n", st->forward_ms, st->n_items, o->repeat,
-            o->repeat == 1 ? "" : "s");
+    fprintf(stderr, "  all forwards        %8.1f ms (%zu inputs x %ld run%s", st->forward_ms,
+            st->n_items, o->repeat, o->repeat == 1 ? "" : "s");
+    if (ckpt_model_backend(st->m) == CKPT_BACKEND_DNNL)
+        fprintf(stderr, ", batched primitives for up to %d image%s at once", p.largest_group,
+                p.largest_group == 1 ? "" : "s");
+    fprintf(stderr, ", with a wait per layer for the table)\n");
     ckpt_model_layer ly;
     if (!ckpt_model_get_layer(st->m, 0, &ly))
         return;
-    fprintf(stderr, "  per image, mean of %lld: %-22s %-28s %9s %9s\n", (long long)p.images,
-            "layer", "implementation", "ms", "GFLOP/s");
+    /* the ceiling, measured after the runs so it does not warm anything up for them */
+    double peak = ckpt_peak_gflops(threads, o->bf16);
+    if (peak > 0)
+        fprintf(stderr, "  peak                %8.1f GFLOP/s (%s on %d thread%s, measured now; "
+                "Winograd layers, counted by their direct FLOPs, can pass 100 %%)\n", peak,
+                o->bf16 ? "bf16 dot products" : "fp32 multiply-adds", threads,
+                threads == 1 ? "" : "s");
+    fprintf(stderr, "  per image, mean of %lld: %-22s %-28s %9s %9s%s\n", (long long)p.images,
+            "layer", "implementation", "ms", "GFLOP/s", peak > 0 ? "   % peak" : "");
     double total = 0, flops = 0;
     for (size_t i = 0; ckpt_model_get_layer(st->m, i, &ly); i++) {
         total += ly.ms;
         flops += ly.gflop;
         fprintf(stderr, "    %-22s %-28s %9.3f", ly.name, ly.impl, ly.ms);
-        if (ly.gflop > 0 && ly.ms > 0)
-            fprintf(stderr, " %9.1f", ly.gflop / (ly.ms * 1e-3));
+        if (ly.gflop > 0 && ly.ms > 0) {
+            double rate = ly.gflop / (ly.ms * 1e-3);
+            fprintf(stderr, " %9.1f", rate);
+            if (peak > 0)
+                fprintf(stderr, " %8.0f", 100 * rate / peak);
+        }
         fputc('\n', stderr);
     }
-    fprintf(stderr, "    %-22s %-28s %9.3f %9.1f\n", "total (without the head)", "", total,
-            total > 0 ? flops / (total * 1e-3) : 0.0);
+    double rate = total > 0 ? flops / (total * 1e-3) : 0.0;
+    fprintf(stderr, "    %-22s %-28s %9.3f %9.1f", "total (without the head)", "", total, rate);
+    if (peak > 0)
+        fprintf(stderr, " %8.0f", 100 * rate / peak);
+    fputc('\n', stderr);
 }
 
 /* ---- 7. results -------------------------------------------------------------------------- */

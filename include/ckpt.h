@@ -955,6 +955,13 @@ CKPT_API void ckpt_model_get_profile(const ckpt_model *m, ckpt_model_profile *ou
 /* Layer i; false past the end (and always for the ref backend). */
 CKPT_API bool ckpt_model_get_layer(const ckpt_model *m, size_t i, ckpt_model_layer *out);
 
+/* This machine's arithmetic peak in GFLOP/s on `threads` threads (0: the default count),
+ * measured now (about 30 ms of every thread): independent fused multiply-adds on the widest
+ * vectors the CPU has (AVX-512, else AVX2), or with bf16 AVX512_BF16's dot products (two
+ * multiply-adds per fp32 lane), best of three. 0 where it cannot be measured (not x86-64, no
+ * such instructions). A layer's GFLOP/s over this is the share of the machine it uses. */
+CKPT_API double ckpt_peak_gflops(int threads, bool bf16);
+
 CKPT_API ckpt_backend ckpt_model_backend(const ckpt_model *m); /* REF or DNNL, never AUTO */
 CKPT_API int ckpt_model_threads(const ckpt_model *m);
 CKPT_API int64_t ckpt_model_classes(const ckpt_model *m);

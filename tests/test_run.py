@@ -14,6 +14,7 @@ CenterCrop -> ToTensor -> Normalize -> torchvision.models.X(...).eval() under no
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import unittest
@@ -258,6 +259,43 @@ class Run(unittest.TestCase):
         self.assertEqual([("error" in r) for r in res], [False, True, True, False])
         self.assertEqual(res[0]["logits"], self.doc["results"][0]["logits"])
         self.assertEqual(res[3]["logits"], self.doc["results"][1]["logits"])
+
+    def test_profile_table(self):
+        """--profile: a row per step with its GFLOP/s and share of the peak measured on the
+        same threads; the rows are torchvision's convolutions, and GFLOP/s is their FLOPs
+        (counted here from torch's shapes) over the time shown."""
+        model = torchvision.models.resnet18(num_classes=37)
+        shapes = {}
+        hooks = [m.register_forward_hook(
+                     lambda m, i, o, n=n: shapes.__setitem__(n, (m, tuple(o.shape))))
+                 for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            model(self.x[:1])
+        for h in hooks:
+            h.remove()
+        rc, out, err = lib.run_ckpt(["run", os.path.join(FIX, "r18-dp.pth"), *self.paths,
+                                     "--profile", "--threads", "2"], timeout=300)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("batched primitives for up to 8 images at once", err)
+        m = re.search(r"^  peak +([0-9.]+) GFLOP/s \(fp32 multiply-adds on 2 threads", err, re.M)
+        if m is None:
+            self.skipTest("no peak measured on this CPU (not x86-64 with AVX2 or AVX-512)")
+        peak = float(m.group(1))
+        self.assertGreater(peak, 1.0)
+        rows = {}
+        for line in err.splitlines():
+            f = line.split()
+            if len(f) == 5 and f[0] in shapes:
+                rows[f[0]] = (float(f[2]), float(f[3]), float(f[4]))
+        self.assertEqual(sorted(rows), sorted(shapes))
+        for name, (ms, rate, pct) in rows.items():
+            conv, (_, oc, oh, ow) = shapes[name]
+            gflop = 2e-9 * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * \
+                oc * oh * ow
+            # ms is shown to 3 decimals, GFLOP/s to 1
+            lo, hi = gflop / ((ms + 5e-4) * 1e-3), gflop / (max(ms - 5e-4, 1e-6) * 1e-3)
+            self.assertTrue(lo - 0.06 <= rate <= hi + 0.06, (name, rate, lo, hi))
+            self.assertAlmostEqual(pct, 100 * rate / peak, delta=0.6, msg=name)
 
     def test_human_output_and_usage(self):
         rc, out, err = lib.run_ckpt(["run", os.path.join(FIX, "r18-dp.pth"), self.paths[0],
