@@ -64,6 +64,7 @@ typedef struct dconv {
     dnnl_memory_t bmem;    /* c->b, plain */
     bool pending;          /* wmem made at load, its weights still to be read and reordered */
     size_t arena_off;      /* where a pending wmem goes in the arena */
+    size_t kept_off;       /* wino_ok: where its plain weights go in d->kept */
 } dconv;
 
 typedef struct step {
@@ -111,6 +112,8 @@ struct ckpt__dnnl {
     size_t arena_bytes;
     void *arena;             /* the weights of every conv made at load (big_alloc) */
     size_t arena_mapped;
+    void *kept;              /* the plain weights the Winograd convs keep: their c->w */
+    size_t kept_mapped;
     dnnl_engine_t eng;
     dnnl_stream_t strm;
     dconv *convs;
@@ -813,8 +816,10 @@ static int load_group(loading *ld, size_t g, ckpt_error *err)
     size_t used = 0;
     for (size_t k = ld->group_start[g]; k < ld->group_start[g + 1]; k++) {
         dconv *dc = &d->convs[ld->order[k]];
-        float *dst = NULL;
-        if (!dc->wino_ok) {
+        float *dst;
+        if (dc->wino_ok) {
+            dst = (float *)((char *)d->kept + dc->kept_off);
+        } else {
             dst = (float *)((char *)ld->buf[g % 2] + used);
             used += plain_bytes(dc->c);
         }
@@ -865,7 +870,7 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
     ld.group_start = malloc((d->n_convs + 1) * sizeof *ld.group_start);
     ld.status = calloc(d->n_convs, sizeof *ld.status);
     ld.errs = calloc(d->n_convs, sizeof *ld.errs);
-    size_t mapped[2] = {0, 0}, n = 0, gcap = GROUP_BYTES;
+    size_t mapped[2] = {0, 0}, n = 0, gcap = GROUP_BYTES, kept = 0;
     int rc = ld.order && ld.group_start && ld.status && ld.errs ? CKPT_OK : CKPT_NOMEM(err);
     for (size_t i = 0; i < d->n_convs && rc == CKPT_OK; i++) {
         dconv *dc = &d->convs[i];
@@ -876,6 +881,10 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
             rc = dnnl_fail(err, s, "binding weights", dc->c->name);
         if (!dc->wino_ok && plain_bytes(dc->c) > gcap)
             gcap = plain_bytes(dc->c);
+        if (dc->wino_ok) {
+            dc->kept_off = kept;
+            kept += plain_bytes(dc->c);
+        }
         ld.order[n++] = i;
     }
     for (size_t k = 0, used = 0; k < n && rc == CKPT_OK; k++) {
@@ -888,9 +897,18 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
         used += bytes;
     }
     ld.group_start[ld.n_groups] = n;
+    /* Fresh pages are what loading costs most (the kernel zeroes each; on a VM the host may
+     * fault it in too), so the group buffers are the first plan's activations while they fit:
+     * untouched until the first run, which then finds them mapped. The Winograd convs' plain
+     * weights go to one huge-page block rather than a malloc (4 KB pages) each. */
+    const plan *p0 = &d->plans[0];
     for (int b = 0; b < 2 && rc == CKPT_OK; b++)
-        if (!(ld.buf[b] = big_alloc(gcap, &mapped[b])))
+        if (p0->region && (size_t)(b + 1) * gcap <= p0->region_mapped)
+            ld.buf[b] = (float *)((char *)p0->region + (size_t)b * gcap); /* not owned */
+        else if (!(ld.buf[b] = big_alloc(gcap, &mapped[b])))
             rc = CKPT_NOMEM(err);
+    if (rc == CKPT_OK && kept && !(d->kept = big_alloc(kept, &d->kept_mapped)))
+        rc = CKPT_NOMEM(err);
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -954,8 +972,9 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
         if (dc->pending && !dc->wino_ok)
             dc->c->w = NULL;
     }
-    big_free(ld.buf[0], mapped[0]);
-    big_free(ld.buf[1], mapped[1]);
+    for (int b = 0; b < 2; b++)
+        if (mapped[b])
+            big_free(ld.buf[b], mapped[b]);
     free(ld.order);
     free(ld.group_start);
     free(ld.status);
@@ -1043,7 +1062,14 @@ void ckpt__dnnl_free(ckpt__dnnl *d)
             dnnl_memory_destroy(d->convs[i].bmem);
         free(d->convs[i].wbuf);
     }
+    for (size_t i = 0; d->kept && d->convs && i < d->n_convs; i++) {
+        float *w = d->convs[i].c ? d->convs[i].c->w : NULL; /* lent from d->kept */
+        uintptr_t a = (uintptr_t)w, k = (uintptr_t)d->kept;
+        if (w && a >= k && a - k < d->kept_mapped)
+            d->convs[i].c->w = NULL;
+    }
     free(d->convs);
+    big_free(d->kept, d->kept_mapped);
     big_free(d->arena, d->arena_mapped);
     free(d->layers);
     if (d->strm)
