@@ -13,8 +13,10 @@
  *
  * Determinism. The plan for one image (mb 1) is built at load; plans for 2, 4 and 8 images
  * are built on first use and must run exactly mb 1's kernels (pinned by implementation name,
- * with mb 1's weights layout), else they are not used and images run one at a time. A batch
- * runs in groups of 8, 4, 2 and 1. oneDNN's forward direct and Winograd convolutions sum each
+ * with mb 1's weights layout). A conv whose kernel oneDNN offers for one image only runs
+ * image by image inside the batched plan (mb 1's primitive on each image's part of the batch
+ * buffers, conv_per_image); if even that cannot be, the plan is not used and images run one
+ * at a time. A batch runs in groups of 8, 4, 2 and 1. oneDNN's forward direct and Winograd convolutions sum each
  * output over input channels and taps in an order fixed by the kernel's blocking, which 2.6
  * chooses from the shapes and the ISA; threads and images split the work by output blocks,
  * rows and images, never the sum. test_net.c checks the claim: every batch size from 1 to 9
@@ -69,6 +71,8 @@ typedef struct dconv {
 
 typedef struct step {
     dnnl_primitive_t prim;
+    bool borrowed;         /* prim belongs to an earlier step (one image of a batch each) */
+    size_t layer;          /* its row of the profile (d->layers) */
     int nargs;
     dnnl_exec_arg_t args[MAX_ARGS];
 } step;
@@ -380,7 +384,8 @@ static double ms_since(const struct timespec *t0)
 static void plan_free(plan *pl)
 {
     for (size_t i = 0; i < pl->n_steps; i++)
-        dnnl_primitive_destroy(pl->steps[i].prim);
+        if (!pl->steps[i].borrowed)
+            dnnl_primitive_destroy(pl->steps[i].prim);
     free(pl->steps);
     for (size_t i = 0; i < pl->n_mems; i++)
         dnnl_memory_destroy(pl->mems[i]);
@@ -395,7 +400,8 @@ static void plan_free(plan *pl)
 /* Every activation view is bound to one of the plan's buffers once all sizes are known. */
 typedef struct binding {
     dnnl_memory_t mem;
-    int buf; /* 0..3: act[buf]; BUF_SCRATCH; BUF_OUT */
+    int buf;    /* 0..3: act[buf]; BUF_SCRATCH; BUF_OUT */
+    size_t off; /* bytes into it: one image of a batch */
 } binding;
 
 typedef struct planner {
@@ -403,6 +409,8 @@ typedef struct planner {
     plan *pl;
     binding *binds;
     size_t n_binds, cap_binds;
+    size_t layer;  /* the next step's row of the profile: steps of one conv run image by
+                    * image share theirs */
     bool mismatch; /* mb > 1: a kernel or weights layout differs from mb 1's */
     ckpt_error *err;
 } planner;
@@ -429,7 +437,7 @@ static int plan_mem(planner *p, const dnnl_memory_desc_t *md, dnnl_memory_t *out
     return CKPT_OK;
 }
 
-static int bind(planner *p, dnnl_memory_t mem, int buf)
+static int bind(planner *p, dnnl_memory_t mem, int buf, size_t off)
 {
     if (p->n_binds == p->cap_binds) {
         size_t ncap = p->cap_binds ? 2 * p->cap_binds : 128;
@@ -439,23 +447,30 @@ static int bind(planner *p, dnnl_memory_t mem, int buf)
         p->binds = nb;
         p->cap_binds = ncap;
     }
-    p->binds[p->n_binds++] = (binding){mem, buf};
+    p->binds[p->n_binds++] = (binding){mem, buf, off};
     return CKPT_OK;
 }
 
-/* A view of buffer buf with layout md; grows the activation buffers' size to fit. */
-static int view(planner *p, const dnnl_memory_desc_t *md, int buf, dnnl_memory_t *out)
+/* A view of buffer buf from byte off with layout md; grows the activation buffers' size to
+ * fit. The caller's images (BUF_INPUT) are viewed whole. */
+static int view_at(planner *p, const dnnl_memory_desc_t *md, int buf, size_t off,
+                   dnnl_memory_t *out)
 {
     plan *pl = p->pl;
     if (buf == BUF_INPUT) {
         *out = pl->in_user;
         return CKPT_OK;
     }
-    size_t bytes = dnnl_memory_desc_get_size(md);
+    size_t bytes = off + dnnl_memory_desc_get_size(md);
     if (buf < BUF_SCRATCH && bytes > pl->act_bytes)
         pl->act_bytes = bytes;
     int rc = plan_mem(p, md, out);
-    return rc ? rc : bind(p, *out, buf);
+    return rc ? rc : bind(p, *out, buf, off);
+}
+
+static int view(planner *p, const dnnl_memory_desc_t *md, int buf, dnnl_memory_t *out)
+{
+    return view_at(p, md, buf, 0, out);
 }
 
 /* Add a step; for plan 0 also its row of the profile (name, implementation, GFLOP). */
@@ -479,15 +494,17 @@ static int add_step(planner *p, dnnl_primitive_desc_t pd, const dnnl_exec_arg_t 
         }
         pl->cap_steps = ncap;
     }
-    if (pl == &d->plans[0]) {
-        layer *ly = &d->layers[pl->n_steps];
+    if (pl == &d->plans[0]) { /* one step a layer: p->layer == pl->n_steps */
+        layer *ly = &d->layers[p->layer];
         snprintf(ly->name, sizeof ly->name, "%s", subject);
         snprintf(ly->impl, sizeof ly->impl, "%s", pd_impl(pd));
         ly->gflop = gflop;
         ly->ms = 0;
-        d->n_layers = pl->n_steps + 1;
+        d->n_layers = p->layer + 1;
     }
     step *st = &pl->steps[pl->n_steps];
+    st->borrowed = false;
+    st->layer = p->layer++;
     memcpy(st->args, args, (size_t)nargs * sizeof *args);
     st->nargs = nargs;
     const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
@@ -496,7 +513,7 @@ static int add_step(planner *p, dnnl_primitive_desc_t pd, const dnnl_exec_arg_t 
         dnnl_memory_t sm;
         int rc = plan_mem(p, smd, &sm);
         if (!rc)
-            rc = bind(p, sm, BUF_SCRATCH);
+            rc = bind(p, sm, BUF_SCRATCH, 0);
         if (rc) {
             dnnl_primitive_desc_destroy(pd);
             return rc;
@@ -577,6 +594,104 @@ static int conv_weights(planner *p, dconv *dc, dnnl_primitive_desc_t pd)
     return CKPT_OK;
 }
 
+/* md of one image of the batch md (mb outermost, each image dense after the one before, as in
+ * nChw16c): false for any other layout. */
+static bool one_image_md(const dnnl_memory_desc_t *md, dnnl_memory_desc_t *one)
+{
+    *one = *md;
+    if (md->format_kind != dnnl_blocked || md->offset0 != 0 || md->padded_offsets[0] != 0)
+        return false;
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    for (int k = 0; k < b->inner_nblks; k++)
+        if (b->inner_idxs[k] == 0)
+            return false;
+    one->dims[0] = one->padded_dims[0] = 1;
+    size_t es = dnnl_data_type_size(md->data_type);
+    return (size_t)b->strides[0] * es == dnnl_memory_desc_get_size(one);
+}
+
+/* Conv dc of a batched plan whose one-image kernel has no batched form (oneDNN offers
+ * Winograd F(2x2, 3x3) for one image only): one step per image, each running the first plan's
+ * primitive on its image's part of the batch buffers. Same kernel, weights and data as the
+ * image alone: the same bits, by construction. */
+static int conv_per_image(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int sbuf,
+                          const dnnl_memory_desc_t *dst_fixed, int dbuf, bool sum, bool relu,
+                          int64_t oh, int64_t ow, dnnl_memory_desc_t *dst_out)
+{
+    ckpt__dnnl *d = p->d;
+    ckpt_error *err = p->err;
+    ckpt__conv *c = dc->c;
+    int64_t mb = src->dims[0];
+    size_t li = p->layer;
+    const char *pin = d->layers[li].impl;
+    dnnl_memory_desc_t s1, f1, d1, chk;
+    if (sbuf == BUF_INPUT || !one_image_md(src, &s1) || (dst_fixed && !one_image_md(dst_fixed, &f1))) {
+        p->mismatch = true;
+        return CKPT_EUNSUPPORTED;
+    }
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t s = dnnl_unimplemented;
+    for (int wino = dc->wino_ok; wino >= 0 && s == dnnl_unimplemented; wino--)
+        s = conv_pd(&pd, d->eng, c, &s1, dst_fixed ? &f1 : NULL, oh, ow, sum, relu, wino != 0,
+                    d->dt, pin, true);
+    if (s == dnnl_unimplemented) {
+        p->mismatch = true;
+        return CKPT_EUNSUPPORTED;
+    }
+    DN(s, "a convolution", c->name);
+    d1 = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    *dst_out = d1;
+    dst_out->dims[0] = dst_out->padded_dims[0] = mb;
+    if (!one_image_md(dst_out, &chk) || !dnnl_memory_desc_equal(&chk, &d1)) {
+        dnnl_primitive_desc_destroy(pd);
+        p->mismatch = true;
+        return CKPT_EUNSUPPORTED;
+    }
+    int rc = conv_weights(p, dc, pd);
+    if (rc) {
+        dnnl_primitive_desc_destroy(pd);
+        return rc;
+    }
+    size_t ssz = dnnl_memory_desc_get_size(&s1), dsz = dnnl_memory_desc_get_size(&d1);
+    double gflop = 2e-9 * (double)(c->ic / c->groups) * (double)(c->k * c->k) *
+                   (double)c->oc * (double)oh * (double)ow;
+    for (int64_t i = 0; i < mb; i++) {
+        dnnl_memory_t ms, md;
+        if ((rc = view_at(p, &s1, sbuf, (size_t)i * ssz, &ms)) ||
+            (rc = view_at(p, &d1, dbuf, (size_t)i * dsz, &md))) {
+            if (i == 0)
+                dnnl_primitive_desc_destroy(pd);
+            return rc;
+        }
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, ms},
+                                   {DNNL_ARG_WEIGHTS, dc->wmem},
+                                   {DNNL_ARG_BIAS, dc->bmem},
+                                   {DNNL_ARG_DST, md}};
+        if (i == 0) {
+            if ((rc = add_step(p, pd, args, 4, c->name, gflop)))
+                return rc;
+            continue;
+        }
+        plan *pl = p->pl; /* the first image's step, its scratchpad included, on image i */
+        if (pl->n_steps == pl->cap_steps) {
+            size_t ncap = 2 * pl->cap_steps;
+            step *ns = realloc(pl->steps, ncap * sizeof *ns);
+            if (!ns)
+                return CKPT_NOMEM(err);
+            pl->steps = ns;
+            pl->cap_steps = ncap;
+        }
+        step *st = &pl->steps[pl->n_steps];
+        *st = pl->steps[pl->n_steps - 1];
+        st->borrowed = true;
+        st->layer = li;
+        st->args[0] = args[0];
+        st->args[3] = args[3];
+        pl->n_steps++;
+    }
+    return CKPT_OK;
+}
+
 /* Add conv dc reading src (buffer sbuf) and writing dst (buffer dbuf): a fixed layout when
  * dst_fixed (the residual's), else oneDNN's choice, returned in *dst_out.
  *
@@ -591,7 +706,7 @@ static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int s
     ckpt__dnnl *d = p->d;
     ckpt_error *err = p->err;
     ckpt__conv *c = dc->c;
-    size_t li = p->pl->n_steps;
+    size_t li = p->layer;
     bool first = p->pl == &d->plans[0];
     int64_t oh = ckpt__conv_out(h, c->k, c->stride, c->pad);
     int64_t ow = ckpt__conv_out(w, c->k, c->stride, c->pad);
@@ -608,10 +723,8 @@ static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int s
     }
     if (s != dnnl_success)
         s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, false, d->dt, pin, true);
-    if (s == dnnl_unimplemented && !first) {
-        p->mismatch = true;
-        return CKPT_EUNSUPPORTED;
-    }
+    if (s == dnnl_unimplemented && !first)
+        return conv_per_image(p, dc, src, sbuf, dst_fixed, dbuf, sum, relu, oh, ow, dst_out);
     DN(s, "a convolution", c->name);
     int rc = conv_weights(p, dc, pd);
     if (rc) {
@@ -742,7 +855,7 @@ static int prepare(ckpt__dnnl *d, int k, int64_t h, int64_t w, ckpt_error *err)
 {
     plan *pl = &d->plans[k];
     plan_free(pl);
-    planner p = {d, pl, NULL, 0, 0, false, err};
+    planner p = {d, pl, NULL, 0, 0, 0, false, err};
     int64_t mb = (int64_t)1 << k;
     int rc = plan_build(&p, mb, h, w);
     /* sizes come from oneDNN's descriptors of bounded images: no overflow */
@@ -756,6 +869,7 @@ static int prepare(ckpt__dnnl *d, int k, int64_t h, int64_t w, ckpt_error *err)
     for (size_t i = 0; i < p.n_binds && rc == CKPT_OK; i++) {
         int buf = p.binds[i].buf;
         void *h_ = buf < 4 ? pl->act[buf] : buf == BUF_SCRATCH ? pl->scratch : pl->out;
+        h_ = (char *)h_ + p.binds[i].off;
         dnnl_status_t s = dnnl_memory_set_data_handle(p.binds[i].mem, h_);
         if (s != dnnl_success)
             rc = dnnl_fail(err, s, "binding a buffer", "activation");
@@ -1123,8 +1237,8 @@ static int run_plan(ckpt__dnnl *d, plan *pl, const float *x, float *logits, floa
            "running a primitive", d->net->arch_name);
         if (d->profile) {
             DN(dnnl_stream_wait(d->strm), "waiting for the stream", d->net->arch_name);
-            if (i < d->n_layers)
-                d->layers[i].ms += ms_since(&t0);
+            if (pl->steps[i].layer < d->n_layers)
+                d->layers[pl->steps[i].layer].ms += ms_since(&t0);
         }
     }
     DN(dnnl_stream_wait(d->strm), "waiting for the stream", d->net->arch_name);
