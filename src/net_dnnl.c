@@ -22,15 +22,17 @@
  * rows and images, never the sum. test_net.c checks the claim: every batch size from 1 to 9
  * at every position equals the image alone, for 1, 2 and 3 threads.
  *
- * Winograd. oneDNN picks F(2x2, 3x3) for one image and F(4x4, 3x3) for more, and the two round
- * differently, so every plan takes F(4x4, 3x3). Its weights are 36/9 of a direct conv's and
- * their transform is slow and cannot be reordered back. So: a conv is Winograd-eligible by a
- * rule that does not look at the image size (3x3, stride 1, no groups, and under
- * CKPT__WINO_AUTO at most WINO_MAX_CHANNELS channels: layer1 and layer2, where the planes are
- * 28x28 or larger at 224 and the speed-up pays for the transform at load; layer3's would cost
- * 56 MB and most of the load time); eligible convs keep their folded plain weights so any
- * later image size can re-derive its layout; the others keep only the blocked copy and
- * re-reorder from it when the size changes the layout.
+ * Winograd. oneDNN 2.6 has F(4x4, 3x3) for any batch, and F(2x2, 3x3) for one image with
+ * planes of at most 14x14; the two round differently. A conv is Winograd-eligible by a rule
+ * that does not look at the image size (3x3, stride 1, no groups, and under CKPT__WINO_AUTO
+ * at most WINO_MAX_CHANNELS channels: layer1 to layer3). Up to WINO_4X3_MAX_CHANNELS (layer1,
+ * layer2: planes of 28x28 and more at 224) it takes F(4x4), batched; above (layer3, 14x14 at
+ * 224) F(2x2) where oneDNN offers it, run image by image in batches, else the direct conv:
+ * F(4x4)'s weights are 36/9 of a direct conv's (layer3's would cost 56 MB), F(2x2)'s 16/9, and
+ * F(2x2) on layer3 takes 0.36-0.43 ms against the direct conv's 0.61 per image, batched or
+ * not. Winograd weights cannot be reordered back, and their layout depends on the image size,
+ * so eligible convs keep their folded plain weights for a later size; the others keep only
+ * the blocked copy and re-reorder from it when the size changes the layout.
  *
  * Loading. The plan is built first with the weights' memories left empty, so their total size
  * is known: one arena, then the plain weights read and folded in order, group by group, and
@@ -49,7 +51,8 @@
 #include <omp.h>
 #endif
 
-#define WINO_MAX_CHANNELS 128  /* CKPT__WINO_AUTO: layer1 and layer2 of the ResNets */
+#define WINO_MAX_CHANNELS 256  /* CKPT__WINO_AUTO: layer1 to layer3 of the ResNets */
+#define WINO_4X3_MAX_CHANNELS 128 /* F(4x4, 3x3) up to here (layer1, layer2), F(2x2, 3x3) above */
 #define DNNL_ALIGN 64
 #define MAX_ARGS 6
 
@@ -529,6 +532,52 @@ static int add_step(planner *p, dnnl_primitive_desc_t pd, const dnnl_exec_arg_t 
     return CKPT_OK;
 }
 
+/* Winograd F(2x2, 3x3) weights of conv c (plain f32 OIHW at w) in oneDNN 2.6's f32 layout for
+ * them (wino_wei_aaOio: [4][4][oc / 16][ic / 16][16 ic][16 oc]), the transform U = G g G^T
+ * done here: oneDNN's reorder does it one scalar at a time, 40 ns a weight, which made
+ * layer3's five 256-channel convs cost 130 ms of the load. The sums run in oneDNN's order,
+ * G g^T first, from 0. false (nothing written) for any other layout: the caller reorders. */
+static bool wino_2x3_fill(const ckpt__conv *c, const float *w, const dnnl_memory_desc_t *md,
+                          float *dst)
+{
+    static const float G[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
+                                  {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
+    if (md->format_kind != dnnl_format_kind_wino || md->data_type != dnnl_f32)
+        return false;
+    const dnnl_wino_desc_t *x = &md->format_desc.wino_desc;
+    if (x->wino_format != dnnl_wino_wei_aaOio || x->r != 3 || x->alpha != 4 ||
+        x->adj_scale != 1.0f || c->k != 3 || c->groups != 1 || x->ic != c->ic ||
+        x->oc != c->oc || x->ic_block != 16 || x->oc_block != 16 || c->ic % 16 || c->oc % 16 ||
+        x->size != (size_t)16 * (size_t)c->ic * (size_t)c->oc * sizeof(float))
+        return false;
+    const size_t nb_oc = (size_t)c->oc / 16, nb_ic = (size_t)c->ic / 16;
+    const size_t plane = nb_oc * nb_ic * 256; /* floats per (u_h, u_w) */
+    for (size_t ob = 0; ob < nb_oc; ob++)
+        for (size_t ib = 0; ib < nb_ic; ib++) {
+            float *blk = dst + (ob * nb_ic + ib) * 256;
+            for (size_t oo = 0; oo < 16; oo++)
+                for (size_t ii = 0; ii < 16; ii++) {
+                    const float *g = w + ((ob * 16 + oo) * (size_t)c->ic + ib * 16 + ii) * 9;
+                    float t[3][4];
+                    for (int ih = 0; ih < 3; ih++)
+                        for (int j = 0; j < 4; j++) {
+                            float a = 0.0f;
+                            for (int iw = 0; iw < 3; iw++)
+                                a += g[ih * 3 + iw] * G[j][iw];
+                            t[ih][j] = a;
+                        }
+                    for (int i = 0; i < 4; i++)
+                        for (int j = 0; j < 4; j++) {
+                            float u = 0.0f;
+                            for (int k = 0; k < 3; k++)
+                                u += G[i][k] * t[k][j];
+                            blk[(size_t)(i * 4 + j) * plane + ii * 16 + oo] = u;
+                        }
+                }
+        }
+    return true;
+}
+
 /* Bring conv i's weights into the layout pd wants. While loading, only the memory is made
  * (its buffer and contents come in load_weights); later, a layout change reorders at once. */
 static int conv_weights(planner *p, dconv *dc, dnnl_primitive_desc_t pd)
@@ -578,7 +627,11 @@ static int conv_weights(planner *p, dconv *dc, dnnl_primitive_desc_t pd)
             dnnl_memory_destroy(plain);
         DN(s, "allocating weights", c->name);
     }
-    int rc = reorder_now(d->eng, d->strm, src, nw, c->name, err);
+    /* the plain weights go through the same transform as at load, so a size and back gives
+     * the same bits */
+    int rc = c->w && wino_2x3_fill(c, c->w, want, buf)
+                 ? CKPT_OK
+                 : reorder_now(d->eng, d->strm, src, nw, c->name, err);
     if (plain)
         dnnl_memory_destroy(plain);
     if (rc) {
@@ -714,10 +767,11 @@ static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int s
     dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t s = dnnl_unimplemented;
     if (dc->wino_ok) {
+        bool f4 = c->oc <= WINO_4X3_MAX_CHANNELS; /* else F(2x2) or nothing: see the top */
         if (first)
             s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, true, d->dt,
-                        "wino_4x3", false);
-        if (s != dnnl_success)
+                        f4 ? "wino_4x3" : "wino_2x3", false);
+        if (s != dnnl_success && (f4 || !first))
             s = conv_pd(&pd, d->eng, c, src, dst_fixed, oh, ow, sum, relu, true, d->dt, pin,
                         true);
     }
@@ -896,6 +950,12 @@ static int prepare(ckpt__dnnl *d, int k, int64_t h, int64_t w, ckpt_error *err)
 static int fill_one(ckpt__dnnl *d, dconv *dc, dnnl_stream_t strm, ckpt_error *err)
 {
     ckpt__conv *c = dc->c;
+    const dnnl_memory_desc_t *wmd;
+    void *wdata = NULL;
+    DN(dnnl_memory_get_memory_desc(dc->wmem, &wmd), "reading weights", c->name);
+    DN(dnnl_memory_get_data_handle(dc->wmem, &wdata), "reading weights", c->name);
+    if (wdata && wino_2x3_fill(c, c->w, wmd, wdata))
+        return CKPT_OK;
     dnnl_memory_desc_t pmd;
     weights_md(&pmd, c, dnnl_f32, dnnl_oihw);
     dnnl_memory_t plain;
@@ -903,6 +963,13 @@ static int fill_one(ckpt__dnnl *d, dconv *dc, dnnl_stream_t strm, ckpt_error *er
     int rc = reorder_now(d->eng, strm, plain, dc->wmem, c->name, err);
     dnnl_memory_destroy(plain);
     return rc;
+}
+
+/* Whether conv dc keeps its plain weights after the load (in d->kept). */
+static bool keeps_plain(const ckpt__dnnl *d, const dconv *dc)
+{
+    (void)d;
+    return dc->wino_ok;
 }
 
 static size_t plain_bytes(const ckpt__conv *c)
@@ -931,7 +998,7 @@ static int load_group(loading *ld, size_t g, ckpt_error *err)
     for (size_t k = ld->group_start[g]; k < ld->group_start[g + 1]; k++) {
         dconv *dc = &d->convs[ld->order[k]];
         float *dst;
-        if (dc->wino_ok) {
+        if (keeps_plain(d, dc)) {
             dst = (float *)((char *)d->kept + dc->kept_off);
         } else {
             dst = (float *)((char *)ld->buf[g % 2] + used);
@@ -993,9 +1060,9 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
         dnnl_status_t s = dnnl_memory_set_data_handle(dc->wmem, (char *)d->arena + dc->arena_off);
         if (s != dnnl_success)
             rc = dnnl_fail(err, s, "binding weights", dc->c->name);
-        if (!dc->wino_ok && plain_bytes(dc->c) > gcap)
+        if (!keeps_plain(d, dc) && plain_bytes(dc->c) > gcap)
             gcap = plain_bytes(dc->c);
-        if (dc->wino_ok) {
+        if (keeps_plain(d, dc)) {
             dc->kept_off = kept;
             kept += plain_bytes(dc->c);
         }
@@ -1003,7 +1070,7 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
     }
     for (size_t k = 0, used = 0; k < n && rc == CKPT_OK; k++) {
         const dconv *dc = &d->convs[ld.order[k]];
-        size_t bytes = dc->wino_ok ? 0 : plain_bytes(dc->c);
+        size_t bytes = keeps_plain(d, dc) ? 0 : plain_bytes(dc->c);
         if (k == 0 || used + bytes > gcap) {
             ld.group_start[ld.n_groups++] = k;
             used = 0;
@@ -1070,7 +1137,7 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
                 rc = ld.status[k];
             }
             dc->pending = false;
-            if (!dc->wino_ok)
+            if (!keeps_plain(d, dc))
                 dc->c->w = NULL; /* it lay in a group buffer; the blocked copy is the master */
         }
         if (rc == CKPT_OK)
@@ -1083,7 +1150,7 @@ static int load_weights(ckpt__dnnl *d, ckpt_error *err)
     /* after a failure, no conv may keep a pointer into a group buffer */
     for (size_t k = 0; k < n; k++) {
         dconv *dc = &d->convs[ld.order[k]];
-        if (dc->pending && !dc->wino_ok)
+        if (dc->pending && !keeps_plain(d, dc))
             dc->c->w = NULL;
     }
     for (int b = 0; b < 2; b++)
@@ -1428,6 +1495,60 @@ static int once_body_pool(once *o, int64_t mb, int64_t c, const float *x, int64_
     return reorder_now(o->eng, o->strm, md, uy, "test", err);
 }
 
+int ckpt__dnnl_wino_2x3_compare(const ckpt__conv *c, int64_t h, int64_t w, size_t *differ,
+                                ckpt_error *err)
+{
+    once o = {0};
+    int rc = CKPT_OK;
+    void *mine = NULL;
+    dnnl_memory_t plain = NULL, theirs = NULL;
+    dnnl_memory_desc_t src, pmd;
+    act_md(&src, 1, c->ic, h, w, dnnl_f32, dnnl_nChw16c);
+    weights_md(&pmd, c, dnnl_f32, dnnl_oihw);
+    int64_t oh = ckpt__conv_out(h, c->k, c->stride, c->pad);
+    int64_t ow = ckpt__conv_out(w, c->k, c->stride, c->pad);
+    dnnl_status_t s = dnnl_engine_create(&o.eng, dnnl_cpu, 0);
+    if (s == dnnl_success)
+        s = dnnl_stream_create(&o.strm, o.eng, dnnl_stream_default_flags);
+    if (s == dnnl_success)
+        s = conv_pd(&o.pd, o.eng, c, &src, NULL, oh, ow, false, false, true, dnnl_f32,
+                    "wino_2x3", false);
+    if (s == dnnl_unimplemented)
+        rc = CKPT_FAIL(err, CKPT_EUNSUPPORTED, "no Winograd F(2x2, 3x3) for %s at %lldx%lld",
+                       c->name, (long long)w, (long long)h);
+    else if (s != dnnl_success)
+        rc = dnnl_fail(err, s, "a Winograd convolution", c->name);
+    const dnnl_memory_desc_t *want =
+        rc ? NULL : dnnl_primitive_desc_query_md(o.pd, dnnl_query_weights_md, 0);
+    size_t bytes = want ? dnnl_memory_desc_get_size(want) : 0;
+    if (!rc && !(mine = aligned_buf(bytes)))
+        rc = CKPT_NOMEM(err);
+    if (!rc && !wino_2x3_fill(c, c->w, want, mine))
+        rc = CKPT_FAIL(err, CKPT_EUNSUPPORTED, "%s: oneDNN's F(2x2, 3x3) layout is not ckpt's",
+                       c->name);
+    if (!rc && (s = dnnl_memory_create(&plain, &pmd, o.eng, c->w)) == dnnl_success)
+        s = dnnl_memory_create(&theirs, want, o.eng, DNNL_MEMORY_ALLOCATE);
+    if (!rc && s != dnnl_success)
+        rc = dnnl_fail(err, s, "a memory", c->name);
+    if (!rc)
+        rc = reorder_now(o.eng, o.strm, plain, theirs, c->name, err);
+    void *t = NULL;
+    if (!rc && (s = dnnl_memory_get_data_handle(theirs, &t)) != dnnl_success)
+        rc = dnnl_fail(err, s, "reading a memory", c->name);
+    if (!rc) {
+        *differ = 0;
+        for (size_t i = 0; i < bytes / sizeof(float); i++)
+            *differ += memcmp((float *)mine + i, (float *)t + i, sizeof(float)) != 0;
+    }
+    if (plain)
+        dnnl_memory_destroy(plain);
+    if (theirs)
+        dnnl_memory_destroy(theirs);
+    free(mine);
+    once_free(&o);
+    return rc;
+}
+
 int ckpt__dnnl_maxpool_once(int64_t mb, int64_t c, const float *x, int64_t h, int64_t w,
                             int threads, float *y, ckpt_error *err)
 {
@@ -1503,6 +1624,13 @@ int ckpt__dnnl_maxpool_once(int64_t mb, int64_t c, const float *x, int64_t h, in
                             int threads, float *y, ckpt_error *err)
 {
     (void)mb, (void)c, (void)x, (void)h, (void)w, (void)threads, (void)y;
+    return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "backend 'dnnl' is not in this build of libckpt");
+}
+
+int ckpt__dnnl_wino_2x3_compare(const ckpt__conv *c, int64_t h, int64_t w, size_t *differ,
+                                ckpt_error *err)
+{
+    (void)c, (void)h, (void)w, (void)differ;
     return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "backend 'dnnl' is not in this build of libckpt");
 }
 

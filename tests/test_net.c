@@ -319,9 +319,15 @@ static void test_net_arch(const char *arch, int h, int w, int nt, int group)
                "one image, groups of up to %d\n", arch, h, w, nowino ? " (direct)" : "",
                batch, nt, prof.largest_group);
         CHECK(prof.largest_group >= group); /* the batched plans were used, not skipped */
-        /* after a rebuild for another size and back */
+        /* after rebuilds for other sizes and back: h x 4 takes layer3's Winograd convs to
+         * another F(2x2) weights layout or to the direct conv, whose weights come from the
+         * plain copy kept for it, and back */
         float *other = run(d[1], x, 2, h + 5, w + 3);
         free(other);
+        float *x4 = calloc((size_t)16 * per, sizeof *x4);
+        other = run(d[1], x4, 1, h * 4, w * 4);
+        free(other);
+        free(x4);
         float *again = run(d[1], x, batch, h, w);
         CHECK(same_bits(again, alone, (size_t)batch * classes));
         free(again);
@@ -750,6 +756,32 @@ static int driver_maxpool(int argc, char **argv)
     return status;
 }
 
+/* ckpt's Winograd F(2x2, 3x3) weight transform (net_dnnl.c, wino_2x3_fill) against oneDNN's
+ * reorder into the same layout: every float the same, for layer3's shape and others, weights
+ * of magnitudes from 1e-30 to 1e30 with both signs. */
+static void test_wino_2x3_transform(void)
+{
+    static const struct { int64_t ic, oc, h; } cases[] = {
+        {256, 256, 14}, {256, 256, 7}, {64, 128, 5}, {512, 256, 3}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        ckpt__conv c = {"wino", NULL, cases[ci].ic, cases[ci].oc, 3, 1, 1, 1, NULL, NULL};
+        size_t nw = (size_t)(c.oc * c.ic * 9);
+        c.w = malloc(nw * sizeof *c.w);
+        fill_normal(c.w, nw, 0.05f);
+        for (size_t i = 0; i < nw; i += 97) /* scattered extremes */
+            c.w[i] *= (i / 97) % 3 == 0 ? 1e-30f : (i / 97) % 3 == 1 ? 1e30f : -1.0f;
+        size_t differ = 99;
+        ckpt_error err;
+        int rc = ckpt__dnnl_wino_2x3_compare(&c, cases[ci].h, cases[ci].h, &differ, &err);
+        CHECK_OK(rc, err);
+        printf("wino F(2x2,3x3) %lld->%lld at %lldx%lld: ckpt's transform vs oneDNN's: %zu of "
+               "%zu floats differ\n", (long long)c.ic, (long long)c.oc, (long long)cases[ci].h,
+               (long long)cases[ci].h, differ, nw * 16 / 9);
+        CHECK(rc == CKPT_OK && differ == 0);
+        free(c.w);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "maxpool") == 0)
@@ -773,6 +805,7 @@ int main(int argc, char **argv)
     if (ckpt_backend_available(CKPT_BACKEND_DNNL)) {
         test_maxpool_op();
         test_conv_ops();
+        test_wino_2x3_transform();
         test_net_arch("resnet18", 64, 64, 3, 1); /* 1 thread: Winograd at 64x64 lays its weights
                                                    * out per batch size, so no batched plans */
         test_net_arch("resnet50", 40, 56, 2, 8);
