@@ -542,7 +542,9 @@ static int load_model(const run_options *o, run_state *st)
     mo.threads = (int)o->threads;
     mo.height = st->in_h;
     mo.width = st->in_w;
-    mo.flags = (o->profile ? CKPT_MODEL_PROFILE : 0) | (o->bf16 ? CKPT_MODEL_BF16 : 0);
+    /* every input is in_h x in_w (cropped, or one array's size) */
+    mo.flags = CKPT_MODEL_ONE_SIZE | (o->profile ? CKPT_MODEL_PROFILE : 0) |
+               (o->bf16 ? CKPT_MODEL_BF16 : 0);
     ckpt_error err = {0};
     double t0 = now_ms();
     /* 0 classes: the backbone alone, what torchvision's model with fc = nn.Identity() is */

@@ -869,6 +869,10 @@ CKPT_API bool ckpt_backend_available(ckpt_backend b);
                                     * accumulation and head), about 1.7x faster where the CPU
                                     * has bf16 dot products, CKPT_EUNSUPPORTED where it has not
                                     * (ckpt_model_bf16_available); accuracy in INFERENCE.md */
+#define CKPT_MODEL_ONE_SIZE 16u    /* run only at the options' height x width (ckpt_model_run
+                                    * refuses other sizes, CKPT_EINVAL): dnnl's Winograd convs
+                                    * then need not keep their plain weights to re-derive their
+                                    * layout for another size (14 MB for ResNet-50) */
 
 typedef struct ckpt_model_options {
     ckpt_backend backend; /* CKPT_BACKEND_AUTO */

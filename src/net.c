@@ -32,6 +32,7 @@ struct ckpt_model {
     ckpt__dnnl *dnnl;
     ckpt_model_profile prof; /* the phases net.c times; the backend's are added on request */
     bool has_run;
+    int one_h, one_w;        /* CKPT_MODEL_ONE_SIZE: the only size run accepts; 0: any */
 };
 
 static double ms_since(const struct timespec *t0)
@@ -360,6 +361,10 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
         return CKPT_NOMEM(err);
     m->backend = o.backend;
     m->threads = o.threads;
+    if (o.flags & CKPT_MODEL_ONE_SIZE) {
+        m->one_h = o.height;
+        m->one_w = o.width;
+    }
     int rc = arch->family->net(arch, num_classes, &m->net, err);
     loader l = {fn, ud, err};
     if (rc == CKPT_OK)
@@ -379,6 +384,7 @@ int ckpt_model_new(const ckpt_arch *arch, int64_t num_classes, ckpt_weight_fn fn
                 (o.flags & CKPT_MODEL_PROFILE) != 0,
                 o.height,
                 o.width,
+                (o.flags & CKPT_MODEL_ONE_SIZE) != 0,
             };
             rc = ckpt__dnnl_new(m->net, &dopt, load_conv_cb, &l, &m->dnnl, err);
         }
@@ -469,6 +475,10 @@ int ckpt_model_run(ckpt_model *m, const float *input, int batch, int height, int
     if (height < 1 || width < 1 || height > CKPT__NET_MAX_SIDE || width > CKPT__NET_MAX_SIDE)
         return CKPT_FAIL(err, CKPT_EINVAL, "image of %dx%d is out of range (1 to %d a side)",
                          width, height, CKPT__NET_MAX_SIDE);
+    if (m->one_h && (height != m->one_h || width != m->one_w))
+        return CKPT_FAIL(err, CKPT_EINVAL,
+                         "this model runs %dx%d images only (made with CKPT_MODEL_ONE_SIZE), "
+                         "not %dx%d", m->one_w, m->one_h, width, height);
     size_t per_image = (size_t)3 * (size_t)height * (size_t)width; /* < 2^30 by the limits */
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -115,6 +115,7 @@ typedef struct ckpt__dnnl_options {
     bool bf16;          /* bf16 weights and activations (f32 bias, accumulation and head) */
     bool profile;       /* time every step of every run */
     int64_t h, w;       /* the image size to plan for at load */
+    bool one_size;      /* never run at another (ckpt_model_run refuses it) */
 } ckpt__dnnl_options;
 
 /* Where loading went (milliseconds); the model adds its own phases (net.c). */

@@ -63,7 +63,7 @@
 
 typedef struct dconv {
     ckpt__conv *c;
-    bool wino_ok;          /* eligible: keeps c->w */
+    bool wino_ok;          /* eligible: keeps c->w (unless the model has one size) */
     dnnl_memory_t wmem;    /* weights in the layout of the current primitives */
     void *wbuf;            /* wmem's buffer when owned here; NULL when it lies in d->arena */
     dnnl_memory_t bmem;    /* c->b, plain */
@@ -112,6 +112,7 @@ struct ckpt__dnnl {
     int threads;
     ckpt__wino wino;
     bool bf16;
+    bool one_size;           /* never run at another size: nothing kept to re-derive layouts */
     dnnl_data_type_t dt;     /* activations and weights: f32, or bf16 */
     ckpt__conv_load_fn load; /* while ckpt__dnnl_new runs */
     void *load_ud;
@@ -968,8 +969,7 @@ static int fill_one(ckpt__dnnl *d, dconv *dc, dnnl_stream_t strm, ckpt_error *er
 /* Whether conv dc keeps its plain weights after the load (in d->kept). */
 static bool keeps_plain(const ckpt__dnnl *d, const dconv *dc)
 {
-    (void)d;
-    return dc->wino_ok;
+    return dc->wino_ok && !d->one_size;
 }
 
 static size_t plain_bytes(const ckpt__conv *c)
@@ -1189,6 +1189,7 @@ int ckpt__dnnl_new(ckpt__net *n, const ckpt__dnnl_options *o, ckpt__conv_load_fn
     d->threads = o->threads;
     d->wino = o->wino;
     d->bf16 = o->bf16;
+    d->one_size = o->one_size;
     d->dt = o->bf16 ? dnnl_bf16 : dnnl_f32;
     d->profile = o->profile;
     d->n_convs = ckpt__net_conv_count(n);

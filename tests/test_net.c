@@ -782,6 +782,33 @@ static void test_wino_2x3_transform(void)
     }
 }
 
+/* CKPT_MODEL_ONE_SIZE: the same bits as a model that may change size (its Winograd convs
+ * dropped their plain weights after the load, nothing else), and another size refused. */
+static void test_one_size(const char *arch, int h, int w)
+{
+    const int64_t classes = 11;
+    size_t per = (size_t)3 * (size_t)h * (size_t)w;
+    float *x = malloc(3 * per * sizeof *x);
+    fill_normal(x, 3 * per, 1.0f);
+    ckpt_model *any = model_random(arch, classes, CKPT_BACKEND_DNNL, 2, 0, h, w);
+    ckpt_model *one = model_random(arch, classes, CKPT_BACKEND_DNNL, 2, CKPT_MODEL_ONE_SIZE, h, w);
+    float *a = run(any, x, 3, h, w), *b = run(one, x, 3, h, w);
+    CHECK(same_bits(a, b, 3 * (size_t)classes));
+    float out[11];
+    ckpt_error err;
+    CHECK(one && ckpt_model_run(one, x, 1, h + 1, w, out, NULL, &err) == CKPT_EINVAL &&
+          strstr(err.message, "runs") != NULL);
+    free(b);
+    b = run(one, x, 3, h, w); /* and still runs at its size */
+    CHECK(same_bits(a, b, 3 * (size_t)classes));
+    printf("%-18s %dx%d dnnl, one size: the same bits; %dx%d refused\n", arch, h, w, w, h + 1);
+    free(a);
+    free(b);
+    free(x);
+    ckpt_model_free(any);
+    ckpt_model_free(one);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "maxpool") == 0)
@@ -806,6 +833,7 @@ int main(int argc, char **argv)
         test_maxpool_op();
         test_conv_ops();
         test_wino_2x3_transform();
+        test_one_size("resnet50", 40, 56);
         test_net_arch("resnet18", 64, 64, 3, 1); /* 1 thread: Winograd at 64x64 lays its weights
                                                    * out per batch size, so no batched plans */
         test_net_arch("resnet50", 40, 56, 2, 8);
