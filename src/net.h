@@ -157,11 +157,12 @@ int ckpt__dnnl_conv_once(const ckpt__conv *c, int64_t mb, const float *x, int64_
                          ckpt_error *err);
 int ckpt__dnnl_maxpool_once(int64_t mb, int64_t c, const float *x, int64_t h, int64_t w,
                             int threads, float *y, ckpt_error *err);
-/* Conv c's plain weights (c->w) to Winograd F(2x2, 3x3) for one h x w image, by ckpt's own
- * transform and by oneDNN's reorder: *differ is how many of the floats differ. CKPT_EUNSUPPORTED
- * when oneDNN offers no F(2x2) there, or its layout is not the one ckpt transforms into. */
-int ckpt__dnnl_wino_2x3_compare(const ckpt__conv *c, int64_t h, int64_t w, size_t *differ,
-                                ckpt_error *err);
+/* Conv c's plain weights (c->w) to Winograd F(4x4, 3x3) (f4) or F(2x2, 3x3) for one h x w
+ * image, by ckpt's own transform and by oneDNN's reorder: *differ is how many of the floats
+ * differ. CKPT_EUNSUPPORTED when oneDNN offers no such kernel there, or its layout is not one
+ * ckpt transforms into. */
+int ckpt__dnnl_wino_compare(const ckpt__conv *c, int64_t h, int64_t w, bool f4, size_t *differ,
+                            ckpt_error *err);
 
 /* OpenMP's thread count for the calling thread (a no-op without OpenMP): set returns the
  * previous value for restore, so a library call leaves the caller's setting as it found it. */

@@ -533,46 +533,71 @@ static int add_step(planner *p, dnnl_primitive_desc_t pd, const dnnl_exec_arg_t 
     return CKPT_OK;
 }
 
-/* Winograd F(2x2, 3x3) weights of conv c (plain f32 OIHW at w) in oneDNN 2.6's f32 layout for
- * them (wino_wei_aaOio: [4][4][oc / 16][ic / 16][16 ic][16 oc]), the transform U = G g G^T
- * done here: oneDNN's reorder does it one scalar at a time, 40 ns a weight, which made
- * layer3's five 256-channel convs cost 130 ms of the load. The sums run in oneDNN's order,
- * G g^T first, from 0. false (nothing written) for any other layout: the caller reorders. */
-static bool wino_2x3_fill(const ckpt__conv *c, const float *w, const dnnl_memory_desc_t *md,
-                          float *dst)
+/* Winograd weights of conv c (plain f32 OIHW at w) in oneDNN 2.6's f32 layouts for them, the
+ * transform U = G g G^T done here: oneDNN's reorder does it one scalar at a time, 40 ns a
+ * weight, which made layer3's five 256-channel convs alone cost 130 ms of the load.
+ *   F(2x2, 3x3), wino_wei_aaOio: [4][4][oc/16][ic/16][16 ic][16 oc];
+ *   F(4x4, 3x3), wino_wei_OBaaIBOIio: [oc/(16 oc2)][6][6][ic/(16 ic2)][oc2][ic2][16 ic][16 oc]
+ *   with oneDNN's scaled G for F(4x4).
+ * The sums run in oneDNN's order (G g^T first, each from 0), and test_net checks every float
+ * against oneDNN's reorder. false (nothing written) for any other layout: the caller reorders. */
+static const float wino_g4[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
+                                    {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
+static const float wino_g6[6][3] = {
+    {1.13777777777778f, 0.f, 0.f},
+    {-0.688403361344538f, -0.430252100840336f, -0.26890756302521f},
+    {-0.688403361344538f, 0.430252100840336f, -0.26890756302521f},
+    {0.119514472455649f, 0.179271708683473f, 0.26890756302521f},
+    {0.119514472455649f, -0.179271708683473f, 0.26890756302521f},
+    {0.f, 0.f, 1.f}};
+
+static bool wino_fill(const ckpt__conv *c, const float *w, const dnnl_memory_desc_t *md,
+                      float *dst)
 {
-    static const float G[4][3] = {{1.0f, 0.0f, 0.0f}, {0.5f, 0.5f, 0.5f},
-                                  {0.5f, -0.5f, 0.5f}, {0.0f, 0.0f, 1.0f}};
     if (md->format_kind != dnnl_format_kind_wino || md->data_type != dnnl_f32)
         return false;
     const dnnl_wino_desc_t *x = &md->format_desc.wino_desc;
-    if (x->wino_format != dnnl_wino_wei_aaOio || x->r != 3 || x->alpha != 4 ||
+    const bool f2 = x->wino_format == dnnl_wino_wei_aaOio;
+    const int alpha = f2 ? 4 : 6;
+    if ((!f2 && x->wino_format != dnnl_wino_wei_OBaaIBOIio) || x->r != 3 || x->alpha != alpha ||
         x->adj_scale != 1.0f || c->k != 3 || c->groups != 1 || x->ic != c->ic ||
         x->oc != c->oc || x->ic_block != 16 || x->oc_block != 16 || c->ic % 16 || c->oc % 16 ||
-        x->size != (size_t)16 * (size_t)c->ic * (size_t)c->oc * sizeof(float))
+        x->size != (size_t)(alpha * alpha) * (size_t)c->ic * (size_t)c->oc * sizeof(float))
         return false;
     const size_t nb_oc = (size_t)c->oc / 16, nb_ic = (size_t)c->ic / 16;
-    const size_t plane = nb_oc * nb_ic * 256; /* floats per (u_h, u_w) */
+    const size_t oc2 = f2 ? 1 : (size_t)x->oc2_block, ic2 = f2 ? 1 : (size_t)x->ic2_block;
+    if (oc2 == 0 || ic2 == 0 || nb_oc % oc2 || nb_ic % ic2)
+        return false;
+    const float(*G)[3] = f2 ? wino_g4 : wino_g6;
     for (size_t ob = 0; ob < nb_oc; ob++)
         for (size_t ib = 0; ib < nb_ic; ib++) {
-            float *blk = dst + (ob * nb_ic + ib) * 256;
+            /* where (u_h, u_w) = (0, 0) of this 16 x 16 block goes, and the step per tap */
+            size_t base, tap;
+            if (f2) {
+                tap = nb_oc * nb_ic * 256;
+                base = (ob * nb_ic + ib) * 256;
+            } else {
+                size_t occ = ob / oc2, o2 = ob % oc2, icc = ib / ic2, i2 = ib % ic2;
+                tap = (nb_ic / ic2) * oc2 * ic2 * 256;
+                base = occ * 36 * tap + ((icc * oc2 + o2) * ic2 + i2) * 256;
+            }
             for (size_t oo = 0; oo < 16; oo++)
                 for (size_t ii = 0; ii < 16; ii++) {
                     const float *g = w + ((ob * 16 + oo) * (size_t)c->ic + ib * 16 + ii) * 9;
-                    float t[3][4];
+                    float t[3][6];
                     for (int ih = 0; ih < 3; ih++)
-                        for (int j = 0; j < 4; j++) {
+                        for (int j = 0; j < alpha; j++) {
                             float a = 0.0f;
                             for (int iw = 0; iw < 3; iw++)
                                 a += g[ih * 3 + iw] * G[j][iw];
                             t[ih][j] = a;
                         }
-                    for (int i = 0; i < 4; i++)
-                        for (int j = 0; j < 4; j++) {
+                    for (int i = 0; i < alpha; i++)
+                        for (int j = 0; j < alpha; j++) {
                             float u = 0.0f;
                             for (int k = 0; k < 3; k++)
                                 u += G[i][k] * t[k][j];
-                            blk[(size_t)(i * 4 + j) * plane + ii * 16 + oo] = u;
+                            dst[base + (size_t)(i * alpha + j) * tap + ii * 16 + oo] = u;
                         }
                 }
         }
@@ -630,7 +655,7 @@ static int conv_weights(planner *p, dconv *dc, dnnl_primitive_desc_t pd)
     }
     /* the plain weights go through the same transform as at load, so a size and back gives
      * the same bits */
-    int rc = c->w && wino_2x3_fill(c, c->w, want, buf)
+    int rc = c->w && wino_fill(c, c->w, want, buf)
                  ? CKPT_OK
                  : reorder_now(d->eng, d->strm, src, nw, c->name, err);
     if (plain)
@@ -955,7 +980,7 @@ static int fill_one(ckpt__dnnl *d, dconv *dc, dnnl_stream_t strm, ckpt_error *er
     void *wdata = NULL;
     DN(dnnl_memory_get_memory_desc(dc->wmem, &wmd), "reading weights", c->name);
     DN(dnnl_memory_get_data_handle(dc->wmem, &wdata), "reading weights", c->name);
-    if (wdata && wino_2x3_fill(c, c->w, wmd, wdata))
+    if (wdata && wino_fill(c, c->w, wmd, wdata))
         return CKPT_OK;
     dnnl_memory_desc_t pmd;
     weights_md(&pmd, c, dnnl_f32, dnnl_oihw);
@@ -1496,8 +1521,8 @@ static int once_body_pool(once *o, int64_t mb, int64_t c, const float *x, int64_
     return reorder_now(o->eng, o->strm, md, uy, "test", err);
 }
 
-int ckpt__dnnl_wino_2x3_compare(const ckpt__conv *c, int64_t h, int64_t w, size_t *differ,
-                                ckpt_error *err)
+int ckpt__dnnl_wino_compare(const ckpt__conv *c, int64_t h, int64_t w, bool f4, size_t *differ,
+                            ckpt_error *err)
 {
     once o = {0};
     int rc = CKPT_OK;
@@ -1513,10 +1538,10 @@ int ckpt__dnnl_wino_2x3_compare(const ckpt__conv *c, int64_t h, int64_t w, size_
         s = dnnl_stream_create(&o.strm, o.eng, dnnl_stream_default_flags);
     if (s == dnnl_success)
         s = conv_pd(&o.pd, o.eng, c, &src, NULL, oh, ow, false, false, true, dnnl_f32,
-                    "wino_2x3", false);
+                    f4 ? "wino_4x3" : "wino_2x3", false);
     if (s == dnnl_unimplemented)
-        rc = CKPT_FAIL(err, CKPT_EUNSUPPORTED, "no Winograd F(2x2, 3x3) for %s at %lldx%lld",
-                       c->name, (long long)w, (long long)h);
+        rc = CKPT_FAIL(err, CKPT_EUNSUPPORTED, "no Winograd %s for %s at %lldx%lld",
+                       f4 ? "F(4x4, 3x3)" : "F(2x2, 3x3)", c->name, (long long)w, (long long)h);
     else if (s != dnnl_success)
         rc = dnnl_fail(err, s, "a Winograd convolution", c->name);
     const dnnl_memory_desc_t *want =
@@ -1524,8 +1549,8 @@ int ckpt__dnnl_wino_2x3_compare(const ckpt__conv *c, int64_t h, int64_t w, size_
     size_t bytes = want ? dnnl_memory_desc_get_size(want) : 0;
     if (!rc && !(mine = aligned_buf(bytes)))
         rc = CKPT_NOMEM(err);
-    if (!rc && !wino_2x3_fill(c, c->w, want, mine))
-        rc = CKPT_FAIL(err, CKPT_EUNSUPPORTED, "%s: oneDNN's F(2x2, 3x3) layout is not ckpt's",
+    if (!rc && !wino_fill(c, c->w, want, mine))
+        rc = CKPT_FAIL(err, CKPT_EUNSUPPORTED, "%s: oneDNN's Winograd layout is not ckpt's",
                        c->name);
     if (!rc && (s = dnnl_memory_create(&plain, &pmd, o.eng, c->w)) == dnnl_success)
         s = dnnl_memory_create(&theirs, want, o.eng, DNNL_MEMORY_ALLOCATE);
@@ -1628,10 +1653,10 @@ int ckpt__dnnl_maxpool_once(int64_t mb, int64_t c, const float *x, int64_t h, in
     return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "backend 'dnnl' is not in this build of libckpt");
 }
 
-int ckpt__dnnl_wino_2x3_compare(const ckpt__conv *c, int64_t h, int64_t w, size_t *differ,
-                                ckpt_error *err)
+int ckpt__dnnl_wino_compare(const ckpt__conv *c, int64_t h, int64_t w, bool f4, size_t *differ,
+                            ckpt_error *err)
 {
-    (void)c, (void)h, (void)w, (void)differ;
+    (void)c, (void)h, (void)w, (void)f4, (void)differ;
     return CKPT_FAIL(err, CKPT_EUNSUPPORTED, "backend 'dnnl' is not in this build of libckpt");
 }
 

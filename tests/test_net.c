@@ -756,13 +756,15 @@ static int driver_maxpool(int argc, char **argv)
     return status;
 }
 
-/* ckpt's Winograd F(2x2, 3x3) weight transform (net_dnnl.c, wino_2x3_fill) against oneDNN's
- * reorder into the same layout: every float the same, for layer3's shape and others, weights
- * of magnitudes from 1e-30 to 1e30 with both signs. */
-static void test_wino_2x3_transform(void)
+/* ckpt's Winograd weight transforms (net_dnnl.c, wino_fill) against oneDNN's reorder into the
+ * same layouts: every float the same, for the shapes of layer1 to layer3 at 224 and others,
+ * weights of magnitudes from 1e-30 to 1e30 with both signs. */
+static void test_wino_transform(void)
 {
-    static const struct { int64_t ic, oc, h; } cases[] = {
-        {256, 256, 14}, {256, 256, 7}, {64, 128, 5}, {512, 256, 3}};
+    static const struct { int64_t ic, oc, h; bool f4; } cases[] = {
+        {256, 256, 14, false}, {256, 256, 7, false}, {64, 128, 5, false}, {512, 256, 3, false},
+        {64, 64, 56, true}, {128, 128, 28, true}, {64, 128, 20, true}, {256, 256, 14, true},
+        {256, 256, 56, true}}; /* the last: oc2_block 4 */
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         ckpt__conv c = {"wino", NULL, cases[ci].ic, cases[ci].oc, 3, 1, 1, 1, NULL, NULL};
         size_t nw = (size_t)(c.oc * c.ic * 9);
@@ -772,11 +774,13 @@ static void test_wino_2x3_transform(void)
             c.w[i] *= (i / 97) % 3 == 0 ? 1e-30f : (i / 97) % 3 == 1 ? 1e30f : -1.0f;
         size_t differ = 99;
         ckpt_error err;
-        int rc = ckpt__dnnl_wino_2x3_compare(&c, cases[ci].h, cases[ci].h, &differ, &err);
+        int rc = ckpt__dnnl_wino_compare(&c, cases[ci].h, cases[ci].h, cases[ci].f4, &differ,
+                                         &err);
         CHECK_OK(rc, err);
-        printf("wino F(2x2,3x3) %lld->%lld at %lldx%lld: ckpt's transform vs oneDNN's: %zu of "
-               "%zu floats differ\n", (long long)c.ic, (long long)c.oc, (long long)cases[ci].h,
-               (long long)cases[ci].h, differ, nw * 16 / 9);
+        printf("wino %s %lld->%lld at %lldx%lld: ckpt's transform vs oneDNN's: %zu of %zu "
+               "floats differ\n", cases[ci].f4 ? "F(4x4,3x3)" : "F(2x2,3x3)", (long long)c.ic,
+               (long long)c.oc, (long long)cases[ci].h, (long long)cases[ci].h, differ,
+               nw * (cases[ci].f4 ? 36 : 16) / 9);
         CHECK(rc == CKPT_OK && differ == 0);
         free(c.w);
     }
@@ -832,7 +836,7 @@ int main(int argc, char **argv)
     if (ckpt_backend_available(CKPT_BACKEND_DNNL)) {
         test_maxpool_op();
         test_conv_ops();
-        test_wino_2x3_transform();
+        test_wino_transform();
         test_one_size("resnet50", 40, 56);
         test_net_arch("resnet18", 64, 64, 3, 1); /* 1 thread: Winograd at 64x64 lays its weights
                                                    * out per batch size, so no batched plans */
