@@ -183,7 +183,9 @@ CKPT_API const char *ckpt_format_name(ckpt_format fmt);
 /* Open and parse path. On success *out belongs to the caller; free it with ckpt_close. On
  * failure *out is NULL and err says why (CKPT_EFORMAT for a file of another kind, with a
  * message that names that kind: "a Git LFS pointer, not the weights: run 'git lfs pull'").
- * opt may be NULL for the defaults. */
+ * opt may be NULL for the defaults. An open file holds its mapping and one file descriptor
+ * (a shard set one per shard, for the first 64) until ckpt_close: tensors are read with
+ * pread(2), which costs far fewer page faults than copying through the mapping. */
 CKPT_API int ckpt_open(const char *path, const ckpt_options *opt, ckpt_file **out,
                        ckpt_error *err);
 /* Open path for reading the way ckpt_open does, for the other files a program reads (label

@@ -16,11 +16,12 @@
  * with mb 1's weights layout). A conv whose kernel oneDNN offers for one image only runs
  * image by image inside the batched plan (mb 1's primitive on each image's part of the batch
  * buffers, conv_per_image); if even that cannot be, the plan is not used and images run one
- * at a time. A batch runs in groups of 8, 4, 2 and 1. oneDNN's forward direct and Winograd convolutions sum each
- * output over input channels and taps in an order fixed by the kernel's blocking, which 2.6
- * chooses from the shapes and the ISA; threads and images split the work by output blocks,
- * rows and images, never the sum. test_net.c checks the claim: every batch size from 1 to 9
- * at every position equals the image alone, for 1, 2 and 3 threads.
+ * at a time. A batch runs in groups of 8, 4, 2 and 1. oneDNN's forward direct and Winograd
+ * convolutions sum each output over input channels and taps in an order fixed by the
+ * kernel's blocking, which 2.6 chooses from the shapes and the ISA; threads and images split
+ * the work by output blocks, rows and images, never the sum. test_net.c checks the claim:
+ * every batch size from 1 to 9 at every position equals the image alone, for 1, 2 and 3
+ * threads.
  *
  * Winograd. oneDNN 2.6 has F(4x4, 3x3) for any batch, and F(2x2, 3x3) for one image with
  * planes of at most 14x14; the two round differently. A conv is Winograd-eligible by a rule
@@ -673,6 +674,13 @@ static int conv_weights(planner *p, dconv *dc, dnnl_primitive_desc_t pd)
     return CKPT_OK;
 }
 
+/* GFLOP of conv c for one image with an oh x ow output (a multiply-add is two). */
+static double conv_gflop(const ckpt__conv *c, int64_t oh, int64_t ow)
+{
+    return 2e-9 * (double)(c->ic / c->groups) * (double)(c->k * c->k) * (double)c->oc *
+           (double)oh * (double)ow;
+}
+
 /* md of one image of the batch md (mb outermost, each image dense after the one before, as in
  * nChw16c): false for any other layout. */
 static bool one_image_md(const dnnl_memory_desc_t *md, dnnl_memory_desc_t *one)
@@ -704,7 +712,8 @@ static int conv_per_image(planner *p, dconv *dc, const dnnl_memory_desc_t *src, 
     size_t li = p->layer;
     const char *pin = d->layers[li].impl;
     dnnl_memory_desc_t s1, f1, d1, chk;
-    if (sbuf == BUF_INPUT || !one_image_md(src, &s1) || (dst_fixed && !one_image_md(dst_fixed, &f1))) {
+    if (sbuf == BUF_INPUT || !one_image_md(src, &s1) ||
+        (dst_fixed && !one_image_md(dst_fixed, &f1))) {
         p->mismatch = true;
         return CKPT_EUNSUPPORTED;
     }
@@ -732,8 +741,7 @@ static int conv_per_image(planner *p, dconv *dc, const dnnl_memory_desc_t *src, 
         return rc;
     }
     size_t ssz = dnnl_memory_desc_get_size(&s1), dsz = dnnl_memory_desc_get_size(&d1);
-    double gflop = 2e-9 * (double)(c->ic / c->groups) * (double)(c->k * c->k) *
-                   (double)c->oc * (double)oh * (double)ow;
+    double gflop = conv_gflop(c, oh, ow);
     for (int64_t i = 0; i < mb; i++) {
         dnnl_memory_t ms, md;
         if ((rc = view_at(p, &s1, sbuf, (size_t)i * ssz, &ms)) ||
@@ -774,10 +782,11 @@ static int conv_per_image(planner *p, dconv *dc, const dnnl_memory_desc_t *src, 
 /* Add conv dc reading src (buffer sbuf) and writing dst (buffer dbuf): a fixed layout when
  * dst_fixed (the residual's), else oneDNN's choice, returned in *dst_out.
  *
- * Which kernel: plan 0 (one image) takes oneDNN's first choice, except that Winograd convs
- * take F(4x4, 3x3) where it exists (oneDNN picks F(2x2, 3x3) for one image and F(4x4, 3x3)
- * for more, and the two round differently); every other plan must get plan 0's kernel by
- * name, and its weights layout, or it is not used (p->mismatch). */
+ * Which kernel: plan 0 (one image) takes oneDNN's first choice, except for Winograd convs:
+ * up to WINO_4X3_MAX_CHANNELS F(4x4, 3x3) where it exists, above F(2x2, 3x3) where it exists
+ * or else the direct conv (see the top). Every other plan must get plan 0's kernel by name
+ * and its weights layout; a conv whose kernel has no batched form runs image by image
+ * (conv_per_image); failing both, the plan is not used (p->mismatch). */
 static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int sbuf,
                      const dnnl_memory_desc_t *dst_fixed, int dbuf, bool sum, bool relu,
                      int64_t h, int64_t w, dnnl_memory_desc_t *dst_out)
@@ -821,8 +830,7 @@ static int plan_conv(planner *p, dconv *dc, const dnnl_memory_desc_t *src, int s
                                {DNNL_ARG_WEIGHTS, dc->wmem},
                                {DNNL_ARG_BIAS, dc->bmem},
                                {DNNL_ARG_DST, md}};
-    double gflop = 2e-9 * (double)(c->ic / c->groups) * (double)(c->k * c->k) *
-                   (double)c->oc * (double)oh * (double)ow;
+    double gflop = conv_gflop(c, oh, ow);
     return add_step(p, pd, args, 4, c->name, gflop);
 }
 

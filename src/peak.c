@@ -34,53 +34,36 @@ static double now_s(void)
     __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5),        \
                      "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11))
 
-/* Each returns the FLOPs it did (a multiply-add is two). */
-__attribute__((target("avx512f"))) static double loop_avx512(long iters)
-{
-#define INIT(k) __m512 a##k = _mm512_set1_ps(1.0f + (float)(k));
-    CHAINS(INIT)
-#undef INIT
-    const __m512 b = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
-    for (long i = 0; i < iters; i++) {
-#define STEP(k) a##k = _mm512_fmadd_ps(a##k, b, c);
-        CHAINS(STEP)
-#undef STEP
-        KEEP;
+/* loop_NAME(iters) on instruction set TARGET: twelve chains, declared by INIT_NAME(k) and
+ * stepped by STEP_NAME(k) (acc = op(acc, b, c)), b and c of type ARG made by MAKE; returns
+ * the FLOPs done, FLOPS_PER_STEP a step of one chain (a multiply-add is two). */
+#define DEFINE_LOOP(NAME, TARGET, ARG, MAKE, FLOPS_PER_STEP)                                    \
+    __attribute__((target(TARGET))) static double loop_##NAME(long iters)                      \
+    {                                                                                          \
+        CHAINS(INIT_##NAME)                                                                    \
+        const ARG b = MAKE(0.999f), c = MAKE(1e-3f);                                           \
+        for (long i = 0; i < iters; i++) {                                                     \
+            CHAINS(STEP_##NAME)                                                                \
+            KEEP;                                                                              \
+        }                                                                                      \
+        return (double)iters * 12 * (FLOPS_PER_STEP);                                          \
     }
-    return (double)iters * 12 * 16 * 2;
-}
 
-__attribute__((target("avx2,fma"))) static double loop_avx2(long iters)
-{
-#define INIT(k) __m256 a##k = _mm256_set1_ps(1.0f + (float)(k));
-    CHAINS(INIT)
-#undef INIT
-    const __m256 b = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f);
-    for (long i = 0; i < iters; i++) {
-#define STEP(k) a##k = _mm256_fmadd_ps(a##k, b, c);
-        CHAINS(STEP)
-#undef STEP
-        KEEP;
-    }
-    return (double)iters * 12 * 8 * 2;
-}
+#define INIT_avx512(k) __m512 a##k = _mm512_set1_ps(1.0f + (float)(k));
+#define STEP_avx512(k) a##k = _mm512_fmadd_ps(a##k, b, c);
+DEFINE_LOOP(avx512, "avx512f", __m512, _mm512_set1_ps, 16 * 2)
+
+#define INIT_avx2(k) __m256 a##k = _mm256_set1_ps(1.0f + (float)(k));
+#define STEP_avx2(k) a##k = _mm256_fmadd_ps(a##k, b, c);
+DEFINE_LOOP(avx2, "avx2,fma", __m256, _mm256_set1_ps, 8 * 2)
 
 #if (defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10)
 #define HAVE_BF16_LOOP 1
-__attribute__((target("avx512f,avx512bf16"))) static double loop_bf16(long iters)
-{
-#define INIT(k) __m512 a##k = _mm512_set1_ps(1.0f + (float)(k));
-    CHAINS(INIT)
-#undef INIT
-    const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f80), c = (__m512bh)_mm512_set1_epi16(0x3a83);
-    for (long i = 0; i < iters; i++) {
-#define STEP(k) a##k = _mm512_dpbf16_ps(a##k, b, c);
-        CHAINS(STEP)
-#undef STEP
-        KEEP;
-    }
-    return (double)iters * 12 * 32 * 2;
-}
+/* bf16 pairs: 1.0 (0x3f80) and about 1e-3 (0x3a83) in every half of every lane */
+#define BF16_PAIR(x) ((__m512bh)_mm512_set1_epi16((x) > 0.5f ? 0x3f80 : 0x3a83))
+#define INIT_bf16(k) __m512 a##k = _mm512_set1_ps(1.0f + (float)(k));
+#define STEP_bf16(k) a##k = _mm512_dpbf16_ps(a##k, b, c);
+DEFINE_LOOP(bf16, "avx512f,avx512bf16", __m512bh, BF16_PAIR, 32 * 2)
 #endif
 
 typedef double (*loop_fn)(long);
