@@ -295,7 +295,10 @@ class Run(unittest.TestCase):
             # ms is shown to 3 decimals, GFLOP/s to 1
             lo, hi = gflop / ((ms + 5e-4) * 1e-3), gflop / (max(ms - 5e-4, 1e-6) * 1e-3)
             self.assertTrue(lo - 0.06 <= rate <= hi + 0.06, (name, rate, lo, hi))
-            self.assertAlmostEqual(pct, 100 * rate / peak, delta=0.6, msg=name)
+            # the peak is shown to 1 decimal and the percentage to none (the peak can be small:
+            # a sanitizer build runs the FMA loop unoptimised)
+            lo, hi = 100 * (rate - 0.05) / (peak + 0.05), 100 * (rate + 0.05) / (peak - 0.05)
+            self.assertTrue(lo - 0.5 <= pct <= hi + 0.5, (name, pct, lo, hi))
 
     def test_human_output_and_usage(self):
         rc, out, err = lib.run_ckpt(["run", os.path.join(FIX, "r18-dp.pth"), self.paths[0],
