@@ -32,8 +32,8 @@
  * architectures, the strict-load judge and the check; writing weight files; and last
  * inference, images and .npy arrays. Two libraries implement it: libckpt (pkg-config ckpt,
  * CMake ckpt::ckpt) all of it, libckpt-reader (ckpt-reader, ckpt::reader) all but inference and
- * images (ckpt_model_*, ckpt_backend_*, ckpt_image_*), so that it needs neither libjpeg, libpng,
- * oneDNN nor OpenMP.
+ * images (ckpt_model_*, ckpt_backend_*, ckpt_peak_gflops, ckpt_image_*), so that it needs
+ * neither libjpeg, libpng, oneDNN nor OpenMP.
  */
 #ifndef CKPT_H
 #define CKPT_H
