@@ -729,16 +729,26 @@ int ckpt__storage_bytes(ckpt_storage *s, const uint8_t **data, ckpt_error *err)
 
 /* ---- the mapping's pages ----------------------------------------------------------------- */
 
-/* The page-aligned part of [p, p+n) when it lies in f's mapping (not in an inflated entry's
- * heap copy): the pages it touches (outer) or the pages wholly inside it. */
+/* The file (f or a shard of it) whose mapping holds [p, p+n), or NULL. */
+static const ckpt_file *mapping_of(const ckpt_file *f, const uint8_t *p, size_t n)
+{
+    for (size_t k = 0; f && k < f->n_parts; k++) {
+        const ckpt_file *part = mapping_of(f->parts[k], p, n);
+        if (part)
+            return part;
+    }
+    if (!f || !f->map || !p || p < f->map || n > (size_t)(f->map + f->size - p))
+        return NULL;
+    return f;
+}
+
+/* The page-aligned part of [p, p+n) when it lies in f's mapping or a shard's (not in an
+ * inflated entry's heap copy): the pages it touches (outer) or the pages wholly inside it. */
 static bool mapped_range(const ckpt_file *f, const void *pv, size_t n, bool outer, uintptr_t *a,
                          uintptr_t *b)
 {
     const uint8_t *p = pv;
-    for (size_t k = 0; f && k < f->n_parts; k++) /* a shard set: the shard holding p */
-        if (mapped_range(f->parts[k], pv, n, outer, a, b))
-            return true;
-    if (!f || !f->map || !p || p < f->map || n > (size_t)(f->map + f->size - p))
+    if (!mapping_of(f, p, n))
         return false;
     long ps = sysconf(_SC_PAGESIZE);
     if (ps <= 0)
@@ -767,19 +777,6 @@ void ckpt__file_release(const ckpt_file *f, const void *p, size_t n)
     uintptr_t a, b;
     if (mapped_range(f, p, n, false, &a, &b))
         madvise((void *)a, b - a, MADV_DONTNEED); /* advice only: a failure changes nothing */
-}
-
-/* The file (f or a shard of it) whose mapping holds [p, p+n), or NULL. */
-static const ckpt_file *mapping_of(const ckpt_file *f, const uint8_t *p, size_t n)
-{
-    for (size_t k = 0; f && k < f->n_parts; k++) {
-        const ckpt_file *part = mapping_of(f->parts[k], p, n);
-        if (part)
-            return part;
-    }
-    if (!f || !f->map || !p || p < f->map || n > (size_t)(f->map + f->size - p))
-        return NULL;
-    return f;
 }
 
 int ckpt__file_read(const ckpt_file *f, const void *p, size_t n, void *dst, ckpt_error *err)
